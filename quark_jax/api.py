@@ -1,0 +1,61 @@
+"""The notebook API: ``qj.load(model_dir)`` and ``qj.Trainer``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+from flax import nnx
+
+from quark_jax.inference.generate import Generator
+from quark_jax.models.config import ModelConfig
+from quark_jax.models.transformer import Transformer
+from quark_jax.training.checkpoint import Checkpointer
+
+
+class LoadedModel:
+    """A trained model ready to generate: ``.config``, ``.params``, ``.tokenizer``, ``.step``, ``.generate()``."""
+
+    def __init__(self, config: ModelConfig, params: Any, tokenizer: Any, step: int):
+        self.config = config
+        self.params = params
+        self.tokenizer = tokenizer
+        self.step = step
+        self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+        self._generator = Generator(self.graphdef, params, tokenizer)
+
+    @property
+    def model(self) -> Transformer:
+        """The parameters merged into an NNX module (for interactive use)."""
+        return nnx.merge(self.graphdef, self.params)
+
+    def generate(
+        self, prompts: str | list[str], max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+        top_p: float = 1.0, seed: int = 0,
+    ) -> list[str]:
+        """Continuations of each prompt; greedy unless ``temperature > 0``. Same seed, same output."""
+        return self._generator.generate(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+
+
+def load(model_dir: str, step: int | None = None) -> LoadedModel:
+    """Loads the newest (or the given) checkpoint of a run directory written by ``quark train``."""
+    from quark_jax.data.vocab import get_vocabulary
+
+    config_path = os.path.join(model_dir, "model_config.json")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found: is {model_dir!r} a directory written by `quark train`?")
+    with open(config_path) as f:
+        config = ModelConfig.from_json(f.read())
+    tokenizer_path = os.path.join(model_dir, "tokenizer.model")
+    tokenizer = get_vocabulary(tokenizer_path if os.path.exists(tokenizer_path) else None)
+
+    abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))), nnx.Param))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+    checkpointer = Checkpointer(model_dir, async_save=False)
+    try:
+        restored_step, params, _ = checkpointer.restore_params(abstract, step)
+    finally:
+        checkpointer.close()
+    return LoadedModel(config, params, tokenizer, restored_step)

@@ -1,0 +1,147 @@
+"""The decoder-only transformer: embed → L scanned blocks (RMSNorm → GQA attention, RMSNorm → SwiGLU) → norm → logits.
+
+Axis legend: B batch · T query length · S key (cache) length · D embed · K kv heads · H head dim ·
+V vocab · L layers.
+
+The L blocks are built once with ``nnx.vmap`` (every parameter gains a leading ``layers`` axis) and applied
+with ``jax.lax.scan``, so compile time does not grow with depth. A block is rematerialized according to
+``ModelConfig.remat``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+from jaxtyping import Array, Float, Int
+
+from quark_jax import sharding as sh
+from quark_jax.models.config import ModelConfig
+from quark_jax.models.layers import MLP, Attention, Embed, RMSNorm, param
+
+_REMAT_POLICIES = {
+    "full": None,  # save nothing but the block's inputs
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+
+
+@struct.dataclass
+class KVCache:
+    """Keys and values of every layer plus the positions and segment ids of the cached tokens.
+
+    Slots not yet written have segment id 0 and are never attended to. ``index`` is the next slot to write
+    (shared by the batch: prompts are right-padded to one length and padding is masked by segment id).
+    """
+
+    k: Float[Array, "L B S K H"]
+    v: Float[Array, "L B S K H"]
+    positions: Int[Array, "B S"]
+    segment_ids: Int[Array, "B S"]
+    index: Int[Array, ""]
+
+    @classmethod
+    def init(cls, config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
+        shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+        dtype = dtype or config.compute_dtype
+        return cls(
+            k=jnp.zeros(shape, dtype),
+            v=jnp.zeros(shape, dtype),
+            positions=jnp.zeros((batch_size, max_length), jnp.int32),
+            segment_ids=jnp.zeros((batch_size, max_length), jnp.int32),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+    @property
+    def max_length(self) -> int:
+        return self.k.shape[2]
+
+
+class Block(nnx.Module):
+    """One pre-norm decoder layer."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(config)
+        self.attn = Attention(config, rngs=rngs)
+        self.mlp_norm = RMSNorm(config)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, positions, segment_ids, kv=None, kv_index=None, key_positions=None, key_segment_ids=None):
+        h, kv = self.attn(self.attn_norm(x), positions, segment_ids, kv, kv_index, key_positions, key_segment_ids)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return sh.constrain(x, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED)), kv
+
+
+class Transformer(nnx.Module):
+    """A Llama-style decoder-only language model."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed = Embed(config, rngs=rngs)
+
+        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: sh.LAYERS})
+        def make_blocks(rngs: nnx.Rngs) -> Block:
+            return Block(config, rngs=rngs)
+
+        self.blocks = make_blocks(rngs.split(config.num_layers))
+        self.final_norm = RMSNorm(config)
+        if not config.tie_embeddings:
+            self.lm_head = param(rngs, (config.d_model, config.vocab_size), (sh.EMBED, sh.VOCAB), config.init_std)
+
+    def __call__(
+        self,
+        tokens: Int[Array, "B T"],
+        positions: Int[Array, "B T"],
+        segment_ids: Int[Array, "B T"],
+        cache: KVCache | None = None,
+    ) -> tuple[Float[Array, "B T V"], KVCache | None]:
+        """Logits for every position (float32), and the updated cache when one is given.
+
+        Training passes packed sequences (``segment_ids`` 0 on padding, ``positions`` restarting per
+        segment); decoding passes a chunk (the prompt, then one token at a time) and a :class:`KVCache`.
+        """
+        cfg = self.config
+        if tokens.shape != positions.shape or tokens.shape != segment_ids.shape:
+            raise ValueError(
+                f"tokens {tokens.shape}, positions {positions.shape} and segment_ids {segment_ids.shape} "
+                "must have the same [batch, length] shape"
+            )
+        x = self.embed(tokens)
+
+        if cache is None:
+            kv, kv_index, key_positions, key_segment_ids = None, None, None, None
+        else:
+            kv_index = cache.index
+            key_positions = jax.lax.dynamic_update_slice(cache.positions, positions, (0, kv_index))
+            key_segment_ids = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, kv_index))
+            kv = (cache.k, cache.v)
+
+        graphdef, layer_params = nnx.split(self.blocks)
+
+        def apply_block(x, layer):
+            params, layer_kv = layer
+            block = nnx.merge(graphdef, params)
+            return block(x, positions, segment_ids, layer_kv, kv_index, key_positions, key_segment_ids)
+
+        if cfg.remat != "none":
+            apply_block = jax.checkpoint(apply_block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        x, kv = jax.lax.scan(apply_block, x, (layer_params, kv))
+
+        x = self.final_norm(x)
+        if cfg.tie_embeddings:
+            logits = self.embed.attend(x)
+        else:
+            logits = jnp.einsum("BTD,DV->BTV", x, self.lm_head[...].astype(x.dtype))
+            logits = sh.constrain(logits, (sh.BATCH, sh.LENGTH, sh.ACT_VOCAB))
+
+        if cache is not None:
+            cache = KVCache(
+                k=kv[0], v=kv[1], positions=key_positions, segment_ids=key_segment_ids,
+                index=cache.index + tokens.shape[1],
+            )
+        return logits.astype(jnp.float32), cache
+
+
+def init_model(config: ModelConfig, seed: int = 0) -> Transformer:
+    """A freshly initialised model on the default device (use the trainer for sharded initialisation)."""
+    return Transformer(config, rngs=nnx.Rngs(params=seed))

@@ -1,0 +1,66 @@
+"""AdamW with linear warm-up and cosine decay, global-norm clipping and a weight-decay mask."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import optax
+from flax import nnx
+
+from quark_jax import sharding as sh
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Optimizer and schedule hyper-parameters (bound in gin)."""
+
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    decay_steps: int | None = None  # None: decay over the whole run
+    end_learning_rate_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float | None = 1.0
+    grad_accum_steps: int = 1
+
+    def __post_init__(self):
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"OptimizerConfig.grad_accum_steps={self.grad_accum_steps} must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError(f"OptimizerConfig.learning_rate={self.learning_rate} must be > 0")
+
+
+def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    """Linear warm-up to the peak, then cosine decay to ``end_learning_rate_ratio`` of it."""
+    decay_steps = max(config.decay_steps or total_steps, config.warmup_steps + 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=config.learning_rate,
+        warmup_steps=config.warmup_steps,
+        decay_steps=decay_steps,
+        end_value=config.learning_rate * config.end_learning_rate_ratio,
+    )
+
+
+def weight_decay_mask(abstract_state: nnx.State) -> dict:
+    """True for weights that decay: every matrix, not the RMSNorm scales (tagged with the ``norm`` axis)."""
+    is_var = lambda x: isinstance(x, nnx.Variable)
+    mask = jax.tree.map(
+        lambda v: v.replace(sh.NORM not in (v.get_metadata().get("out_sharding") or ())), abstract_state, is_leaf=is_var
+    )
+    return nnx.to_pure_dict(mask)
+
+
+def make_optimizer(config: OptimizerConfig, total_steps: int, decay_mask: dict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The optax chain and its learning-rate schedule (the schedule is also logged)."""
+    schedule = make_schedule(config, total_steps)
+    parts = []
+    if config.clip_norm:
+        parts.append(optax.clip_by_global_norm(config.clip_norm))
+    parts.append(
+        optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay, mask=decay_mask)
+    )
+    return optax.chain(*parts), schedule

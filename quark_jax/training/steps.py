@@ -1,0 +1,110 @@
+"""Pure train and eval steps for the language-modelling objective.
+
+Both are plain functions of ``(state, batch)``; the trainer jits each exactly once with explicit shardings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from quark_jax.training.losses import cross_entropy_sums
+from quark_jax.training.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def lm_loss_sums(params: Any, graphdef: nnx.GraphDef, batch: Batch, z_loss: float) -> dict[str, jax.Array]:
+    """Runs the model on a packed seqio decoder batch and returns the summed losses."""
+    model = nnx.merge(graphdef, params)
+    logits, _ = model(batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"])
+    return cross_entropy_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss)
+
+
+def _split_microbatches(batch: Batch, num: int) -> Batch:
+    """[B, ...] → [num, B/num, ...], taking every num-th row so each device keeps its own rows."""
+
+    def split(x):
+        if x.shape[0] % num:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={num}")
+        return jnp.swapaxes(x.reshape(x.shape[0] // num, num, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    z_loss: float = 0.0,
+    grad_accum_steps: int = 1,
+    skip_nonfinite: bool = False,
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    """Builds ``train_step(state, batch) -> (state, metrics)``.
+
+    The loss is averaged over *tokens* (loss weights), across all micro-batches of gradient accumulation.
+    With ``skip_nonfinite`` a step whose loss or gradient is NaN/Inf leaves parameters and optimizer state
+    untouched (the step counter and data still advance); otherwise the update is applied and the trainer
+    stops the run when it sees the non-finite loss.
+    """
+
+    def objective(params, batch):
+        sums = lm_loss_sums(params, graphdef, batch, z_loss)
+        return sums["nll_sum"] + sums["z_loss_sum"], sums
+
+    grad_fn = jax.grad(objective, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        if grad_accum_steps == 1:
+            grads, sums = grad_fn(state.params, batch)
+        else:
+
+            def accumulate(carry, micro_batch):
+                grads, sums = grad_fn(state.params, micro_batch)
+                return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("nll_sum", "z_loss_sum", "correct_sum", "weight_sum")}
+            (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), _split_microbatches(batch, grad_accum_steps))
+
+        denom = jnp.maximum(sums["weight_sum"], 1.0)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        loss = sums["nll_sum"] / denom
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if skip_nonfinite:
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+
+        metrics = {
+            "loss": loss,
+            "z_loss": sums["z_loss_sum"] / denom,
+            "accuracy": sums["correct_sum"] / denom,
+            "grad_norm": grad_norm,
+            "learning_rate": schedule(state.step),
+            "loss_tokens": sums["weight_sum"],
+            "finite": finite,
+        }
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[Any, Batch], Metrics]:
+    """Builds ``eval_step(params, batch) -> sums`` (nll, correct, weight); the host accumulates them."""
+
+    def eval_step(params: Any, batch: Batch) -> Metrics:
+        sums = lm_loss_sums(params, graphdef, batch, 0.0)
+        return {k: sums[k] for k in ("nll_sum", "correct_sum", "weight_sum")}
+
+    return eval_step

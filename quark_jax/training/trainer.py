@@ -1,0 +1,370 @@
+"""The training loop: sharded init or resume, the compiled step, logging, evaluation and checkpoints.
+
+Everything the run does is determined by a :class:`TrainConfig` (built by gin from the run's config files)
+and its seed, so re-running the same command resumes the same run and reproduces the same losses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from quark_jax import sharding as sh
+from quark_jax.inference.generate import Generator
+from quark_jax.models.config import ModelConfig
+from quark_jax.models.transformer import Transformer
+from quark_jax.training import checkpoint as ckpt
+from quark_jax.training import metrics as qm
+from quark_jax.training.optim import OptimizerConfig, make_optimizer, weight_decay_mask
+from quark_jax.training.state import TrainState
+from quark_jax.training.steps import make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which seqio task or mixture feeds the run, and how it is batched."""
+
+    mixture_or_task_name: str = "stdlib"
+    task_feature_lengths: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"targets": 256})
+    batch_size: int = 8  # global batch, in packed sequences
+    eval_split: str = "validation"
+    shuffle: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """How often checkpoints are written and how many are kept."""
+
+    period: int = 100
+    max_to_keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """A whole run. Bound in gin by ``configs/runs/*.gin``; see ``configs/runs/pretrain.gin``."""
+
+    model_dir: str
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    steps: int = 1000
+    seed: int = 0
+    mesh_shape: str = "data=-1"
+    z_loss: float = 1e-4
+    log_every: int = 10
+    eval_every: int = 100  # 0 disables periodic evaluation (the final one still runs if eval_batches > 0)
+    eval_batches: int = 4
+    sample_prompts: Sequence[str] = ("def ", "import os\n", "class ")
+    sample_max_new_tokens: int = 32
+    on_nonfinite: str = "stop"  # "stop": raise naming the step; "skip": drop that update and go on
+    peak_flops_per_s: float | None = None  # per device; None measures a 2048² matmul at start-up
+    progress_bar: bool = True
+
+    def __post_init__(self):
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"TrainConfig.on_nonfinite={self.on_nonfinite!r} must be 'stop' or 'skip'")
+        if self.steps < 1:
+            raise ValueError(f"TrainConfig.steps={self.steps} must be >= 1")
+        if not self.model_dir:
+            raise ValueError("TrainConfig.model_dir is empty: set MODEL_DIR, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a step produces a NaN or Inf loss and ``on_nonfinite == 'stop'``."""
+
+
+def _tokens_per_step(config: TrainConfig) -> int:
+    return config.data.batch_size * config.data.task_feature_lengths["targets"]
+
+
+class Trainer:
+    """Runs a :class:`TrainConfig`: ``Trainer(config).run()`` or ``Trainer.from_gin(files, overrides).run()``."""
+
+    def __init__(self, config: TrainConfig, gin_config_text: str = ""):
+        self.config = config
+        self.gin_config_text = gin_config_text
+
+    @classmethod
+    def from_gin(
+        cls, gin_files: str | Sequence[str], overrides: Sequence[str] = (), search_paths: Sequence[str] = ()
+    ) -> Trainer:
+        """Parses gin files and ``NAME=VALUE`` bindings (errors name the file, line and binding)."""
+        from quark_jax import gin_utils
+
+        if isinstance(gin_files, str):
+            gin_files = [gin_files]
+        gin_utils.parse(gin_files, overrides, search_paths)
+        return cls(gin_utils.build_train_config(), gin_utils.config_text())
+
+    # ---- set-up ------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        from quark_jax.data import pipeline, tasks  # noqa: F401 -- registers the seqio tasks
+        from quark_jax.data.vocab import get_vocabulary
+
+        cfg = self.config
+        self.vocabulary = get_vocabulary()
+        if cfg.model.vocab_size < self.vocabulary.vocab_size:
+            raise ValueError(
+                f"ModelConfig.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
+                f"{self.vocabulary.vocab_size} tokens; bind ModelConfig.vocab_size >= {self.vocabulary.vocab_size}"
+            )
+        self.pipeline = pipeline
+        os.makedirs(cfg.model_dir, exist_ok=True)
+        self.mesh = sh.make_mesh(cfg.mesh_shape)
+        log.info("mesh %s; logical axis rules:\n%s", dict(self.mesh.shape), sh.describe_rules())
+
+        # Abstract model → graph definition, parameter shardings, optimizer.
+        abstract_model = nnx.eval_shape(lambda: Transformer(cfg.model, rngs=nnx.Rngs(0)))
+        self.graphdef, abstract_state = nnx.split(abstract_model)
+        self.param_shardings = nnx.to_pure_dict(sh.state_shardings(abstract_state, self.mesh))
+        self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.steps, weight_decay_mask(abstract_state))
+
+        def init(seed):
+            model = Transformer(cfg.model, rngs=nnx.Rngs(params=seed))
+            params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+            return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+
+        self._init = init
+        abstract = jax.eval_shape(init, 0)
+        replicated = sh.replicated(self.mesh)
+        opt_shardings = optax.tree_map_params(
+            self.tx, lambda _, s: s, abstract.opt_state, self.param_shardings,
+            transform_non_params=lambda _: replicated,
+        )
+        self.state_shardings = TrainState(step=replicated, params=self.param_shardings, opt_state=opt_shardings)
+        self.abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_shardings
+        )
+        self.batch_sharding = sh.batch_sharding(self.mesh)
+
+    def _write_run_files(self) -> None:
+        cfg = self.config
+        if jax.process_index() != 0:
+            return
+        with open(os.path.join(cfg.model_dir, "model_config.json"), "w") as f:
+            f.write(cfg.model.to_json())
+        if self.gin_config_text:
+            with open(os.path.join(cfg.model_dir, "config.gin"), "w") as f:
+                f.write(self.gin_config_text)
+        # The checkpoint directory carries its own tokenizer so that `qj.load(model_dir)` needs nothing else.
+        shutil.copyfile(self.vocabulary.sentencepiece_model_file, os.path.join(cfg.model_dir, "tokenizer.model"))
+
+    def _init_or_restore(self) -> tuple[TrainState, int]:
+        """Restores the newest readable checkpoint, or initialises sharded parameters from the seed."""
+        step = self.checkpointer.latest_step()
+        if step is not None:
+            step, params, opt_state, meta = self.checkpointer.restore(
+                self.abstract_state.params, self.abstract_state.opt_state
+            )
+            log.info("resumed from %s step %d", self.checkpointer.directory, step)
+            state = TrainState(
+                step=jax.device_put(jnp.int32(meta["step"]), self.state_shardings.step), params=params,
+                opt_state=opt_state,
+            )
+            return state, int(meta["data_position"])
+        init = jax.jit(self._init, out_shardings=self.state_shardings)
+        return init(self.config.seed), 0
+
+    def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
+
+    def _compile(self, state: TrainState, batch: dict[str, jax.Array]):
+        cfg = self.config
+        step_fn = make_train_step(
+            self.graphdef, self.tx, self.schedule, z_loss=cfg.z_loss,
+            grad_accum_steps=cfg.optimizer.grad_accum_steps, skip_nonfinite=cfg.on_nonfinite == "skip",
+        )
+        jitted = jax.jit(
+            step_fn,
+            in_shardings=(self.state_shardings, self.batch_sharding),
+            out_shardings=(self.state_shardings, sh.replicated(self.mesh)),
+            donate_argnums=0,
+        )
+        start = time.perf_counter()
+        compiled = jitted.lower(state, batch).compile()
+        log.info("compiled train step in %.1f s", time.perf_counter() - start)
+        try:
+            mem = compiled.memory_analysis()
+            if mem is not None:
+                log.info("train step memory per device: args %.1f MiB, temps %.1f MiB",
+                         mem.argument_size_in_bytes / 2**20, mem.temp_size_in_bytes / 2**20)
+        except Exception:  # noqa: BLE001 -- not every backend reports memory
+            pass
+        return compiled
+
+    # ---- evaluation --------------------------------------------------------------------------------
+    def evaluate(self, params: Any) -> dict[str, float]:
+        """Validation loss, perplexity and accuracy over ``eval_batches`` fixed batches."""
+        cfg = self.config
+        if not hasattr(self, "_eval_step"):
+            self._eval_step = jax.jit(
+                make_eval_step(self.graphdef),
+                in_shardings=(self.param_shardings, self.batch_sharding),
+                out_shardings=sh.replicated(self.mesh),
+            )
+        totals = {"nll_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
+        batches = self.pipeline.batch_iterator(
+            cfg.data.mixture_or_task_name, dict(cfg.data.task_feature_lengths), cfg.data.batch_size,
+            split=cfg.data.eval_split, seed=cfg.seed, shuffle=False, repeat=True,
+            shard_index=jax.process_index(), num_shards=jax.process_count(),
+        )
+        for _, batch in zip(range(cfg.eval_batches), batches):
+            sums = jax.device_get(self._eval_step(params, self._device_batch(batch)))
+            for k in totals:
+                totals[k] += float(sums[k])
+        weight = max(totals["weight_sum"], 1.0)
+        val_loss = totals["nll_sum"] / weight
+        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)),
+                "val_accuracy": totals["correct_sum"] / weight}
+
+    def sample(self, params: Any) -> list[tuple[str, str]]:
+        """Greedy continuations of the configured sample prompts."""
+        cfg = self.config
+        if not cfg.sample_prompts:
+            return []
+        if not hasattr(self, "_generator"):
+            self._generator = Generator(self.graphdef, params, self.vocabulary)
+        self._generator.params = params
+        outputs = self._generator.generate(list(cfg.sample_prompts), max_new_tokens=cfg.sample_max_new_tokens)
+        return list(zip(cfg.sample_prompts, outputs))
+
+    def _evaluate_and_log(self, step: int, params: Any) -> dict[str, float]:
+        with sh.activate(self.mesh):
+            values = self.evaluate(params)
+            samples = self.sample(params)
+        self.writer.write(step, values)
+        text = "\n\n".join(f"{prompt!r} → {out!r}" for prompt, out in samples)
+        if samples:
+            self.writer.write_text(step, "samples", text)
+            with open(os.path.join(self.config.model_dir, "samples.txt"), "a") as f:
+                f.write(f"--- step {step}\n{text}\n")
+        log.info("step %d: validation loss %.4f (perplexity %.2f)%s", step, values["val_loss"],
+                 values["val_perplexity"], "\n" + text if samples else "")
+        self.last_samples = samples
+        return values
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def _save(self, state: TrainState, step: int, force: bool = False) -> None:
+        meta = {"step": step, "data_position": step, "seed": self.config.seed,
+                "tokenizer": "tokenizer.model", "mixture_or_task_name": self.config.data.mixture_or_task_name}
+        self.checkpointer.save(step, state.params, state.opt_state, meta, force=force)
+
+    def run(self) -> dict[str, Any]:
+        """Trains to ``config.steps`` (resuming if checkpoints exist) and returns a summary."""
+        cfg = self.config
+        self._setup()
+        self._write_run_files()
+        self.checkpointer = ckpt.Checkpointer(cfg.model_dir, cfg.checkpoint.max_to_keep, cfg.checkpoint.async_save)
+        peak = cfg.peak_flops_per_s or qm.measure_matmul_flops()
+        flops_per_step = cfg.model.flops_per_token(cfg.data.task_feature_lengths["targets"]) * _tokens_per_step(cfg)
+
+        with sh.activate(self.mesh):
+            state, data_position = self._init_or_restore()
+        start_step = int(jax.device_get(state.step))
+        self.writer = qm.MetricsWriter(cfg.model_dir, resume_step=start_step)
+        summary: dict[str, Any] = {"start_step": start_step, "model_dir": cfg.model_dir}
+        if start_step >= cfg.steps:
+            log.info("nothing to do: checkpoint step %d >= steps %d", start_step, cfg.steps)
+            self.writer.close()
+            self.checkpointer.close()
+            summary.update(final_step=start_step, params=state.params)
+            return summary
+
+        batches = self.pipeline.batch_iterator(
+            cfg.data.mixture_or_task_name, dict(cfg.data.task_feature_lengths), cfg.data.batch_size,
+            split="train", seed=cfg.seed, shuffle=cfg.data.shuffle, start_batch=data_position,
+            shard_index=jax.process_index(), num_shards=jax.process_count(),
+        )
+        batch = self._device_batch(next(batches))
+        with sh.activate(self.mesh):
+            train_step = self._compile(state, batch)
+
+        progress = None
+        if cfg.progress_bar and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+        window_start, window_steps = time.perf_counter(), 0
+        pending: tuple[int, Any] | None = None  # metrics of the previous step, fetched one step late
+        last: dict[str, float] = {}
+
+        def handle(step: int, device_metrics) -> None:
+            nonlocal window_start, window_steps, last
+            values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+            if not values.pop("finite") > 0:
+                if cfg.on_nonfinite == "stop":
+                    raise NonFiniteLossError(
+                        f"non-finite loss {values['loss']} (grad norm {values['grad_norm']}) at step {step}; "
+                        "lower the learning rate, or bind TrainConfig.on_nonfinite='skip' to drop such updates"
+                    )
+                log.warning("step %d: non-finite loss, update skipped", step)
+                values["skipped"] = 1.0
+            last = values
+            window_steps += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - window_start
+                tokens_per_s = window_steps * _tokens_per_step(cfg) / max(elapsed, 1e-9)
+                values["tokens_per_s"] = tokens_per_s
+                values["mfu"] = flops_per_step / _tokens_per_step(cfg) * tokens_per_s / (peak * jax.device_count())
+                self.writer.write(step, values)
+                window_start, window_steps = time.perf_counter(), 0
+            if progress is not None:
+                progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+
+        try:
+            for step in range(start_step + 1, cfg.steps + 1):
+                state, metrics = train_step(state, batch)
+                if pending is not None:
+                    handle(*pending)
+                pending = (step, metrics)
+                if step < cfg.steps:
+                    batch = self._device_batch(next(batches))  # overlaps with the running step
+                if progress is not None:
+                    progress.update(1)
+                is_ckpt = step % cfg.checkpoint.period == 0 or step == cfg.steps
+                is_eval = cfg.eval_batches > 0 and (
+                    (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+                )
+                if is_ckpt or is_eval:
+                    handle(*pending)  # a checkpoint never holds a state whose loss we have not checked
+                    pending = None
+                if is_ckpt:
+                    self._save(state, step, force=step == cfg.steps)
+                if is_eval:
+                    summary.update(self._evaluate_and_log(step, state.params))
+            if pending is not None:
+                handle(*pending)
+        except KeyboardInterrupt:
+            log.warning("interrupted: saving a checkpoint at step %d before exiting", int(jax.device_get(state.step)))
+            self._save(state, int(jax.device_get(state.step)), force=True)
+            raise
+        finally:
+            if progress is not None:
+                progress.close()
+            self.checkpointer.close()
+            self.writer.close()
+
+        if jax.process_index() == 0:
+            summary["loss_curve"] = qm.plot_loss_curve(cfg.model_dir)
+        summary.update(final_step=cfg.steps, last_metrics=last, params=state.params)
+        with open(os.path.join(cfg.model_dir, "summary.json"), "w") as f:
+            json.dump({k: v for k, v in summary.items() if k != "params"}, f, indent=2, default=str)
+        return summary
