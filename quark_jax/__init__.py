@@ -8,6 +8,11 @@ Notebook API::
     qj.Trainer.from_gin("configs/runs/pretrain_tiny.gin", overrides=["MODEL_DIR='/tmp/run'"]).run()
 """
 
+import os as _os
+
+# TensorFlow (used by seqio for data only) logs a banner of C++ INFO lines on import; keep errors.
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 __version__ = "0.1.0"
 
 

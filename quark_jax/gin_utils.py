@@ -55,7 +55,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), search_paths: 
     Raises :class:`GinConfigError` naming the file and line, or the binding, at fault. Everything is
     checked here, before any data is read or anything is compiled.
     """
-    search_paths = [*search_paths, os.getcwd(), REPO_ROOT]
+    search_paths = list(dict.fromkeys([*search_paths, os.getcwd(), REPO_ROOT]))  # ordered, no repeats
     gin.clear_config()
     for root in search_paths:
         gin.add_config_file_search_path(root)

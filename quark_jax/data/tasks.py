@@ -19,10 +19,23 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 
+import logging
+
 import seqio
 import tensorflow as tf
 
 from quark_jax.data import corpus, vocab
+
+
+class _DropUncachedWarning(logging.Filter):
+    """seqio warns that uncached FunctionDataSources shuffle poorly on restart. Ours hold the whole corpus in
+    memory, shuffle it completely with a seed, and resume by batch position, so the warning does not apply."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "uncached FunctionDataset" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropUncachedWarning())
 
 DocumentsFn = Callable[[str], Sequence[str]]
 

@@ -136,13 +136,13 @@ class Trainer:
         self.param_shardings = nnx.to_pure_dict(sh.state_shardings(abstract_state, self.mesh))
         self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.steps, weight_decay_mask(abstract_state))
 
-        def init(seed):
-            model = Transformer(cfg.model, rngs=nnx.Rngs(params=seed))
+        def init(key):
+            model = Transformer(cfg.model, rngs=nnx.Rngs(params=key))
             params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
             return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
 
         self._init = init
-        abstract = jax.eval_shape(init, 0)
+        abstract = jax.eval_shape(init, jax.random.key(0))
         replicated = sh.replicated(self.mesh)
         opt_shardings = optax.tree_map_params(
             self.tx, lambda _, s: s, abstract.opt_state, self.param_shardings,
@@ -180,7 +180,7 @@ class Trainer:
             )
             return state, int(meta["data_position"])
         init = jax.jit(self._init, out_shardings=self.state_shardings)
-        return init(self.config.seed), 0
+        return init(jax.random.key(self.config.seed)), 0
 
     def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}

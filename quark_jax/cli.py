@@ -1,0 +1,160 @@
+"""The ``quark`` command: t5x-style gin flags for training, and generation from a run directory.
+
+    quark train --gin_file=configs/runs/pretrain_tiny.gin --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=200
+    quark generate --model_dir=/tmp/run --prompt "def fib(n):" --max_new_tokens 64
+    quark eval --model_dir=/tmp/run --batches 16
+
+``--gin_file`` and ``--gin.NAME=VALUE`` may repeat; bindings apply after all files, in order. Values are gin
+literals, so strings need inner quotes (``--gin.MODEL_DIR="'/tmp/run'"``). ``--gin_search_paths`` (repeatable,
+comma-separated) adds directories where gin files and their ``include``s are looked up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+EXIT_CONFIG_ERROR = 2
+
+
+def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Pulls ``--gin.NAME=VALUE`` / ``--gin.NAME VALUE`` out of argv; returns (bindings, remaining argv)."""
+    bindings, rest = [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--gin."):
+            name_value = arg[len("--gin."):]
+            if "=" not in name_value:
+                if i + 1 >= len(args):
+                    raise SystemExit(f"quark: {arg} needs a value: {arg}=VALUE")
+                name_value = f"{name_value}={args[i + 1]}"
+                i += 1
+            bindings.append(name_value)
+        else:
+            rest.append(arg)
+        i += 1
+    return bindings, rest
+
+
+def _train(args: argparse.Namespace, bindings: list[str]) -> int:
+    from quark_jax import gin_utils
+    from quark_jax.training.trainer import NonFiniteLossError, Trainer
+
+    search_paths = [p for group in args.gin_search_paths for p in group.split(",") if p]
+    try:
+        trainer = Trainer.from_gin(args.gin_file, bindings, search_paths)
+    except gin_utils.GinConfigError as e:
+        print(f"quark train: gin configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    try:
+        summary = trainer.run()
+    except NonFiniteLossError as e:
+        print(f"quark train: {e}", file=sys.stderr)
+        return 1
+    last = summary.get("last_metrics", {})
+    parts = [f"step {summary['final_step']}"]
+    if "loss" in last:
+        parts.append(f"loss {last['loss']:.4f}")
+    if "val_loss" in summary:
+        parts.append(f"validation loss {summary['val_loss']:.4f} (perplexity {summary['val_perplexity']:.2f})")
+    print("quark train: done — " + ", ".join(parts) + f"; outputs in {summary['model_dir']}")
+    for prompt, text in getattr(trainer, "last_samples", []) or []:
+        print(f"--- {prompt!r}\n{prompt}{text}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import quark_jax as qj
+
+    try:
+        model = qj.load(args.model_dir, step=args.step)
+    except FileNotFoundError as e:
+        print(f"quark generate: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    prompts = args.prompt or ["def "]
+    outputs = model.generate(
+        prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        top_p=args.top_p, seed=args.seed,
+    )
+    for prompt, text in zip(prompts, outputs):
+        if len(prompts) > 1:
+            print(f"--- {prompt!r}")
+        print(prompt + text)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    import quark_jax as qj
+    from quark_jax.evaluation.perplexity import perplexity
+
+    try:
+        model = qj.load(args.model_dir, step=args.step)
+    except FileNotFoundError as e:
+        print(f"quark eval: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    result = perplexity(
+        model, args.mixture_or_task_name, args.split, args.sequence_length, args.batch_size, args.batches
+    )
+    print(json.dumps({"model_dir": args.model_dir, "step": model.step, **result}))
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train from gin files (plus --gin.NAME=VALUE bindings)")
+    train.add_argument("--gin_file", action="append", required=True, help="gin file; repeatable")
+    train.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated dirs; repeatable")
+
+    gen = sub.add_parser("generate", help="continue prompts with a trained run")
+    gen.add_argument("--model_dir", required=True)
+    gen.add_argument("--prompt", action="append", help="prompt text; repeatable")
+    gen.add_argument("--max_new_tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--top_k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top_p", type=float, default=1.0, help="1 = off")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+
+    ev = sub.add_parser("eval", help="validation loss and perplexity of a trained run")
+    ev.add_argument("--model_dir", required=True)
+    ev.add_argument("--mixture_or_task_name", default="stdlib")
+    ev.add_argument("--split", default="validation")
+    ev.add_argument("--sequence_length", type=int, default=256)
+    ev.add_argument("--batch_size", type=int, default=8)
+    ev.add_argument("--batches", type=int, default=0, help="0 = the whole split")
+    ev.add_argument("--step", type=int, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``quark`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    bindings, rest = _split_gin_flags(argv)
+    args = _build_parser().parse_args(rest)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if bindings and args.command != "train":
+        print(f"quark {args.command}: --gin.* flags only apply to `quark train`", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if args.command == "train":
+        return _train(args, bindings)
+    if args.command == "generate":
+        return _generate(args)
+    return _eval(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

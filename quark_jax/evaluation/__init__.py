@@ -1,0 +1,1 @@
+"""Evaluations of trained runs (validation perplexity first; benchmark suites live in ``evals/``)."""
