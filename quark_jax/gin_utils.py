@@ -6,8 +6,10 @@ that the code takes as arguments.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import gin
 
@@ -49,6 +51,18 @@ def _resolve(path: str, search_paths: Sequence[str]) -> str:
     )
 
 
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """gin logs every include lookup (and misses) on the root logger; our error message says it better."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), search_paths: Sequence[str] = ()) -> None:
     """Clears gin, then parses ``gin_files`` followed by ``bindings`` (``'NAME=VALUE'`` strings).
 
@@ -60,24 +74,34 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), search_paths: 
     for root in search_paths:
         gin.add_config_file_search_path(root)
     files = [_resolve(f, search_paths) for f in gin_files]
-    for path in files:
-        try:
-            gin.parse_config_file(path)
-        except (ValueError, SyntaxError, KeyError, TypeError, IOError) as e:
-            raise GinConfigError(f"in gin file {path}: {e}") from e
-    for binding in bindings:
-        try:
-            gin.parse_config(binding)
-        except (ValueError, SyntaxError, KeyError, TypeError) as e:
-            raise GinConfigError(f"in binding --gin.{binding}: {e}") from e
+    # gin raises many types (ValueError, KeyError, IOError, tokenize.TokenError ...): all become one error.
+    with _quiet_root_logger():
+        for path in files:
+            try:
+                gin.parse_config_file(path)
+            except Exception as e:  # noqa: BLE001
+                raise GinConfigError(f"in gin file {path}: {_describe(e)}") from e
+        for binding in bindings:
+            try:
+                gin.parse_config(binding)
+            except Exception as e:  # noqa: BLE001
+                raise GinConfigError(f"in binding --gin.{binding}: {_describe(e)}") from e
+
+
+def _describe(error: Exception) -> str:
+    if type(error).__name__ == "TokenError":  # unbalanced brackets: tokenize reports (message, (line, col))
+        message, (line, _) = error.args
+        return f"{message} (unclosed bracket or quote; the file ends at line {line})"
+    return str(error)
 
 
 def build_train_config() -> TrainConfig:
     """Instantiates ``TrainConfig`` from the parsed bindings (a missing macro or bad value names itself)."""
     try:
-        return _CONFIGURABLES[TrainConfig]()
+        config = _CONFIGURABLES[TrainConfig]()
     except (ValueError, TypeError) as e:
         raise GinConfigError(f"building TrainConfig from the gin bindings: {e}") from e
+    return config
 
 
 def config_text() -> str:

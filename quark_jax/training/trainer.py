@@ -78,6 +78,10 @@ class TrainConfig:
     progress_bar: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.model_dir, str):
+            raise ValueError("MODEL_DIR is not set: pass e.g. --gin.MODEL_DIR=\"'/tmp/run'\"")
+        if not isinstance(self.steps, int):
+            raise ValueError("TRAIN_STEPS is not set (or not an integer): pass e.g. --gin.TRAIN_STEPS=1000")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"TrainConfig.on_nonfinite={self.on_nonfinite!r} must be 'stop' or 'skip'")
         if self.steps < 1:

@@ -1,0 +1,77 @@
+"""Shared fixtures: the tiny test run (trained once per session) and helpers for `quark` subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_CONFIG = os.path.join(REPO, "configs", "runs", "pretrain_tiny.gin")
+
+# One persistent XLA compilation cache for the whole session (this process and its subprocesses):
+# the killed, resumed and unbroken runs of the resume test compile the same step once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".cache", "jax_test_compilation"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def tiny_overrides(model_dir: str, steps: int, **extra) -> list[str]:
+    """gin bindings for a short run of the tiny model on 128-token sequences (a few seconds to compile)."""
+    bindings = {
+        "MODEL_DIR": repr(str(model_dir)),
+        "TRAIN_STEPS": steps,
+        "TASK_FEATURE_LENGTHS": "{'targets': 128}",
+        "BATCH_SIZE": 8,
+        "CHECKPOINT_PERIOD": 10,
+        "quark_jax.OptimizerConfig.warmup_steps": 5,
+        "quark_jax.TrainConfig.log_every": 1,
+        "quark_jax.TrainConfig.eval_every": 0,
+        "quark_jax.TrainConfig.eval_batches": 2,
+        "quark_jax.TrainConfig.sample_max_new_tokens": 8,
+        "quark_jax.TrainConfig.peak_flops_per_s": 1e11,  # skip the start-up matmul measurement
+        "quark_jax.TrainConfig.progress_bar": False,
+    }
+    bindings.update(extra)
+    return [f"{k}={v}" for k, v in bindings.items()]
+
+
+def quark_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "quark_jax.cli", *args]
+
+
+def run_quark(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs the ``quark`` CLI in a fresh process from the repository root."""
+    return subprocess.run(
+        quark_command(*args), cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def train_args(bindings: list[str]) -> list[str]:
+    return ["train", f"--gin_file={RUN_CONFIG}", *[f"--gin.{b}" for b in bindings]]
+
+
+def read_metrics(model_dir) -> list[dict]:
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def train_losses(model_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(model_dir) if "loss" in r}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """The tiny model trained for 40 steps in this process through ``qj.Trainer`` (shared by many tests)."""
+    import quark_jax as qj
+
+    model_dir = tmp_path_factory.mktemp("tiny_run")
+    trainer = qj.Trainer.from_gin(
+        RUN_CONFIG,
+        tiny_overrides(model_dir, 40, **{"quark_jax.TrainConfig.eval_every": 20, "CHECKPOINT_PERIOD": 20}),
+    )
+    summary = trainer.run()
+    return {"model_dir": str(model_dir), "summary": summary, "trainer": trainer}
