@@ -24,7 +24,7 @@ def param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], 
     """
     assert len(shape) == len(axes), (shape, axes)
     value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
-    return nnx.Param(value, sharding=axes, eager_sharding=False)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
 
 
 class Embed(nnx.Module):
@@ -48,7 +48,7 @@ class RMSNorm(nnx.Module):
 
     def __init__(self, config: ModelConfig):
         self.eps = config.norm_eps
-        self.scale = nnx.Param(jnp.ones((config.d_model,), jnp.float32), sharding=(sh.NORM,), eager_sharding=False)
+        self.scale = nnx.Param(jnp.ones((config.d_model,), jnp.float32), out_sharding=(sh.NORM,), eager_sharding=False)
 
     def __call__(self, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
         x32 = x.astype(jnp.float32)

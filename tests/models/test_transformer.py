@@ -114,4 +114,4 @@ def test_bad_shapes_and_configs_name_the_culprit():
     with pytest.raises(ValueError, match="same \\[batch, length\\] shape"):
         model(jnp.ones((1, 4), jnp.int32), jnp.ones((1, 5), jnp.int32), jnp.ones((1, 4), jnp.int32))
     with pytest.raises(ValueError, match="num_heads=6 must be a multiple of num_kv_heads=4"):
-        dataclasses.replace(SMALL, num_heads=6)
+        dataclasses.replace(SMALL, num_heads=6, num_kv_heads=4)

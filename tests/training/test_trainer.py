@@ -1,0 +1,99 @@
+"""A whole tiny run through ``qj.Trainer``: outputs, learning, resume-by-rerun, load, generate, eval, CLI."""
+
+import glob
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import quark_jax as qj
+from conftest import RUN_CONFIG, read_metrics, run_quark, tiny_overrides
+from quark_jax.training.trainer import NonFiniteLossError, Trainer
+
+LOGGED = {"step", "loss", "accuracy", "grad_norm", "learning_rate", "tokens_per_s", "mfu"}
+
+
+def test_run_writes_metrics_config_checkpoints_and_plots(trained_run):
+    model_dir = trained_run["model_dir"]
+    records = read_metrics(model_dir)
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 41))
+    assert all(LOGGED <= set(r) for r in train)
+    assert all(0 < r["mfu"] < 2 and r["tokens_per_s"] > 0 for r in train)
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [20, 40] and evals[1]["val_loss"] < evals[0]["val_loss"]
+    assert os.path.getsize(os.path.join(model_dir, "loss_curve.png")) > 1000
+    assert glob.glob(os.path.join(model_dir, "tensorboard", "events.out.tfevents.*"))
+    with open(os.path.join(model_dir, "config.gin")) as f:
+        assert "quark_jax.TrainConfig" in f.read()
+    assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["20", "40"]
+    with open(os.path.join(model_dir, "samples.txt")) as f:
+        assert "--- step 40" in f.read()
+
+
+def test_loss_falls(trained_run):
+    losses = [r["loss"] for r in read_metrics(trained_run["model_dir"]) if "loss" in r]
+    assert losses[0] > 8.0  # ~ln(4096) at initialisation
+    assert np.mean(losses[-5:]) < losses[0] - 1.5
+    summary = trained_run["summary"]
+    assert math.isfinite(summary["val_perplexity"]) and summary["val_perplexity"] < 1000
+
+
+def test_rerunning_a_finished_run_resumes_and_does_nothing(trained_run):
+    trainer = qj.Trainer.from_gin(RUN_CONFIG, tiny_overrides(trained_run["model_dir"], 40))
+    summary = trainer.run()
+    assert summary["start_step"] == 40 and summary["final_step"] == 40
+    for a, b in zip(jax.tree.leaves(summary["params"]), jax.tree.leaves(trained_run["summary"]["params"])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_and_generate(trained_run):
+    model = qj.load(trained_run["model_dir"])
+    assert model.step == 40 and model.config == trained_run["trainer"].config.model
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(trained_run["summary"]["params"])):
+        np.testing.assert_array_equal(a, b)
+    assert model.tokenizer.vocab_size == 4096
+    prompts = ["def fib(n):", "import"]
+    greedy = model.generate(prompts, max_new_tokens=8)
+    assert len(greedy) == 2 and greedy == model.generate(prompts, max_new_tokens=8)
+    # Batching with padding gives what each prompt gets alone.
+    assert greedy[0] == model.generate(prompts[0], max_new_tokens=8)[0]
+    assert greedy[1] == model.generate([prompts[1]], max_new_tokens=8)[0]
+    sampled = model.generate(prompts, max_new_tokens=8, temperature=1.0, top_k=50, top_p=0.9, seed=3)
+    assert sampled == model.generate(prompts, max_new_tokens=8, temperature=1.0, top_k=50, top_p=0.9, seed=3)
+
+
+def test_cli_generate_and_eval(trained_run):
+    model_dir = trained_run["model_dir"]
+    result = run_quark("generate", f"--model_dir={model_dir}", "--prompt", "def fib(n):", "--max_new_tokens", "8")
+    assert result.returncode == 0, result.stderr
+    expected = qj.load(model_dir).generate(["def fib(n):"], max_new_tokens=8)[0]
+    assert result.stdout.strip() == ("def fib(n):" + expected).strip()
+
+    result = run_quark("eval", f"--model_dir={model_dir}", "--sequence_length=128", "--batches=2")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["step"] == 40 and report["batches"] == 2
+    # The same two validation batches the trainer evaluated at its last step (eval_batches=2, no shuffling).
+    assert report["loss"] == pytest.approx(trained_run["summary"]["val_loss"], rel=1e-5)
+
+    missing = run_quark("generate", "--model_dir=/nonexistent/run")
+    assert missing.returncode == 2 and "model_config.json" in missing.stderr
+
+
+def test_nonfinite_loss_stops_naming_the_step(tmp_path):
+    overrides = tiny_overrides(tmp_path / "nan", 3, **{
+        "quark_jax.OptimizerConfig.learning_rate": 1e30, "quark_jax.OptimizerConfig.warmup_steps": 0,
+        "quark_jax.TrainConfig.eval_batches": 0, "quark_jax.TrainConfig.sample_prompts": "()",
+    })
+    with pytest.raises(NonFiniteLossError, match=r"at step 2\b"):
+        Trainer.from_gin(RUN_CONFIG, overrides).run()
+    summary = Trainer.from_gin(
+        RUN_CONFIG, [*overrides, f"MODEL_DIR='{tmp_path / 'skip'}'", "quark_jax.TrainConfig.on_nonfinite='skip'"]
+    ).run()
+    records = [r for r in read_metrics(tmp_path / "skip") if "loss" in r]
+    assert [r.get("skipped", 0.0) for r in records] == [0.0, 1.0, 1.0]
+    assert summary["final_step"] == 3
