@@ -28,7 +28,8 @@ def test_run_writes_metrics_config_checkpoints_and_plots(trained_run):
     assert os.path.getsize(os.path.join(model_dir, "loss_curve.png")) > 1000
     assert glob.glob(os.path.join(model_dir, "tensorboard", "events.out.tfevents.*"))
     with open(os.path.join(model_dir, "config.gin")) as f:
-        assert "quark_jax.TrainConfig" in f.read()
+        text = f.read()
+    assert "TrainConfig.steps = %TRAIN_STEPS" in text and "TRAIN_STEPS = 40" in text
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints"))) == ["20", "40"]
     with open(os.path.join(model_dir, "samples.txt")) as f:
         assert "--- step 40" in f.read()
