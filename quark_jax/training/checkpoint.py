@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,9 @@ class Checkpointer:
         errors = []
         for candidate in steps:
             try:
-                return candidate, self._manager.restore(candidate, args=make_args())
+                restored = self._manager.restore(candidate, args=make_args())
+                self._quarantine(errors)
+                return candidate, restored
             except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint falls back to the previous one
                 if step is not None:
                     raise
@@ -67,6 +71,21 @@ class Checkpointer:
                             candidate, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
                 errors.append(candidate)
         raise RuntimeError(f"every checkpoint in {self.directory} is unreadable (steps {errors})")
+
+    def _quarantine(self, steps: list[int]) -> None:
+        """Moves unreadable checkpoints out of the way, so the resumed run can write those steps again.
+
+        They go to ``MODEL_DIR/checkpoints_unreadable/`` (kept for inspection, never deleted).
+        """
+        if not steps or jax.process_index() != 0:
+            return
+        target_root = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
+        os.makedirs(target_root, exist_ok=True)
+        for step in steps:
+            target = os.path.join(target_root, f"{step}-{int(time.time())}")
+            os.rename(os.path.join(self.directory, str(step)), target)
+            log.warning("moved unreadable checkpoint step %d to %s", step, target)
+        self._manager.reload()
 
     def restore(self, abstract_params: Any, abstract_opt_state: Any, step: int | None = None) -> tuple[int, Any, Any, dict]:
         """Restores ``(step, params, opt_state, meta)`` from the newest readable checkpoint.
