@@ -31,6 +31,10 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype: "float32" or "bfloat16"
     remat: RematPolicy = "none"  # "none" | "full" | "save_dots"
+    # Layers per iteration of the layer scan. 1 keeps compile time flat in depth (the default for real
+    # models); num_layers unrolls completely, which lets XLA fuse across layers (on the 2-core CPU at
+    # 4 layers: ~6% faster steps) at the cost of compile time growing with depth.
+    scan_unroll: int = 1
 
     def __post_init__(self):
         problems = []
@@ -41,6 +45,8 @@ class ModelConfig:
             problems.append(
                 f"ModelConfig.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
             )
+        if not 1 <= self.scan_unroll <= max(self.num_layers, 1):
+            problems.append(f"ModelConfig.scan_unroll={self.scan_unroll} must be in [1, num_layers={self.num_layers}]")
         if self.head_dim % 2:
             problems.append(f"ModelConfig.head_dim={self.head_dim} must be even (RoPE rotates pairs)")
         if self.dtype not in ("float32", "bfloat16"):

@@ -125,7 +125,7 @@ class Transformer(nnx.Module):
 
         if cfg.remat != "none":
             apply_block = jax.checkpoint(apply_block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        x, kv = jax.lax.scan(apply_block, x, (layer_params, kv))
+        x, kv = jax.lax.scan(apply_block, x, (layer_params, kv), unroll=cfg.scan_unroll)
 
         x = self.final_norm(x)
         if cfg.tie_embeddings:

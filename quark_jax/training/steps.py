@@ -55,27 +55,28 @@ def make_train_step(
     stops the run when it sees the non-finite loss.
     """
 
-    def objective(params, batch):
+    def objective(params, batch, denom):
         sums = lm_loss_sums(params, graphdef, batch, z_loss)
-        return sums["nll_sum"] + sums["z_loss_sum"], sums
+        return (sums["nll_sum"] + sums["z_loss_sum"]) / denom, sums
 
     grad_fn = jax.grad(objective, has_aux=True)
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        # Token-weighted mean over the whole batch: dividing inside the objective by the batch's total
+        # weight (known before the forward pass) gives mean gradients directly, micro-batches included.
+        denom = jnp.maximum(jnp.sum(batch["decoder_loss_weights"].astype(jnp.float32)), 1.0)
         if grad_accum_steps == 1:
-            grads, sums = grad_fn(state.params, batch)
+            grads, sums = grad_fn(state.params, batch, denom)
         else:
 
             def accumulate(carry, micro_batch):
-                grads, sums = grad_fn(state.params, micro_batch)
+                grads, sums = grad_fn(state.params, micro_batch, denom)
                 return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
             zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("nll_sum", "z_loss_sum", "correct_sum", "weight_sum")}
             (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), _split_microbatches(batch, grad_accum_steps))
 
-        denom = jnp.maximum(sums["weight_sum"], 1.0)
-        grads = jax.tree.map(lambda g: g / denom, grads)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
