@@ -31,11 +31,32 @@ class LoadedModel:
         return nnx.merge(self.graphdef, self.params)
 
     def generate(
-        self, prompts: str | list[str], max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
-        top_p: float = 1.0, seed: int = 0,
+        self, prompts: str | list[str], max_new_tokens: int | list[int] = 64, temperature: float = 0.0,
+        top_k: int = 0, top_p: float = 1.0, seed: int | list[int] = 0, stop: list[str] = (), prefix=None,
+        num_beams: int = 1, length_penalty: float = 1.0,
     ) -> list[str]:
-        """Continuations of each prompt; greedy unless ``temperature > 0``. Same seed, same output."""
-        return self._generator.generate(prompts, max_new_tokens, temperature, top_k, top_p, seed)
+        """Continuations of each prompt; greedy unless ``temperature > 0``. Same seed, same output.
+
+        ``max_new_tokens`` and ``seed`` may be per prompt; ``stop`` strings end a continuation; ``prefix``
+        (text or ``generator.prefill_prefix(...)``) is a shared context prefilled once; ``num_beams > 1``
+        runs beam search with ``length_penalty``. See :class:`quark_jax.inference.generate.Generator`.
+        """
+        return self._generator.generate(
+            prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, prefix, num_beams, length_penalty
+        )
+
+    def complete(self, prompts: str | list[str], **kwargs: Any) -> list:
+        """Like :meth:`generate` but returns ``Completion``s: text, token ids, logprobs, finish reason."""
+        return self._generator.complete(prompts, **kwargs)
+
+    def score(self, prompts: list[str], continuations: list[str]) -> list[dict[str, Any]]:
+        """Log-likelihood of each continuation given its prompt (for evaluation harnesses)."""
+        return self._generator.score(prompts, continuations)
+
+    @property
+    def generator(self) -> Generator:
+        """The compiled-function cache behind :meth:`generate` (prefix caching, token-level requests)."""
+        return self._generator
 
 
 def load(model_dir: str, step: int | None = None) -> LoadedModel:
