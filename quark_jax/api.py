@@ -24,6 +24,7 @@ class LoadedModel:
         self.step = step
         self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
         self._generator = Generator(self.graphdef, params, tokenizer)
+        self.quantization: dict | None = None  # {"mode", "group_size"} for quantized parameters
 
     @property
     def model(self) -> Transformer:
@@ -53,6 +54,14 @@ class LoadedModel:
         """Log-likelihood of each continuation given its prompt (for evaluation harnesses)."""
         return self._generator.score(prompts, continuations)
 
+    def quantize(self, mode: str, group_size: int = 32) -> LoadedModel:
+        """A copy with weight-only quantized parameters (``"int8"`` per-channel or ``"int4"`` grouped)."""
+        from quark_jax.inference.quantize import quantize_params
+
+        model = LoadedModel(self.config, quantize_params(self.params, mode, group_size), self.tokenizer, self.step)
+        model.quantization = {"mode": mode, "group_size": group_size}
+        return model
+
     @property
     def generator(self) -> Generator:
         """The compiled-function cache behind :meth:`generate` (prefix caching, token-level requests)."""
@@ -60,7 +69,8 @@ class LoadedModel:
 
 
 def load(model_dir: str, step: int | None = None) -> LoadedModel:
-    """Loads the newest (or the given) checkpoint of a run directory written by ``quark train``."""
+    """Loads the newest (or the given) checkpoint of a run directory written by ``quark train``, or a quantized
+    checkpoint written by :func:`quark_jax.inference.quantize.save_quantized`."""
     from quark_jax.data.vocab import get_vocabulary
 
     config_path = os.path.join(model_dir, "model_config.json")
@@ -70,6 +80,14 @@ def load(model_dir: str, step: int | None = None) -> LoadedModel:
         config = ModelConfig.from_json(f.read())
     tokenizer_path = os.path.join(model_dir, "tokenizer.model")
     tokenizer = get_vocabulary(tokenizer_path if os.path.exists(tokenizer_path) else None)
+
+    from quark_jax.inference import quantize
+
+    if quantize.is_quantized_dir(model_dir):  # written by quantize.save_quantized
+        params, info = quantize.read_quantized(model_dir, config)
+        model = LoadedModel(config, params, tokenizer, int(info.get("step", 0)))
+        model.quantization = {"mode": info["mode"], "group_size": info["group_size"]}
+        return model
 
     abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))), nnx.Param))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
