@@ -14,7 +14,7 @@ values layer by layer, and the dequantization happens inside the compiled functi
 Scales are symmetric (no zero point). For each weight the *contraction* axes are known by name: int8 keeps
 one scale per output channel (max |w| over the contraction axes / 127); int4 splits the last contraction
 axis into groups of ``group_size`` and keeps one scale per group and channel (max |w| / 7), with two 4-bit
-values packed per byte.
+values packed per byte (an int4 weight whose last axis is odd keeps one value per int8).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ CONTRACTION_AXES: dict[str, tuple[int, ...]] = {
 
 @struct.dataclass
 class QArray:
-    """A quantized weight: ``q`` (int8, or uint8 holding two int4 values) and float32 ``scale``.
+    """A quantized weight: ``q`` (int8, or uint8 holding two int4 values along its last axis) and float32
+    ``scale``.
 
     ``q[...]``-style access (``qarray[...]``) returns the float32 weight, which is how NNX layers read
     parameter values, so a QArray can replace a weight's value in a parameter tree.
@@ -65,14 +66,12 @@ class QArray:
         """The float32 weight."""
         if self.bits == 8:
             return self.q.astype(jnp.float32) * self.scale
-        packed = self.q.astype(jnp.int32)
-        p = packed.ndim + self.axis  # the in-group axis, holding group_size / 2 bytes
-        low, high = packed & 15, (packed >> 4) & 15
-        low, high = jnp.where(low >= 8, low - 16, low), jnp.where(high >= 8, high - 16, high)
-        values = jnp.stack([low, high], axis=p + 1)  # [..., C/g, g/2, 2, ...]
-        shape = values.shape
-        values = values.reshape(shape[:p] + (shape[p] * 2,) + shape[p + 2:])  # [..., C/g, g, ...]
-        weight = values.astype(jnp.float32) * self.scale
+        q = self.q
+        if q.dtype == jnp.uint8:  # two int4 values per byte along the last axis, low nibble first
+            q = jax.lax.bitcast_convert_type(q, jnp.int4)  # [..., n, 2]
+            q = q.reshape(q.shape[:-2] + (2 * q.shape[-2],))
+        weight = q.astype(jnp.float32) * self.scale  # [..., C/g, g, ...]
+        p = weight.ndim + self.axis  # the in-group axis
         shape = weight.shape
         return weight.reshape(shape[: p - 1] + (shape[p - 1] * shape[p],) + shape[p + 1:])  # [..., C, ...]
 
@@ -109,10 +108,13 @@ def quantize_array(w: Float[Array, "..."], bits: int, contraction_axes: tuple[in
     scale = jnp.max(jnp.abs(grouped), axis=p + 1, keepdims=True) / 7.0
     scale = jnp.where(scale == 0, 1.0, scale)
     q = jnp.clip(jnp.round(grouped / scale), -7, 7).astype(jnp.int32)
-    pairs = q.reshape(q.shape[: p + 1] + (g // 2, 2) + q.shape[p + 2:])
-    low, high = jnp.take(pairs, 0, axis=p + 2), jnp.take(pairs, 1, axis=p + 2)
-    packed = ((low & 15) | ((high & 15) << 4)).astype(jnp.uint8)
     # The in-group axis keeps its negative index after the split, so ``axis`` still finds it.
+    if q.shape[-1] % 2:  # an odd last axis cannot be packed in pairs: keep one value per int8
+        return QArray(q=q.astype(jnp.int8), scale=scale, bits=4, axis=axis, group_size=g)
+    # Pack neighbours along the last axis, low nibble first: the layout of XLA's int4, so dequantizing
+    # is a bitcast to int4 (which XLA fuses into the consumer) rather than shifts and masks.
+    low, high = q[..., 0::2], q[..., 1::2]
+    packed = ((low & 15) | ((high & 15) << 4)).astype(jnp.uint8)
     return QArray(q=packed, scale=scale, bits=4, axis=axis, group_size=g)
 
 

@@ -26,7 +26,11 @@ def test_int4_packing_round_trips_exactly():
     values[-1] = 7
     w = jnp.asarray(np.stack([values, -values, 2 * values], axis=1))  # [C=16, 3]: contract over C
     q = quantize_array(w, 4, (-2,), group_size=8)
-    assert q.q.dtype == jnp.uint8 and q.q.shape == (2, 4, 3)  # two groups of 8, packed two per byte
+    assert q.q.dtype == jnp.int8 and q.q.shape == (2, 8, 3)  # two groups of 8; odd last axis: unpacked
+    w2 = jnp.concatenate([w, w[:, :1]], axis=1)  # [16, 4]: packed two per byte along the last axis
+    q2 = quantize_array(w2, 4, (-2,), group_size=8)
+    assert q2.q.dtype == jnp.uint8 and q2.q.shape == (2, 8, 2)
+    np.testing.assert_allclose(q2.dequantize(), w2, rtol=1e-6)
     np.testing.assert_allclose(q.dequantize(), w, rtol=1e-6)
     # A leading (layers) axis sliced off, as the layer scan does, dequantizes the same layer.
     stacked = quantize_array(jnp.stack([w, 3 * w]), 4, (-2,), group_size=8)
