@@ -12,6 +12,7 @@ Model: ``configs/models/small.gin`` (~30M parameters) with random weights; gener
                  bytes) / memory bandwidth, the bandwidth measured in this process by a large copy
                  (and a large read; the faster is used);
                  ``ratio_to_floor`` = measured / floor (the issue's goal: ≤ 2 at batch 1).
+                 ``single_step_ms``: the same step jitted alone, called from Python (no loop).
 * ``prefill``:   time to first token (prefill + first sample) and prefill tokens/s for a 256-token prompt.
 * ``quantized``: batch-1 decode per-token latency of float32 weights, int8, int4 and bfloat16 compute.
 * ``answer64``:  wall time of a 64-token answer through the text API (warm, i.e. compiled; and cold,
@@ -80,7 +81,7 @@ class Harness:
 
     def __init__(self, config: ModelConfig, params, batch: int, prompt_len: int, max_new: int):
         graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
-        self.fn = make_generate_fn(graphdef, DecodeSpec(max_new_tokens=max_new, eos_id=-1))
+        self.fn = make_generate_fn(graphdef, DecodeSpec(max_new_tokens=max_new, eos_id=-1, sampling=False))
         self.params, self.batch, self.max_new = params, batch, max_new
         rng = np.random.default_rng(0)
         self.prompts = rng.integers(4, config.vocab_size, (batch, prompt_len)).astype(np.int32)
@@ -114,6 +115,22 @@ def floor_seconds(config: ModelConfig, params, batch: int, cache_len: int, bandw
     return (param_bytes(params) + cache) / bandwidth
 
 
+def single_step_seconds(config: ModelConfig, params, cache_len: int, repeats: int = 20) -> float:
+    """One decode step (batch 1) as its own jitted call from Python: the loop-free reference."""
+    from quark_jax.models.transformer import KVCache
+
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+
+    @jax.jit
+    def step(params, cache, token):
+        logits, cache = nnx.merge(graphdef, params)(token, jnp.full((1, 1), 3), jnp.ones((1, 1), jnp.int32), cache)
+        return jnp.argmax(logits[:, -1], axis=-1), cache
+
+    cache, token = KVCache.init(config, 1, cache_len), jnp.ones((1, 1), jnp.int32)
+    step(params, cache, token)[0].block_until_ready()
+    return statistics.median(_timed(lambda: step(params, cache, token)[0].block_until_ready()) for _ in range(repeats))
+
+
 def bench_decode(config, params, bandwidth, prompt_len=16, max_new=128) -> dict:
     result = {"bench": "decode", "model": "small", "params_M": round(config.num_params() / 1e6, 1),
               "prompt_tokens": prompt_len, "new_tokens": max_new, "memory_GBps": round(bandwidth / 1e9, 2)}
@@ -122,6 +139,10 @@ def bench_decode(config, params, bandwidth, prompt_len=16, max_new=128) -> dict:
         floor = floor_seconds(config, params, batch, prompt_len + max_new, bandwidth)
         result[f"b{batch}"] = {"ms_per_step": round(per_token * 1e3, 3), "tokens_per_s": round(batch / per_token, 1),
                                "floor_ms": round(floor * 1e3, 3), "ratio_to_floor": round(per_token / floor, 2)}
+    # The same step jitted alone and called from Python (no while loop around it): on the CPU, XLA's
+    # while loop roughly doubles the per-iteration time of the same body (a hand-written forward too).
+    single = single_step_seconds(config, params, prompt_len + max_new)
+    result["b1"]["single_step_ms"] = round(single * 1e3, 3)
     return result
 
 

@@ -1,7 +1,7 @@
 """Text in, text out: tokenizes requests, pads them into shape buckets and calls cached compiled functions.
 
 A :class:`Generator` compiles one function per (batch bucket, prompt-length bucket, max-new-tokens bucket,
-prefix bucket, filtering on/off); everything else a request may vary (temperature, top-k, top-p, seed, max
+prefix bucket, and two switches: any sampled row, any top-k/top-p row); everything else a request may vary (temperature, top-k, top-p, seed, max
 tokens, stop sequences) is passed as arrays, so after warm-up, calls inside a bucket never recompile.
 """
 
@@ -156,6 +156,7 @@ class Generator:
         prompt_bucket = _pow2(max(len(r.prompt) for r in requests), self.min_prompt_bucket)
         new_bucket = _pow2(max(r.max_new_tokens for r in requests))
         filtering = any(SamplingConfig(r.temperature, r.top_k, r.top_p).filtering for r in requests)
+        sampling = any(r.temperature > 0 for r in requests)
         stops = [list(s) for r in requests for s in r.stop]
         num_stops = _pow2(max([len(r.stop) for r in requests] + [1]))
         stop_len = _pow2(max([len(s) for s in stops] + [1]))
@@ -178,9 +179,10 @@ class Generator:
                 stop_tokens[row, j, stop_len - len(s):] = s  # left-padded with the -1 wildcard
         keys = jax.vmap(jax.random.key)(seeds)
 
-        spec = DecodeSpec(max_new_tokens=new_bucket, eos_id=self.eos_id, pad_id=self.pad_id, filtering=filtering)
+        spec = DecodeSpec(max_new_tokens=new_bucket, eos_id=self.eos_id, pad_id=self.pad_id, filtering=filtering,
+                          sampling=sampling)
         key = ("generate", batch_bucket, prompt_bucket, new_bucket, None if prefix is None else prefix.bucket,
-               num_stops, stop_len, filtering)
+               num_stops, stop_len, sampling, filtering)
         fn = self._function(key, lambda: make_generate_fn(self.graphdef, spec, self.trace_count))
         out = jax.device_get(self._call(
             fn, self.params, tokens, lengths, max_tokens, temperature, top_k, top_p, keys, stop_tokens, prefix
