@@ -4,6 +4,7 @@
     quark generate --model_dir=/tmp/run --prompt "def fib(n):" --max_new_tokens 64
     quark generate --model_dir=/tmp/run --input_jsonl requests.jsonl --quantize int8 --stop "\n\n" --logprobs
     quark eval --model_dir=/tmp/run --batches 16
+    quark quantize --model_dir=/tmp/run --out_dir=/tmp/run_int4 --mode int4
 
 ``--gin_file`` and ``--gin.NAME=VALUE`` may repeat; bindings apply after all files, in order. Values are gin
 literals, so strings need inner quotes (``--gin.MODEL_DIR="'/tmp/run'"``). ``--gin_search_paths`` (repeatable,
@@ -120,6 +121,18 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from quark_jax.inference.quantize import save_quantized
+
+    try:
+        out = save_quantized(args.model_dir, args.out_dir, args.mode, args.group_size, step=args.step)
+    except FileNotFoundError as e:
+        print(f"quark quantize: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(f"quark quantize: {args.mode} checkpoint of {args.model_dir} written to {out} (qj.load / quark generate read it)")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     import json
 
@@ -165,6 +178,13 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quantize", choices=("int8", "int4"), help="weight-only quantization before generating")
     gen.add_argument("--logprobs", action="store_true", help="with --input_jsonl: add chosen-token logprobs")
 
+    qz = sub.add_parser("quantize", help="write a weight-only int8/int4 copy of a trained run")
+    qz.add_argument("--model_dir", required=True)
+    qz.add_argument("--out_dir", required=True)
+    qz.add_argument("--mode", choices=("int8", "int4"), default="int8")
+    qz.add_argument("--group_size", type=int, default=32, help="int4 group size along the contraction axis")
+    qz.add_argument("--step", type=int, default=None)
+
     ev = sub.add_parser("eval", help="validation loss and perplexity of a trained run")
     ev.add_argument("--model_dir", required=True)
     ev.add_argument("--mixture_or_task_name", default="stdlib")
@@ -194,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args, bindings)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "quantize":
+        return _quantize(args)
     return _eval(args)
 
 

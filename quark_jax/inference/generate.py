@@ -40,7 +40,8 @@ def enable_compilation_cache(path: str | None = None) -> str:
 
     The directory is ``path``, else ``$QUARK_JAX_COMPILATION_CACHE``, else an already configured
     ``jax_compilation_cache_dir`` (e.g. from ``$JAX_COMPILATION_CACHE_DIR``), else
-    ``~/.cache/quark_jax/jax``. Returns the directory in use.
+    ``~/.cache/quark_jax/jax``. Returns the directory in use. JAX decides once per process whether the
+    cache is on, at its first compilation, so call this (or build the :class:`Generator`) before compiling.
     """
     path = path or os.environ.get(CACHE_ENV) or jax.config.jax_compilation_cache_dir
     path = path or os.path.join(os.path.expanduser("~"), ".cache", "quark_jax", "jax")
