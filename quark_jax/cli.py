@@ -74,6 +74,15 @@ def _generate(args: argparse.Namespace) -> int:
 
     import quark_jax as qj
 
+    requests = []
+    if args.input_jsonl:  # checked before the (slow) model load
+        # One request per line: {"prompt": ..., optional "max_new_tokens", "seed"}; one JSON result per line.
+        with open(args.input_jsonl) as f:
+            requests = [json.loads(line) for line in f if line.strip()]
+        bad = [i + 1 for i, r in enumerate(requests) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
+        if bad:
+            print(f"quark generate: {args.input_jsonl} lines {bad[:5]} need a string \"prompt\"", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
     try:
         model = qj.load(args.model_dir, step=args.step)
     except FileNotFoundError as e:
@@ -82,13 +91,6 @@ def _generate(args: argparse.Namespace) -> int:
     if args.quantize:
         model = model.quantize(args.quantize)
     if args.input_jsonl:
-        # One request per line: {"prompt": ..., optional "max_new_tokens", "seed"}; one JSON result per line.
-        with open(args.input_jsonl) as f:
-            requests = [json.loads(line) for line in f if line.strip()]
-        bad = [i + 1 for i, r in enumerate(requests) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
-        if bad:
-            print(f"quark generate: {args.input_jsonl} lines {bad[:5]} need a string \"prompt\"", file=sys.stderr)
-            return EXIT_CONFIG_ERROR
         for start in range(0, len(requests), args.batch_size):
             chunk = requests[start:start + args.batch_size]
             prompts = [r["prompt"] for r in chunk]

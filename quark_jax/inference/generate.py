@@ -273,8 +273,11 @@ class Generator:
         num_beams: int = 1,
         length_penalty: float = 1.0,
     ) -> list[str]:
-        """Continuations of ``prompts`` (the prompt itself not included); ``num_beams > 1`` runs beam search."""
+        """Continuations of ``prompts`` (the prompt itself not included); ``num_beams > 1`` runs beam search
+        (greedy ranking by ``length_penalty``-normalised log-probability; no prefix, no sampling)."""
         if num_beams > 1:
+            if prefix is not None or temperature > 0:
+                raise ValueError("beam search (num_beams > 1) takes neither a prefix nor sampling options")
             if isinstance(prompts, str):
                 prompts = [prompts]
             limit = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens)

@@ -163,6 +163,8 @@ def test_bad_input_is_rejected(generator):
         Request([1], 4, temperature=1.0, top_p=0.0)
     with pytest.raises(ValueError, match="continuations"):
         generator.score_tokens([[1]], [])
+    with pytest.raises(ValueError, match="beam search"):
+        generator.generate(["x"], num_beams=2, temperature=1.0)
 
 
 CACHE_SCRIPT = """
