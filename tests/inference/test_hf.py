@@ -96,3 +96,19 @@ def test_clear_errors():
     state["model.layers.0.mlp.up_proj.weight"] = state["model.layers.0.mlp.up_proj.weight"][:, :5]
     with pytest.raises(ValueError, match="up_proj.weight: expected shape"):
         hf.params_from_state_dict(state, config)
+
+
+def test_greedy_generation_matches_transformers(tmp_path):
+    from quark_jax.inference.generate import Generator, Request
+
+    model = random_llama(tie=False, seed=2)
+    model.config._attn_implementation = "eager"
+    model.save_pretrained(tmp_path)
+    config, params = hf.load_hf(str(tmp_path))
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+    prompt = [5, 17, 33, 2, 8]
+    with torch.no_grad():
+        theirs = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                pad_token_id=0)[0, len(prompt):].tolist()
+    ours = Generator(graphdef, params, eos_id=10_000).generate_requests([Request(prompt, 8)])[0].tokens
+    assert ours == theirs
