@@ -33,13 +33,13 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-import ml_dtypes
+import jax.numpy as jnp
 import numpy as np
 
 from quark_jax.models.config import ModelConfig
 
 _DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
@@ -197,8 +197,6 @@ def params_from_state_dict(state: Mapping[str, Any], config: ModelConfig) -> dic
 
 
 def _contiguous(tree):
-    import jax.numpy as jnp
-
     if isinstance(tree, dict):
         return {k: _contiguous(v) for k, v in tree.items()}
     return jnp.asarray(np.ascontiguousarray(tree, np.float32))

@@ -112,3 +112,17 @@ def test_greedy_generation_matches_transformers(tmp_path):
                                 pad_token_id=0)[0, len(prompt):].tolist()
     ours = Generator(graphdef, params, eos_id=10_000).generate_requests([Request(prompt, 8)])[0].tokens
     assert ours == theirs
+
+
+def test_safetensors_writer_is_read_by_torch(tmp_path):
+    from safetensors.torch import load_file
+
+    tensors = {"a": np.linspace(-2, 2, 6, dtype=np.float32).reshape(2, 3).astype(jnp.bfloat16),
+               "b": np.arange(4, dtype=np.int64)}
+    hf.write_safetensors(str(tmp_path / "t.safetensors"), tensors)
+    loaded = load_file(str(tmp_path / "t.safetensors"))
+    assert loaded["a"].dtype == torch.bfloat16
+    np.testing.assert_array_equal(loaded["a"].float().numpy(), tensors["a"].astype(np.float32))
+    np.testing.assert_array_equal(loaded["b"].numpy(), tensors["b"])
+    assert {k: v.dtype for k, v in hf.read_safetensors(str(tmp_path / "t.safetensors")).items()} == {
+        "a": np.dtype(jnp.bfloat16), "b": np.dtype(np.int64)}
