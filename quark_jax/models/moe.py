@@ -160,6 +160,6 @@ class MoE(nnx.Module):
         return {
             "load_balance_loss": E * jnp.sum(load * mean_prob),
             "router_z_loss": jnp.sum(jnp.square(z) * mask) / tokens,
-            "dropped_fraction": 1.0 - jnp.einsum("BTR,BT->", kept.astype(jnp.float32), mask) / (tokens * R),
+            "dropped_fraction": jnp.einsum("BTR,BT->", (~kept).astype(jnp.float32), mask) / (tokens * R),
             "expert_load": load,
         }
