@@ -50,6 +50,13 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     except gin_utils.GinConfigError as e:
         print(f"quark train: gin configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    from quark_jax import distributed
+
+    try:
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    except ValueError as e:
+        print(f"quark train: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     try:
         summary = trainer.run()
     except NonFiniteLossError as e:
@@ -113,6 +120,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train from gin files (plus --gin.NAME=VALUE bindings)")
     train.add_argument("--gin_file", action="append", required=True, help="gin file; repeatable")
     train.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated dirs; repeatable")
+    train.add_argument("--coordinator_address", default=None,
+                       help="multi-host: HOST:PORT of process 0 (or env QUARK_COORDINATOR_ADDRESS)")
+    train.add_argument("--num_processes", type=int, default=None, help="multi-host: processes in the job")
+    train.add_argument("--process_id", type=int, default=None, help="multi-host: this process, 0..N-1")
 
     gen = sub.add_parser("generate", help="continue prompts with a trained run")
     gen.add_argument("--model_dir", required=True)
