@@ -3,6 +3,9 @@
     quark train --gin_file=configs/runs/pretrain_tiny.gin --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=200
     quark generate --model_dir=/tmp/run --prompt "def fib(n):" --max_new_tokens 64
     quark eval --model_dir=/tmp/run --batches 16
+    quark plan --gin_file=configs/runs/pretrain.gin --gin_file=configs/models/mixtral_8x7b.gin \
+        --mesh_shape='fsdp=-1,expert=8' --num_devices=256 --batch_size=1024 --seq_len=4096
+    quark train ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (multi-host)
 
 ``--gin_file`` and ``--gin.NAME=VALUE`` may repeat; bindings apply after all files, in order. Values are gin
 literals, so strings need inner quotes (``--gin.MODEL_DIR="'/tmp/run'"``). ``--gin_search_paths`` (repeatable,
@@ -112,6 +115,44 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace, bindings: list[str]) -> int:
+    import json
+
+    from quark_jax import gin_utils
+    from quark_jax.plan import plan
+
+    search_paths = [p for group in args.gin_search_paths for p in group.split(",") if p]
+    # A plan needs no run directory or step count: fill the run file's required macros unless given.
+    defaults = [b for b in ("MODEL_DIR='/tmp/quark_plan'", "TRAIN_STEPS=1")
+                if not any(x.split("=")[0].strip() == b.split("=")[0] for x in bindings)]
+    try:
+        gin_utils.parse(args.gin_file, [*defaults, *bindings], search_paths)
+        config = gin_utils.build_train_config()
+    except gin_utils.GinConfigError as e:
+        print(f"quark plan: gin configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    mesh_shape = args.mesh_shape or config.mesh_shape
+    num_devices = args.num_devices
+    if num_devices is None:
+        if "-1" in mesh_shape:
+            print(f"quark plan: MESH_SHAPE={mesh_shape!r} has a -1 axis: pass --num_devices", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        num_devices = 1
+        for part in filter(None, mesh_shape.split(",")):
+            num_devices *= int(part.split("=")[1])
+    try:
+        result = plan(
+            config.model, mesh_shape, num_devices, batch_size=args.batch_size or config.data.batch_size,
+            seq_len=args.seq_len or config.data.task_feature_lengths["targets"],
+            peak_flops_per_s=args.peak_flops_per_s, mfu=args.mfu,
+        )
+    except ValueError as e:
+        print(f"quark plan: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(json.dumps(result.to_dict()) if args.json else result.describe())
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -124,6 +165,17 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="multi-host: HOST:PORT of process 0 (or env QUARK_COORDINATOR_ADDRESS)")
     train.add_argument("--num_processes", type=int, default=None, help="multi-host: processes in the job")
     train.add_argument("--process_id", type=int, default=None, help="multi-host: this process, 0..N-1")
+
+    pl = sub.add_parser("plan", help="parameters, FLOPs, per-device memory and step time of a config on a mesh")
+    pl.add_argument("--gin_file", action="append", required=True, help="gin file; repeatable")
+    pl.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated dirs; repeatable")
+    pl.add_argument("--mesh_shape", default=None, help="e.g. 'fsdp=-1,tensor=4' (default: the config's MESH_SHAPE)")
+    pl.add_argument("--num_devices", type=int, default=None, help="devices in the job (needed when an axis is -1)")
+    pl.add_argument("--batch_size", type=int, default=None, help="global batch (default: the config's)")
+    pl.add_argument("--seq_len", type=int, default=None, help="sequence length (default: the config's)")
+    pl.add_argument("--peak_flops_per_s", type=float, default=1.97e14, help="per device (default: TPU v5e bf16)")
+    pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the step time")
+    pl.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
     gen = sub.add_parser("generate", help="continue prompts with a trained run")
     gen.add_argument("--model_dir", required=True)
@@ -157,11 +209,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if bindings and args.command != "train":
-        print(f"quark {args.command}: --gin.* flags only apply to `quark train`", file=sys.stderr)
+    if bindings and args.command not in ("train", "plan"):
+        print(f"quark {args.command}: --gin.* flags only apply to `quark train` and `quark plan`", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     if args.command == "train":
         return _train(args, bindings)
+    if args.command == "plan":
+        return _plan(args, bindings)
     if args.command == "generate":
         return _generate(args)
     return _eval(args)
