@@ -123,7 +123,9 @@ def make_train_step(
             "loss_tokens": sums["weight_sum"],
             "finite": finite,
         }
-        metrics.update({k: v / denom for k, v in sums.items() if k.startswith("moe")})
+        if "moe_loss_sum" in sums:  # MoE: the weighted aux objective term and the router statistics
+            metrics["moe_aux_loss"] = sums["moe_loss_sum"] / denom
+            metrics.update({k: v / denom for k, v in sums.items() if k.startswith("moe/")})
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
