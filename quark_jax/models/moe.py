@@ -80,19 +80,22 @@ class MoE(nnx.Module):
 
     # ---- experts -----------------------------------------------------------------------------------
     def _capacity(
-        self, x: Float[Array, "B T D"], gates: Float[Array, "B T R"], experts: Int[Array, "B T R"]
+        self, x: Float[Array, "B T D"], gates: Float[Array, "B T R"], experts: Int[Array, "B T R"],
+        token_mask: Bool[Array, "B T"] | None = None,
     ) -> tuple[Float[Array, "B T D"], Bool[Array, "B T R"]]:
         cfg = self.config
         dtype = cfg.compute_dtype
         B, T, R = experts.shape
         E, C = cfg.num_experts, expert_capacity(cfg, T)
         chosen = jax.nn.one_hot(experts, E, dtype=jnp.int32)  # [B T R E]
+        if token_mask is not None:  # padding is not dispatched, so it never takes a real token's slot
+            chosen = chosen * token_mask[:, :, None, None].astype(jnp.int32)
         # Slot of each assignment in its expert's buffer. First choices of all tokens queue before second
         # choices (GShard), so capacity pressure drops the least preferred assignments first.
         queue = jnp.swapaxes(chosen, 1, 2).reshape(B, R * T, E)
         slot_r = (jnp.cumsum(queue, axis=1) - 1).reshape(B, R, T, E)
         slot = jnp.sum(jnp.swapaxes(slot_r, 1, 2) * chosen, axis=-1)  # [B T R]
-        kept = slot < C
+        kept = (slot < C) & (jnp.sum(chosen, axis=-1) > 0)
         slot_1h = jax.nn.one_hot(jnp.where(kept, slot, C), C, dtype=dtype)  # all-zero rows when dropped
         chosen = chosen.astype(dtype)
         dispatch = jnp.einsum("BTRE,BTRC->BTEC", chosen, slot_1h)
@@ -131,13 +134,13 @@ class MoE(nnx.Module):
     ) -> tuple[Float[Array, "B T D"], dict[str, Float[Array, "..."]]]:
         """The routed (plus shared) expert output and this layer's auxiliary values.
 
-        ``token_mask`` (False on padding) excludes padding from the balancing statistics and metrics; padding
-        is still routed (its output is never used).
+        ``token_mask`` (False on padding) excludes padding from the balancing statistics and metrics, and in
+        capacity mode from dispatch (padding's expert output is zero; its loss weight is zero anyway).
         """
         cfg = self.config
         logits, gates, experts = self.route(x)
         if cfg.moe_dispatch == "capacity":
-            y, kept = self._capacity(x, gates, experts)
+            y, kept = self._capacity(x, gates, experts, token_mask)
         else:
             y, kept = self._dropless(x, gates, experts), jnp.ones(experts.shape, bool)
         if cfg.num_shared_experts:
