@@ -153,3 +153,25 @@ def test_train_step_adds_and_logs_the_aux_losses():
     # The router receives gradient from the main loss and the aux losses.
     router_grad_moved = state.params["moe_blocks"]["moe"]["router"]
     assert np.isfinite(np.asarray(router_grad_moved)).all()
+
+
+def test_every_moe_parameter_has_logical_axes_covered_by_the_rules():
+    config = dataclasses.replace(SMALL, num_layers=4, moe_every=2, num_shared_experts=1)
+    state = nnx.state(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))), nnx.Param)
+    for path, variable in jax.tree_util.tree_leaves_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        names = variable.get_metadata().get("out_sharding")
+        assert names is not None and len(names) == variable.get_value().ndim, path
+    assert sh.EXPERTS in sh.used_logical_names(state)
+    assert sh.used_logical_names(state) | {sh.ACT_EXPERT, sh.EXPERT_BATCH} <= {name for name, _ in sh.DEFAULT_RULES}
+    assert state["moe_blocks"]["moe"]["w_gate"].get_metadata()["out_sharding"] == (sh.LAYERS, sh.EXPERTS, sh.EMBED, sh.MLP)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(experts_per_token=5), "experts_per_token=5 must be in \\[1, num_experts=4\\]"),
+    (dict(moe_every=3), "moe_every=3 must be >= 1 and divide num_layers=2"),
+    (dict(moe_dispatch="sparse"), "moe_dispatch='sparse'"),
+    (dict(capacity_factor=0.0), "capacity_factor=0.0 must be > 0"),
+])
+def test_bad_moe_configs_name_the_field(bad, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(SMALL, **bad)
