@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 EXIT_CONFIG_ERROR = 2
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, so schedulers see the job as interrupted and can requeue it
 
 
 def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -55,6 +56,15 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     except NonFiniteLossError as e:
         print(f"quark train: {e}", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError) as e:  # bad configuration found at set-up (named in the message)
+        if args.verbose:
+            raise
+        print(f"quark train: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if summary.get("preempted"):
+        print(f"quark train: stopped by SIGTERM after step {summary['final_step']} (checkpoint saved); "
+              "re-run the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
     last = summary.get("last_metrics", {})
     parts = [f"step {summary['final_step']}"]
     if "loss" in last:

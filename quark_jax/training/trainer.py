@@ -94,6 +94,31 @@ class TrainConfig:
             raise ValueError("TrainConfig.model_dir is empty: set MODEL_DIR, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"")
 
 
+class _PreemptionGuard:
+    """Turns SIGTERM into a flag the training loop checks after each step (main thread only)."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self._signal = signal
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            self._signal.signal(self._signal.SIGTERM, self._previous)
+            self._previous = None
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when a step produces a NaN or Inf loss and ``on_nonfinite == 'stop'``."""
 
@@ -181,7 +206,18 @@ class Trainer:
         cfg = self.config
         if jax.process_index() != 0:
             return
-        with open(os.path.join(cfg.model_dir, "model_config.json"), "w") as f:
+        config_path = os.path.join(cfg.model_dir, "model_config.json")
+        if os.path.exists(config_path) and os.path.isdir(os.path.join(cfg.model_dir, "checkpoints")):
+            with open(config_path) as f:
+                previous = json.load(f)
+            changed = {k: (previous.get(k), v) for k, v in dataclasses.asdict(cfg.model).items() if previous.get(k) != v}
+            if changed:
+                raise ValueError(
+                    f"MODEL_DIR {cfg.model_dir} holds checkpoints of a different model "
+                    f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in changed.items())}); "
+                    "use a new MODEL_DIR, or INIT_FROM to warm-start from it"
+                )
+        with open(config_path, "w") as f:
             f.write(cfg.model.to_json())
         if self.gin_config_text:
             with open(os.path.join(cfg.model_dir, "config.gin"), "w") as f:
@@ -398,6 +434,7 @@ class Trainer:
             if progress is not None:
                 progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
 
+        stop_requested = _PreemptionGuard()
         try:
             for step in range(start_step + 1, cfg.steps + 1):
                 state, metrics = train_step(state, batch)
@@ -419,13 +456,28 @@ class Trainer:
                     self._save(state, step, force=step == cfg.steps)
                 if is_eval:
                     summary.update(self._evaluate_and_log(step, state.params))
+                if stop_requested() and step < cfg.steps:
+                    # SIGTERM (e.g. a preempted TPU VM or a cluster scheduler): checkpoint and leave cleanly.
+                    handle(*pending)
+                    pending = None
+                    if not is_ckpt:
+                        self._save(state, step, force=True)
+                    log.warning("SIGTERM: saved a checkpoint at step %d; re-run the same command to resume", step)
+                    summary.update(preempted=True, final_step=step, last_metrics=last, params=state.params)
+                    return summary
             if pending is not None:
                 handle(*pending)
         except KeyboardInterrupt:
-            log.warning("interrupted: saving a checkpoint at step %d before exiting", int(jax.device_get(state.step)))
-            self._save(state, int(jax.device_get(state.step)), force=True)
+            step = int(jax.device_get(state.step))
+            try:
+                log.warning("interrupted: saving a checkpoint at step %d before exiting", step)
+                self._save(state, step, force=True)
+            except Exception as e:  # noqa: BLE001 -- interrupted inside the step: its donated state is gone
+                log.warning("could not save the interrupted step (%s); the newest checkpoint is step %s",
+                            e, self.checkpointer.latest_step())
             raise
         finally:
+            stop_requested.restore()
             if progress is not None:
                 progress.close()
             self.checkpointer.close()
