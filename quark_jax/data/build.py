@@ -113,7 +113,7 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
     """Cleans every task of ``mixture`` (or a single task) into shards under ``output``; returns the report.
 
     ``name`` is the mixture name the shards are registered under (default ``<mixture>_clean``); its tasks
-    are ``<name>.<task>``. ``config`` is a :class:`filters.CleaningConfig` (default: the gin-bound one).
+    are ``<name>.<task>``. ``config`` is a :class:`filters.CleaningConfig` (default: ``filters.cleaning_config()``, gin-bound).
     """
     import seqio
     import tensorflow as tf
@@ -121,7 +121,7 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
 
     from quark_jax.data import filters, tasks  # noqa: F401 -- registers the built-in tasks and mixtures
 
-    config = config or filters.CleaningConfig()
+    config = config or filters.cleaning_config()
     name = name or f"{mixture}_clean"
     if mixture in seqio.MixtureRegistry.names():
         mix = seqio.MixtureRegistry.get(mixture)

@@ -81,11 +81,23 @@ class CleaningConfig:
     scrub_pii: bool = True
 
 
-for _cls in (QualityConfig, CleaningConfig):
+def _configurable(cls):
     try:
-        gin.external_configurable(_cls, module="quark_jax.data")
-    except ValueError:  # re-import
-        pass
+        return gin.external_configurable(cls, module="quark_jax.data")
+    except ValueError:  # module re-imported: the class is registered already
+        return gin.get_configurable(f"quark_jax.data.{cls.__name__}")
+
+
+_GIN_QUALITY, _GIN_CLEANING = _configurable(QualityConfig), _configurable(CleaningConfig)
+
+
+def cleaning_config() -> CleaningConfig:
+    """The :class:`CleaningConfig` with the parsed gin bindings applied.
+
+    Bind thresholds as ``quark_jax.data.QualityConfig.min_words = 30`` and switches as
+    ``quark_jax.data.CleaningConfig.near_dup_threshold = 0.7``.
+    """
+    return _GIN_CLEANING(quality=_GIN_QUALITY())
 
 
 # ---- exact and near deduplication ----------------------------------------------------------------------
