@@ -445,6 +445,7 @@ _PHONE = re.compile(
 )
 # Addresses that identify no one stay: loopback, unspecified, netmasks, and the RFC 5737 documentation ranges.
 _DOCUMENTATION_NETS = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+_DOCUMENTATION_NET6 = ipaddress.ip_network("2001:db8::/32")
 _MASK_OCTETS = frozenset({"0", "128", "192", "224", "240", "248", "252", "254", "255"})
 
 PLACEHOLDERS = ("<SECRET>", "<EMAIL>", "<CREDIT_CARD>", "<NATIONAL_ID>", "<IP_ADDRESS>", "<PHONE>")
@@ -459,7 +460,8 @@ def scrub_pii(text: str) -> tuple[str, collections.Counter]:
     """Replaces PII with typed placeholders; returns the new text and a count per placeholder.
 
     Order matters: secrets first (a key may contain digit runs), then e-mail, Luhn-valid card numbers,
-    national ids (US SSN, UK NINO), IP addresses (public and private; loopback and masks kept), phones.
+    national ids (US SSN, UK NINO), IP addresses (host addresses, public and private; loopback,
+    multicast, reserved, documentation ranges, masks and CIDR networks are kept), phones.
     """
     counts: collections.Counter = collections.Counter()
 
@@ -489,14 +491,23 @@ def scrub_pii(text: str) -> tuple[str, collections.Counter]:
     text = sub(_NINO, "<NATIONAL_ID>", text)
 
     def ip_ok(m: re.Match) -> bool:
+        if m.string[m.end():m.end() + 1] == "/":
+            return False  # a network in CIDR notation ('10.0.0.0/8') names a range, not a host
         octets = m.group(0).split(".")
-        if octets[0] == "255" and set(octets) <= _MASK_OCTETS:
-            return False  # a netmask
+        if octets[0] in ("0", "255") and set(octets) <= _MASK_OCTETS | {"31", "63", "127", "15", "7", "3", "1"}:
+            return False  # a netmask or host mask
         addr = ipaddress.ip_address(m.group(0))
-        return not (addr.is_loopback or addr.is_unspecified or any(addr in n for n in _DOCUMENTATION_NETS))
+        return not (addr.is_loopback or addr.is_unspecified or addr.is_multicast or addr.is_reserved
+                    or any(addr in n for n in _DOCUMENTATION_NETS))
+
+    def ipv6_ok(m: re.Match) -> bool:
+        if m.string[m.end():m.end() + 1] == "/":
+            return False
+        addr = ipaddress.ip_address(m.group(0))
+        return not (m.group(0).lower().startswith("ffff") or addr in _DOCUMENTATION_NET6 or addr.is_loopback)
 
     text = sub(_IPV4, "<IP_ADDRESS>", text, ip_ok)
-    text = sub(_IPV6, "<IP_ADDRESS>", text)
+    text = sub(_IPV6, "<IP_ADDRESS>", text, ipv6_ok)
     text = sub(_PHONE, "<PHONE>", text, lambda m: sum(c.isdigit() for c in m.group(0)) >= 9)
     return text, counts
 
