@@ -6,8 +6,8 @@ For each task of the mixture and each split (validation first, so that a trainin
 duplicates a validation one is the copy removed), every document goes through, in order:
 
 1. exact deduplication (normalized-text hash, across all tasks and splits);
-2. quality heuristics (prose or code rules, by the source's ``kind``);
-3. language identification (prose only);
+2. language identification (prose and chat, not code);
+3. quality heuristics (prose, chat or code rules, by the source's ``kind``);
 4. toxicity;
 5. MinHash-LSH near-deduplication (last of the rejecting filters, as it is the most expensive);
 6. PII scrubbing (rewrites, never removes).
@@ -86,9 +86,10 @@ class _Cleaner:
         c, f = self.config, self.f
         if self.exact and (reason := self.exact.check(text, doc_id)):
             return reason
-        if reason := f.quality_filter(text, kind, c.quality):
-            return reason
+        # Language before quality: the quality rules (stop words, word lengths) are English rules.
         if kind != "code" and (reason := f.language_filter(text, c.languages, c.min_language_confidence)):
+            return reason
+        if reason := f.quality_filter(text, kind, c.quality):
             return reason
         if c.toxicity and (reason := f.toxicity_filter(text, c.toxicity_threshold, kind)):
             return reason
@@ -169,11 +170,11 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
                                 doc = {**doc, "text": scrubbed}
                     except UnicodeEncodeError as e:
                         problems.append(_problem(doc["id"], "invalid_utf8", str(e)))
-                        stats["bad_input"] += 1
+                        stats["bad_document"] += 1
                         continue
                     except Exception as e:  # noqa: BLE001 -- one bad document must not end the build
                         problems.append(_problem(doc["id"], "filter_error", f"{type(e).__name__}: {e}"))
-                        stats["bad_input"] += 1
+                        stats["bad_document"] += 1
                         continue
                     if reason is not None:
                         stats[f"removed/{reason}"] += 1
@@ -187,6 +188,8 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
                 for w in writers:
                     w.close()
             stats["output_documents"] = kept
+            # input_documents = output_documents + removed/* + bad_document; bad_input also counts the
+            # files and lines that never became documents (unreadable, invalid UTF-8, bad JSON ...).
             stats["bad_input"] = len(problems)
             manifest["tasks"][task.name]["splits"][split] = {
                 "pattern": str(task_dir / f"{split}.tfrecord-*-of-{num_shards:05d}"), "num_examples": kept}
