@@ -251,18 +251,19 @@ def markdown_report(report: Mapping) -> str:
 
 
 # ---- reading built data back ------------------------------------------------------------------------------
-def register_built(data_dir: str | os.PathLike, vocabulary=None) -> str:
+def register_built(data_dir: str | os.PathLike, vocabulary=None, chunk_overlap: int = 0) -> str:
     """Registers the tasks and the mixture of a built directory; returns the mixture name.
 
     Tasks are ``<name>.<task>`` over ``seqio.TFExampleDataSource`` (one file pattern per split, so
     ``shard_info`` gives each host whole, disjoint shard files); the mixture ``<name>`` keeps the rates.
+    ``chunk_overlap > 0`` makes consecutive chunks of a long document share that many tokens.
     """
     import functools
 
     import seqio
     import tensorflow as tf
 
-    from quark_jax.data import tasks
+    from quark_jax.data import chunking, tasks
 
     data_dir = pathlib.Path(data_dir).expanduser().resolve()
     path = data_dir / MANIFEST
@@ -287,7 +288,7 @@ def register_built(data_dir: str | os.PathLike, vocabulary=None) -> str:
                 functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
                 functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
                 seqio.CacheDatasetPlaceholder(),
-                tasks.split_to_feature_lengths,
+                chunking.split_with_overlap(chunk_overlap) if chunk_overlap else tasks.split_to_feature_lengths,
                 seqio.preprocessors.append_eos_after_trim,
             ],
             output_features=tasks.output_features(vocabulary),
@@ -298,9 +299,9 @@ def register_built(data_dir: str | os.PathLike, vocabulary=None) -> str:
 
 
 @gin.configurable("built_dataset", module="quark_jax.data")
-def built_dataset(data_dir: str = gin.REQUIRED) -> str:
+def built_dataset(data_dir: str = gin.REQUIRED, chunk_overlap: int = 0) -> str:
     """gin: ``MIXTURE_OR_TASK_NAME = @quark_jax.data.built_dataset()`` registers ``data_dir`` and names its mixture."""
-    return register_built(data_dir)
+    return register_built(data_dir, chunk_overlap=chunk_overlap)
 
 
 def register_from_env() -> list[str]:

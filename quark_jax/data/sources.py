@@ -375,14 +375,14 @@ SOURCES: dict[str, DocumentSource] = {}
 
 
 def register_source_task(name: str, source: DocumentSource, vocabulary: seqio.Vocabulary | None = None,
-                         extra_preprocessors: Sequence[Callable] = ()) -> seqio.Task:
+                         extra_preprocessors: Sequence[Callable] = (), chunk_overlap: int = 0) -> seqio.Task:
     """Registers (or replaces) a language-modelling seqio Task over a :class:`DocumentSource`.
 
     The task tokenizes ``text`` into ``targets``, chunks to the feature length and appends EOS, exactly
     like ``tasks.register_text_task``; ``extra_preprocessors`` (e.g. filters from ``filters.py``) run on the
-    raw text first.
+    raw text first. ``chunk_overlap > 0`` repeats that many tokens between consecutive chunks.
     """
-    from quark_jax.data import tasks
+    from quark_jax.data import chunking, tasks
 
     SOURCES[name] = source
     seqio.TaskRegistry.remove(name)
@@ -394,7 +394,7 @@ def register_source_task(name: str, source: DocumentSource, vocabulary: seqio.Vo
             functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
             functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
             seqio.CacheDatasetPlaceholder(),
-            tasks.split_to_feature_lengths,
+            chunking.split_with_overlap(chunk_overlap) if chunk_overlap else tasks.split_to_feature_lengths,
             seqio.preprocessors.append_eos_after_trim,
         ],
         output_features=tasks.output_features(vocabulary),
