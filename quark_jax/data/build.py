@@ -179,7 +179,10 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
                     if reason is not None:
                         stats[f"removed/{reason}"] += 1
                         if len(removed_examples[reason]) < EXAMPLES_PER_REASON:
-                            removed_examples[reason].append({"id": doc["id"], "text": _truncate(doc["text"])})
+                            example = {"id": doc["id"], "text": _truncate(doc["text"])}
+                            if reason == "toxicity":  # the whole document is dropped: show the line that did it
+                                example["evidence"] = filters.toxic_line(doc["text"], config.toxicity_threshold, kind)
+                            removed_examples[reason].append(example)
                         continue
                     writers[kept % num_shards].write(_example_bytes(doc))
                     kept += 1
@@ -190,15 +193,17 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
             stats["output_documents"] = kept
             # input_documents = output_documents + removed/* + bad_document; bad_input also counts the
             # files and lines that never became documents (unreadable, invalid UTF-8, bad JSON ...).
-            stats["bad_input"] = len(problems)
+            stats["bad_input"] = sum(p.bad for p in problems)
+            stats["skipped_by_rule"] = len(problems) - stats["bad_input"]
             manifest["tasks"][task.name]["splits"][split] = {
                 "pattern": str(task_dir / f"{split}.tfrecord-*-of-{num_shards:05d}"), "num_examples": kept}
             task_report["splits"][split] = {
                 "counts": dict(sorted(stats.items())),
                 "pii_replaced": dict(pii),
                 "removed_examples": dict(removed_examples),
-                "bad_input": [dataclasses.asdict(p) for p in problems],
-                "bad_input_by_reason": dict(collections.Counter(p.reason for p in problems)),
+                "bad_input": [dataclasses.asdict(p) for p in problems if p.bad],
+                "bad_input_by_reason": dict(collections.Counter(p.reason for p in problems if p.bad)),
+                "skipped_by_rule": [dataclasses.asdict(p) for p in problems if not p.bad],
             }
             report["totals"].update({k: v for k, v in stats.items()})
     report["totals"] = dict(sorted(report["totals"].items()))
@@ -241,7 +246,12 @@ def markdown_report(report: Mapping) -> str:
                 lines += ["", "PII replaced: " + ", ".join(f"`{k}` ×{v}" for k, v in sorted(sr["pii_replaced"].items()))]
             for reason, examples in sr["removed_examples"].items():
                 lines += ["", f"Removed as **{reason}**, for example:"]
-                lines += [f"- `{e['id']}`: {json.dumps(e['text'], ensure_ascii=False)}" for e in examples]
+                lines += [f"- `{e['id']}`: {json.dumps(e['text'], ensure_ascii=False)}"
+                          + (f" — line: {json.dumps(e['evidence'], ensure_ascii=False)}" if e.get("evidence") else "")
+                          for e in examples]
+            if sr.get("skipped_by_rule"):
+                lines += ["", f"Skipped by rule ({len(sr['skipped_by_rule'])}): " + ", ".join(
+                    f"{r} ×{n}" for r, n in sorted(collections.Counter(p["reason"] for p in sr["skipped_by_rule"]).items()))]
             if sr["bad_input"]:
                 lines += ["", f"Bad input skipped ({len(sr['bad_input'])}):"]
                 lines += [f"- `{p['where']}`: {p['reason']} {p['detail']}".rstrip() for p in sr["bad_input"][:50]]

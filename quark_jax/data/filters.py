@@ -290,9 +290,8 @@ TOXIC_LEXICON = frozenset({
     "jerk", "pig", "vermin", "filth", "clown", "garbage", "useless", "brainless", "incompetent",
 })
 _TOKEN = re.compile(r"[a-z']+")
-# Abuse is aimed at someone: technical text uses the lexicon's words ("kill", "garbage") without them.
-_ADDRESSEE = frozenset({"you", "you're", "your", "yours", "yourself", "u", "ur", "people", "he", "she", "they",
-                        "him", "her", "them", "author", "guy", "person"})
+# Abuse is aimed at someone ("you"): technical text uses the lexicon's words ("kill", "garbage") without it.
+_ADDRESSEE = frozenset({"you", "you're", "your", "yours", "yourself", "ya", "u", "ur", "author", "guy"})
 
 
 def _tox_features(text: str) -> list[str]:
@@ -381,18 +380,23 @@ def is_toxic(sentence: str, threshold: float = 0.5) -> bool:
     return toxicity_classifier().score(sentence) > threshold
 
 
+def toxic_line(text: str, threshold: float = 0.5, kind: str = "prose") -> str | None:
+    """The first line of ``text`` that :func:`is_toxic` (the evidence shown in build reports), or None."""
+    for line in text.splitlines():
+        if kind == "code" and not line.lstrip().startswith(("#", "//")):
+            continue
+        if len(line.split()) >= 3 and is_toxic(line, threshold):
+            return line
+    return None
+
+
 def toxicity_filter(text: str, threshold: float = 0.5, kind: str = "prose") -> str | None:
     """``"toxicity"`` when any line of the document with three or more words :func:`is_toxic`.
 
     Lines are scored one by one (the classifier is trained on sentences), so one abusive line in a long
     text still counts. In code (``kind="code"``) only comment lines are scored.
     """
-    for line in text.splitlines():
-        if kind == "code" and not line.lstrip().startswith(("#", "//")):
-            continue
-        if len(line.split()) >= 3 and is_toxic(line, threshold):
-            return "toxicity"
-    return None
+    return "toxicity" if toxic_line(text, threshold, kind) is not None else None
 
 
 # ---- PII scrubbing -------------------------------------------------------------------------------------

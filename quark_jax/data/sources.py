@@ -51,11 +51,21 @@ DEFAULT_CODE_EXTENSIONS = (".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".rs", ".go
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One input that was skipped: which (``where``), why (``reason``, a short fixed word) and detail."""
+    """One input that was skipped: which (``where``), why (``reason``, a short fixed word) and detail.
+
+    Reasons in :data:`BY_RULE` are deliberate (vendored, excluded, generated); all others are bad input.
+    """
 
     where: str
     reason: str
     detail: str = ""
+
+    @property
+    def bad(self) -> bool:
+        return self.reason not in BY_RULE
+
+
+BY_RULE = frozenset({"vendored", "excluded", "generated"})
 
 
 @dataclasses.dataclass
@@ -268,20 +278,26 @@ class CodeRepoSource(DocumentSource):
         self.max_file_bytes = max_file_bytes
         super().__init__(**kwargs)
 
-    def _skipped_dir(self, rel: pathlib.PurePath) -> bool:
-        return any(part in VENDORED_DIRS or any(fnmatch.fnmatch(part, pat) for pat in self.exclude)
-                   for part in rel.parts[:-1])
+    def _walk(self, problems: list[Problem]) -> list[pathlib.Path]:
+        """Files under root with a chosen extension, sorted; skipped directories are reported once each."""
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=lambda e: problems.append(
+                Problem(str(e.filename), "unreadable", str(e)))):
+            rel_dir = pathlib.Path(dirpath).relative_to(self.root)
+            for d in sorted(dirnames):
+                if d in VENDORED_DIRS or any(fnmatch.fnmatch(d, pat) for pat in self.exclude):
+                    problems.append(Problem((rel_dir / d).as_posix() + "/", "vendored" if d in VENDORED_DIRS else "excluded"))
+            # Pruning here (not filtering afterwards) keeps a walk of a large tree from entering site-packages.
+            dirnames[:] = [d for d in dirnames if d not in VENDORED_DIRS and not any(fnmatch.fnmatch(d, p) for p in self.exclude)]
+            found.extend(pathlib.Path(dirpath) / f for f in filenames if os.path.splitext(f)[1] in self.extensions)
+        return sorted(found, key=lambda p: p.as_posix())
 
     def read_all(self, problems):
         if not self.root.is_dir():
             problems.append(Problem(str(self.root), "unreadable", "not a directory"))
             return
-        paths = sorted((p for p in self.root.rglob("*") if p.suffix in self.extensions), key=lambda p: p.as_posix())
-        for path in paths:
+        for path in self._walk(problems):
             rel = path.relative_to(self.root)
-            if self._skipped_dir(rel):
-                problems.append(Problem(rel.as_posix(), "vendored"))
-                continue
             if any(fnmatch.fnmatch(rel.as_posix(), pat) for pat in self.exclude):
                 problems.append(Problem(rel.as_posix(), "excluded"))
                 continue

@@ -55,7 +55,7 @@ def test_code_repository_skips_vendored_generated_binary(tmp_path):
     assert [d["id"] for d in docs] == ["pkg/mod.py"]
     assert json.loads(docs[0]["meta"]) == {"path": "pkg/mod.py", "language": "py"}
     assert {p.where: p.reason for p in src.problems("train")} == {
-        "node_modules/lib.js": "vendored", "pkg/pb2.py": "generated", str(tmp_path / "pkg" / "blob.py"): "binary",
+        "node_modules/": "vendored", "pkg/pb2.py": "generated", str(tmp_path / "pkg" / "blob.py"): "binary",
         "pkg/min.js": "generated"}
 
 
