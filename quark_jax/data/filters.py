@@ -72,6 +72,7 @@ class CleaningConfig:
     exact_dedup: bool = True
     near_dedup: bool = True
     near_dup_threshold: float = 0.8  # estimated Jaccard similarity of word 5-gram sets
+    near_dup_recall_weight: float = 0.8  # LSH tuning: weight of missed duplicates vs false candidates
     num_perm: int = 64
     languages: Sequence[str] = ("en",)  # empty: keep every language
     min_language_confidence: float = 0.5
@@ -147,13 +148,18 @@ class NearDeduper:
     indexes the document and returns None.
     """
 
-    def __init__(self, threshold: float = 0.8, num_perm: int = 64, seed: int = 1):
+    def __init__(self, threshold: float = 0.8, num_perm: int = 64, seed: int = 1, recall_weight: float = 0.8):
         from datasketch import MinHash, MinHashLSH
 
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"near_dup_threshold={threshold} must be in (0, 1)")
+        if not 0.0 < recall_weight < 1.0:
+            raise ValueError(f"near_dup_recall_weight={recall_weight} must be in (0, 1)")
         self._minhash = MinHash
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        # datasketch picks the (bands, rows) split minimising weighted false-positive and false-negative
+        # areas; weighting misses 0.8 (bench/near_dedup.py) raised recall of one-word edits of 60-word
+        # documents (Jaccard ~0.84) from 0.60 to 0.90 at the same precision (1.0) and speed.
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(1 - recall_weight, recall_weight))
         self._num_perm = num_perm
         self._seed = seed
         self._count = 0
