@@ -127,8 +127,13 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
     try:
         gin_utils.parse(args.gin_file or [], bindings)
         config = filters.cleaning_config()
+        if args.mixture is None:  # the gin files declare it: quark_jax.data.source_mixture
+            from quark_jax.data import sources
+
+            args.mixture = sources.source_mixture()
     except (gin_utils.GinConfigError, ValueError, TypeError) as e:
-        print(f"quark data build: gin configuration error: {e}", file=sys.stderr)
+        print(f"quark data build: gin configuration error: {e}. Pass --mixture NAME, or a --gin_file that "
+              "binds quark_jax.data.source_mixture (see configs/data/local_sources.gin).", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     try:
         report = build.build(args.mixture, args.output, name=args.name, config=config, num_shards=args.num_shards,
@@ -190,7 +195,9 @@ def _build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     data_sub.add_parser("list", help="registered seqio tasks and mixtures")
     build = data_sub.add_parser("build", help="clean a mixture offline into TFRecord shards and a report")
-    build.add_argument("--mixture", required=True, help="registered mixture or task (see `quark data list`)")
+    build.add_argument("--mixture", default=None,
+                       help="registered mixture or task (see `quark data list`); default: the one a --gin_file "
+                            "declares with quark_jax.data.source_mixture")
     build.add_argument("--output", required=True, help="output directory")
     build.add_argument("--name", default=None, help="mixture name of the built data (default <mixture>_clean)")
     build.add_argument("--num_shards", type=int, default=4)

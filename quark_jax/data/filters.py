@@ -244,7 +244,8 @@ def quality_filter(text: str, kind: str = "prose", config: QualityConfig = Quali
             return "quality:empty"
         if max(len(l) for l in lines) > config.max_code_line_length:
             return "quality:code_line_length"
-        if sum(len(l) for l in lines) / len(lines) > config.max_code_mean_line_length:
+        # Mean line length only means "minified" in files of some size (a one-line module docstring is fine).
+        if len(text) > 500 and sum(len(l) for l in lines) / len(lines) > config.max_code_mean_line_length:
             return "quality:code_mean_line_length"
         if sum(c.isalnum() for c in text) / len(text) < config.min_code_alnum_fraction:
             return "quality:code_alnum_fraction"
@@ -296,7 +297,8 @@ TOXIC_LEXICON = frozenset({
     "jerk", "pig", "vermin", "filth", "clown", "garbage", "useless", "brainless", "incompetent",
 })
 _TOKEN = re.compile(r"[a-z']+")
-# Abuse is aimed at someone ("you"): technical text uses the lexicon's words ("kill", "garbage") without it.
+# Abuse is aimed at a person addressed in the second person; technical text uses the lexicon's words
+# (a process is killed, memory is garbage-collected) without one.
 _ADDRESSEE = frozenset({"you", "you're", "your", "yours", "yourself", "ya", "u", "ur", "author", "guy"})
 
 

@@ -429,3 +429,60 @@ def registry_table() -> list[dict[str, str]]:
         rates = ", ".join(f"{t.name}:{mixture.get_rate(t):g}" for t in mixture.tasks)
         rows.append({"name": name, "type": "mixture", "source": rates, "splits": ""})
     return rows
+
+
+# ---- gin ---------------------------------------------------------------------------------------------------
+def _gin_register() -> None:
+    import gin
+
+    for cls in (TextFileSource, JsonlSource, CodeRepoSource, TfdsSource):
+        try:
+            gin.external_configurable(cls, module="quark_jax.data")
+        except ValueError:  # module re-imported
+            pass
+
+
+_gin_register()
+
+
+def source_mixture(name: str, sources: Mapping[str, DocumentSource], rates: Mapping[str, float] | None = None) -> str:
+    """Registers one task ``<name>.<key>`` per source and the mixture ``name`` (equal rates by default).
+
+    Returns ``name``, so gin can use it as a value. In a gin file (see ``configs/data/local_sources.gin``)::
+
+        import quark_jax.data.sources
+        MIXTURE_OR_TASK_NAME = @quark_jax.data.source_mixture()
+        quark_jax.data.source_mixture.name = 'mine'
+        quark_jax.data.source_mixture.sources = {'docs': @docs/quark_jax.data.TextFileSource(), ...}
+        docs/quark_jax.data.TextFileSource.patterns = ['notes/**/*.md']
+
+    ``quark data build --gin_file=that.gin --output DIR`` (no ``--mixture``) builds it.
+    """
+    from quark_jax.data import tasks
+
+    if not sources:
+        raise ValueError("quark_jax.data.source_mixture.sources is empty: bind a dict of name -> source")
+    rates = dict(rates or {key: 1.0 for key in sources})
+    missing = set(sources) - set(rates)
+    if missing:
+        raise ValueError(f"quark_jax.data.source_mixture.rates has no rate for {sorted(missing)}")
+    for key, source in sources.items():
+        if not isinstance(source, DocumentSource):
+            raise TypeError(f"source {key!r} is a {type(source).__name__}, not a quark_jax.data source "
+                            "(TextFileSource, JsonlSource, CodeRepoSource, TfdsSource)")
+        register_source_task(f"{name}.{key}", source)
+    tasks.register_mixture(name, {f"{name}.{key}": rates[key] for key in sources})
+    return name
+
+
+def _gin_register_mixture() -> None:
+    import gin
+
+    global source_mixture
+    try:
+        source_mixture = gin.configurable("source_mixture", module="quark_jax.data")(source_mixture)
+    except ValueError:
+        pass
+
+
+_gin_register_mixture()

@@ -103,3 +103,24 @@ def test_tfds_from_local_data_dir(tmp_path):
     assert len(src.documents("validation")) == 2 and "label" in json.loads(src.documents("train")[0]["meta"])
     missing = sources.TfdsSource("no_such_dataset", data_dir=str(tmp_path))
     assert missing.documents("train") == [] and missing.problems("train")[0].reason == "unreadable"
+
+
+def test_mixture_declared_in_gin():
+    import os
+
+    from quark_jax import gin_utils
+
+    gin_utils.parse([os.path.join(gin_utils.REPO_ROOT, "configs/runs/pretrain_tiny.gin"),
+                     os.path.join(gin_utils.REPO_ROOT, "configs/data/local_sources.gin")],
+                    ["MODEL_DIR='/tmp/unused'", "TRAIN_STEPS=1"])
+    cwd = os.getcwd()
+    os.chdir(gin_utils.REPO_ROOT)  # the gin file's globs are relative to the working directory
+    try:
+        assert gin_utils.build_train_config().data.mixture_or_task_name == "local_sources"
+        mixture = seqio.get_mixture_or_task("local_sources")
+        assert {t.name for t in mixture.tasks} == {"local_sources.docs", "local_sources.code", "local_sources.chat"}
+        code = sources.SOURCES["local_sources.code"]
+        assert isinstance(code, sources.CodeRepoSource) and code.documents("train")
+        assert sources.SOURCES["local_sources.chat"].kind == "chat"
+    finally:
+        os.chdir(cwd)
