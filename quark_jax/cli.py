@@ -3,6 +3,9 @@
     quark train --gin_file=configs/runs/pretrain_tiny.gin --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=200
     quark generate --model_dir=/tmp/run --prompt "def fib(n):" --max_new_tokens 64
     quark eval --model_dir=/tmp/run --batches 16
+    quark data list
+    quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
+    quark tokenizer train --mixture quark_demo --output tokenizers/quark_demo_4k --vocab_size 4096
 
 ``--gin_file`` and ``--gin.NAME=VALUE`` may repeat; bindings apply after all files, in order. Values are gin
 literals, so strings need inner quotes (``--gin.MODEL_DIR="'/tmp/run'"``). ``--gin_search_paths`` (repeatable,
@@ -115,6 +118,61 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace, bindings: list[str]) -> int:
+    import json
+
+    if args.data_command == "list":
+        from quark_jax.data import sources, tasks  # noqa: F401 -- registers the tasks and mixtures
+
+        rows = sources.registry_table()
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['type']:8} {r['name']:{width}}  {r['source']}  {r['splits']}".rstrip())
+        return 0
+    import gin
+
+    from quark_jax import gin_utils
+    from quark_jax.data import build, filters
+
+    try:
+        gin_utils.parse(args.gin_file or [], bindings)
+        config = filters.cleaning_config()
+        if args.mixture is None:  # the gin files declare it: quark_jax.data.source_mixture
+            from quark_jax.data import sources
+
+            args.mixture = sources.source_mixture()
+    except (gin_utils.GinConfigError, ValueError, TypeError) as e:
+        print(f"quark data build: gin configuration error: {e}. Pass --mixture NAME, or a --gin_file that "
+              "binds quark_jax.data.source_mixture (see configs/data/local_sources.gin).", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    try:
+        report = build.build(args.mixture, args.output, name=args.name, config=config, num_shards=args.num_shards,
+                             progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"quark data build: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    finally:
+        gin.clear_config()
+    print(json.dumps({"name": report["name"], "output": report["output"], "seconds": report["seconds"],
+                      **report["totals"]}))
+    print(f"quark data build: report in {report['output']}/report.md; train with "
+          f"--gin.MIXTURE_OR_TASK_NAME=\"'{report['name']}'\" and QUARK_DATA_DIRS={report['output']}, "
+          f"or --gin_file={report['output']}/data.gin")
+    return 0
+
+
+def _tokenizer(args: argparse.Namespace) -> int:
+    from quark_jax.data import tokenizer
+
+    try:
+        report = tokenizer.train(args.mixture, args.output, args.vocab_size, args.model_type, args.max_chars)
+    except ValueError as e:
+        print(f"quark tokenizer train: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(tokenizer.main_report(report))
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -142,6 +200,28 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch_size", type=int, default=8)
     ev.add_argument("--batches", type=int, default=0, help="0 = the whole split")
     ev.add_argument("--step", type=int, default=None)
+
+    data = sub.add_parser("data", help="list registered tasks and mixtures; build cleaned shards")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    data_sub.add_parser("list", help="registered seqio tasks and mixtures")
+    build = data_sub.add_parser("build", help="clean a mixture offline into TFRecord shards and a report")
+    build.add_argument("--mixture", default=None,
+                       help="registered mixture or task (see `quark data list`); default: the one a --gin_file "
+                            "declares with quark_jax.data.source_mixture")
+    build.add_argument("--output", required=True, help="output directory")
+    build.add_argument("--name", default=None, help="mixture name of the built data (default <mixture>_clean)")
+    build.add_argument("--num_shards", type=int, default=4)
+    build.add_argument("--gin_file", action="append", default=[], help="gin file with quark_jax.data.* thresholds")
+    build.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+    tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a mixture")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
+    tok_train = tok_sub.add_parser("train", help="train and write <output>.model / .vocab; prints fertility")
+    tok_train.add_argument("--mixture", default="quark_demo")
+    tok_train.add_argument("--output", required=True, help="path prefix, e.g. tokenizers/quark_demo_4k")
+    tok_train.add_argument("--vocab_size", type=int, default=4096)
+    tok_train.add_argument("--model_type", default="bpe", choices=("bpe", "unigram"))
+    tok_train.add_argument("--max_chars", type=int, default=4_000_000, help="training sample size in characters")
     return parser
 
 
@@ -156,13 +236,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if bindings and args.command != "train":
+    if bindings and args.command not in ("train", "data"):
         print(f"quark {args.command}: --gin.* flags only apply to `quark train`", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     if args.command == "train":
         return _train(args, bindings)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "data":
+        return _data(args, bindings)
+    if args.command == "tokenizer":
+        return _tokenizer(args)
     return _eval(args)
 
 
