@@ -2,6 +2,7 @@
 
     quark train --gin_file=configs/runs/pretrain_tiny.gin --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=200
     quark generate --model_dir=/tmp/run --prompt "def fib(n):" --max_new_tokens 64
+    quark generate --model_dir=/tmp/run --input_jsonl requests.jsonl --quantize int8 --stop "\n\n" --logprobs
     quark eval --model_dir=/tmp/run --batches 16
     quark data list
     quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
@@ -81,6 +82,8 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import json
+
     import quark_jax as qj
 
     try:
@@ -88,10 +91,40 @@ def _generate(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         print(f"quark generate: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if args.quantize:
+        model = model.quantize(args.quantize)
+    if args.input_jsonl:
+        # One request per line: {"prompt": ..., optional "max_new_tokens", "seed"}; one JSON result per line.
+        with open(args.input_jsonl) as f:
+            requests = [json.loads(line) for line in f if line.strip()]
+        bad = [i + 1 for i, r in enumerate(requests) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
+        if bad:
+            print(f"quark generate: {args.input_jsonl} lines {bad[:5]} need a string \"prompt\"", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        for start in range(0, len(requests), args.batch_size):
+            chunk = requests[start:start + args.batch_size]
+            prompts = [r["prompt"] for r in chunk]
+            limits = [int(r.get("max_new_tokens", args.max_new_tokens)) for r in chunk]
+            seeds = [int(r.get("seed", args.seed + start + i)) for i, r in enumerate(chunk)]
+            if args.num_beams > 1:
+                texts = model.generate(prompts, max(limits), num_beams=args.num_beams,
+                                       length_penalty=args.length_penalty, stop=args.stop or ())
+                results = [{"text": t} for t in texts]
+            else:
+                completions = model.complete(
+                    prompts, max_new_tokens=limits, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, seed=seeds, stop=args.stop or (),
+                )
+                results = [{"text": c.text, "finish_reason": c.finish_reason,
+                            **({"logprobs": c.logprobs} if args.logprobs else {})} for c in completions]
+            for r, result in zip(chunk, results):
+                print(json.dumps({"prompt": r["prompt"], **result}))
+        return 0
     prompts = args.prompt or ["def "]
     outputs = model.generate(
         prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, seed=args.seed,
+        top_p=args.top_p, seed=args.seed, stop=args.stop or (), num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
     )
     for prompt, text in zip(prompts, outputs):
         if len(prompts) > 1:
@@ -191,6 +224,14 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top_p", type=float, default=1.0, help="1 = off")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    gen.add_argument("--input_jsonl", help='requests, one {"prompt": ..., "max_new_tokens"?, "seed"?} per line; '
+                     "prints one JSON result per line")
+    gen.add_argument("--batch_size", type=int, default=8, help="requests per compiled call with --input_jsonl")
+    gen.add_argument("--stop", action="append", help="stop string; repeatable")
+    gen.add_argument("--num_beams", type=int, default=1, help=">1 = beam search")
+    gen.add_argument("--length_penalty", type=float, default=1.0, help="beam score = logp / length**this")
+    gen.add_argument("--quantize", choices=("int8", "int4"), help="weight-only quantization before generating")
+    gen.add_argument("--logprobs", action="store_true", help="with --input_jsonl: add chosen-token logprobs")
 
     ev = sub.add_parser("eval", help="validation loss and perplexity of a trained run")
     ev.add_argument("--model_dir", required=True)
