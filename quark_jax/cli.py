@@ -2,10 +2,14 @@
 
     quark train --gin_file=configs/runs/pretrain_tiny.gin --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=200
     quark generate --model_dir=/tmp/run --prompt "def fib(n):" --max_new_tokens 64
+    quark generate --model_dir=/tmp/run --input_jsonl requests.jsonl --quantize int8 --stop "\n\n" --logprobs
     quark eval --model_dir=/tmp/run --batches 16
     quark plan --gin_file=configs/runs/pretrain.gin --gin_file=configs/models/mixtral_8x7b.gin \
         --mesh_shape='fsdp=-1,expert=8' --num_devices=256 --batch_size=1024 --seq_len=4096
     quark train ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (multi-host)
+    quark data list
+    quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
+    quark tokenizer train --mixture quark_demo --output tokenizers/quark_demo_4k --vocab_size 4096
 
 ``--gin_file`` and ``--gin.NAME=VALUE`` may repeat; bindings apply after all files, in order. Values are gin
 literals, so strings need inner quotes (``--gin.MODEL_DIR="'/tmp/run'"``). ``--gin_search_paths`` (repeatable,
@@ -20,6 +24,7 @@ import sys
 from collections.abc import Sequence
 
 EXIT_CONFIG_ERROR = 2
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, so schedulers see the job as interrupted and can requeue it
 
 
 def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -65,6 +70,15 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     except NonFiniteLossError as e:
         print(f"quark train: {e}", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError) as e:  # bad configuration found at set-up (named in the message)
+        if args.verbose:
+            raise
+        print(f"quark train: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if summary.get("preempted"):
+        print(f"quark train: stopped by SIGTERM after step {summary['final_step']} (checkpoint saved); "
+              "re-run the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
     last = summary.get("last_metrics", {})
     parts = [f"step {summary['final_step']}"]
     if "loss" in last:
@@ -78,6 +92,8 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import json
+
     import quark_jax as qj
 
     try:
@@ -85,10 +101,40 @@ def _generate(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         print(f"quark generate: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if args.quantize:
+        model = model.quantize(args.quantize)
+    if args.input_jsonl:
+        # One request per line: {"prompt": ..., optional "max_new_tokens", "seed"}; one JSON result per line.
+        with open(args.input_jsonl) as f:
+            requests = [json.loads(line) for line in f if line.strip()]
+        bad = [i + 1 for i, r in enumerate(requests) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
+        if bad:
+            print(f"quark generate: {args.input_jsonl} lines {bad[:5]} need a string \"prompt\"", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        for start in range(0, len(requests), args.batch_size):
+            chunk = requests[start:start + args.batch_size]
+            prompts = [r["prompt"] for r in chunk]
+            limits = [int(r.get("max_new_tokens", args.max_new_tokens)) for r in chunk]
+            seeds = [int(r.get("seed", args.seed + start + i)) for i, r in enumerate(chunk)]
+            if args.num_beams > 1:
+                texts = model.generate(prompts, max(limits), num_beams=args.num_beams,
+                                       length_penalty=args.length_penalty, stop=args.stop or ())
+                results = [{"text": t} for t in texts]
+            else:
+                completions = model.complete(
+                    prompts, max_new_tokens=limits, temperature=args.temperature, top_k=args.top_k,
+                    top_p=args.top_p, seed=seeds, stop=args.stop or (),
+                )
+                results = [{"text": c.text, "finish_reason": c.finish_reason,
+                            **({"logprobs": c.logprobs} if args.logprobs else {})} for c in completions]
+            for r, result in zip(chunk, results):
+                print(json.dumps({"prompt": r["prompt"], **result}))
+        return 0
     prompts = args.prompt or ["def "]
     outputs = model.generate(
         prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-        top_p=args.top_p, seed=args.seed,
+        top_p=args.top_p, seed=args.seed, stop=args.stop or (), num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
     )
     for prompt, text in zip(prompts, outputs):
         if len(prompts) > 1:
@@ -153,6 +199,61 @@ def _plan(args: argparse.Namespace, bindings: list[str]) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace, bindings: list[str]) -> int:
+    import json
+
+    if args.data_command == "list":
+        from quark_jax.data import sources, tasks  # noqa: F401 -- registers the tasks and mixtures
+
+        rows = sources.registry_table()
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['type']:8} {r['name']:{width}}  {r['source']}  {r['splits']}".rstrip())
+        return 0
+    import gin
+
+    from quark_jax import gin_utils
+    from quark_jax.data import build, filters
+
+    try:
+        gin_utils.parse(args.gin_file or [], bindings)
+        config = filters.cleaning_config()
+        if args.mixture is None:  # the gin files declare it: quark_jax.data.source_mixture
+            from quark_jax.data import sources
+
+            args.mixture = sources.source_mixture()
+    except (gin_utils.GinConfigError, ValueError, TypeError) as e:
+        print(f"quark data build: gin configuration error: {e}. Pass --mixture NAME, or a --gin_file that "
+              "binds quark_jax.data.source_mixture (see configs/data/local_sources.gin).", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    try:
+        report = build.build(args.mixture, args.output, name=args.name, config=config, num_shards=args.num_shards,
+                             progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"quark data build: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    finally:
+        gin.clear_config()
+    print(json.dumps({"name": report["name"], "output": report["output"], "seconds": report["seconds"],
+                      **report["totals"]}))
+    print(f"quark data build: report in {report['output']}/report.md; train with "
+          f"--gin.MIXTURE_OR_TASK_NAME=\"'{report['name']}'\" and QUARK_DATA_DIRS={report['output']}, "
+          f"or --gin_file={report['output']}/data.gin")
+    return 0
+
+
+def _tokenizer(args: argparse.Namespace) -> int:
+    from quark_jax.data import tokenizer
+
+    try:
+        report = tokenizer.train(args.mixture, args.output, args.vocab_size, args.model_type, args.max_chars)
+    except ValueError as e:
+        print(f"quark tokenizer train: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(tokenizer.main_report(report))
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -186,6 +287,14 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top_p", type=float, default=1.0, help="1 = off")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    gen.add_argument("--input_jsonl", help='requests, one {"prompt": ..., "max_new_tokens"?, "seed"?} per line; '
+                     "prints one JSON result per line")
+    gen.add_argument("--batch_size", type=int, default=8, help="requests per compiled call with --input_jsonl")
+    gen.add_argument("--stop", action="append", help="stop string; repeatable")
+    gen.add_argument("--num_beams", type=int, default=1, help=">1 = beam search")
+    gen.add_argument("--length_penalty", type=float, default=1.0, help="beam score = logp / length**this")
+    gen.add_argument("--quantize", choices=("int8", "int4"), help="weight-only quantization before generating")
+    gen.add_argument("--logprobs", action="store_true", help="with --input_jsonl: add chosen-token logprobs")
 
     ev = sub.add_parser("eval", help="validation loss and perplexity of a trained run")
     ev.add_argument("--model_dir", required=True)
@@ -195,6 +304,28 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch_size", type=int, default=8)
     ev.add_argument("--batches", type=int, default=0, help="0 = the whole split")
     ev.add_argument("--step", type=int, default=None)
+
+    data = sub.add_parser("data", help="list registered tasks and mixtures; build cleaned shards")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    data_sub.add_parser("list", help="registered seqio tasks and mixtures")
+    build = data_sub.add_parser("build", help="clean a mixture offline into TFRecord shards and a report")
+    build.add_argument("--mixture", default=None,
+                       help="registered mixture or task (see `quark data list`); default: the one a --gin_file "
+                            "declares with quark_jax.data.source_mixture")
+    build.add_argument("--output", required=True, help="output directory")
+    build.add_argument("--name", default=None, help="mixture name of the built data (default <mixture>_clean)")
+    build.add_argument("--num_shards", type=int, default=4)
+    build.add_argument("--gin_file", action="append", default=[], help="gin file with quark_jax.data.* thresholds")
+    build.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+    tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a mixture")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
+    tok_train = tok_sub.add_parser("train", help="train and write <output>.model / .vocab; prints fertility")
+    tok_train.add_argument("--mixture", default="quark_demo")
+    tok_train.add_argument("--output", required=True, help="path prefix, e.g. tokenizers/quark_demo_4k")
+    tok_train.add_argument("--vocab_size", type=int, default=4096)
+    tok_train.add_argument("--model_type", default="bpe", choices=("bpe", "unigram"))
+    tok_train.add_argument("--max_chars", type=int, default=4_000_000, help="training sample size in characters")
     return parser
 
 
@@ -209,8 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if bindings and args.command not in ("train", "plan"):
-        print(f"quark {args.command}: --gin.* flags only apply to `quark train` and `quark plan`", file=sys.stderr)
+    if bindings and args.command not in ("train", "data", "plan"):
+        print(f"quark {args.command}: --gin.* flags only apply to `quark train`, `quark data` and `quark plan`",
+              file=sys.stderr)
         return EXIT_CONFIG_ERROR
     if args.command == "train":
         return _train(args, bindings)
@@ -218,6 +350,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plan(args, bindings)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "data":
+        return _data(args, bindings)
+    if args.command == "tokenizer":
+        return _tokenizer(args)
     return _eval(args)
 
 

@@ -1,7 +1,15 @@
-"""Text in, text out: tokenizes prompts, pads them into a length bucket and calls a cached compiled generate."""
+"""Text in, text out: tokenizes requests, pads them into shape buckets and calls cached compiled functions.
+
+A :class:`Generator` compiles one function per (batch bucket, prompt-length bucket, max-new-tokens bucket,
+prefix bucket, filtering on/off); everything else a request may vary (temperature, top-k, top-p, seed, max
+tokens, stop sequences) is passed as arrays, so after warm-up, calls inside a bucket never recompile.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,57 +17,329 @@ import jax
 import numpy as np
 from flax import nnx
 
-from quark_jax.inference.decode import SamplingConfig, bucket_length, make_generate_fn
+from quark_jax import sharding as sh
+from quark_jax.inference.decode import (
+    BeamSpec,
+    DecodeSpec,
+    PrefixCache,
+    SamplingConfig,
+    bucket_length,
+    make_beam_search_fn,
+    make_generate_fn,
+    make_prefill_prefix_fn,
+    make_score_fn,
+)
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "QUARK_JAX_COMPILATION_CACHE"
+
+
+def enable_compilation_cache(path: str | None = None) -> str:
+    """Turns on JAX's persistent compilation cache so a restarted process does not recompile.
+
+    The directory is ``path``, else ``$QUARK_JAX_COMPILATION_CACHE``, else an already configured
+    ``jax_compilation_cache_dir`` (e.g. from ``$JAX_COMPILATION_CACHE_DIR``), else
+    ``~/.cache/quark_jax/jax``. Returns the directory in use.
+    """
+    path = path or os.environ.get(CACHE_ENV) or jax.config.jax_compilation_cache_dir
+    path = path or os.path.join(os.path.expanduser("~"), ".cache", "quark_jax", "jax")
+    os.makedirs(path, exist_ok=True)
+    if jax.config.jax_compilation_cache_dir != path:
+        jax.config.update("jax_compilation_cache_dir", path)
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One generation request in token ids."""
+
+    prompt: Sequence[int]
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    stop: Sequence[Sequence[int]] = ()
+
+    def __post_init__(self):
+        if len(self.prompt) == 0:
+            raise ValueError("every prompt must have at least one token")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        SamplingConfig(self.temperature, self.top_k, self.top_p)  # validates
+        if any(len(s) == 0 for s in self.stop):
+            raise ValueError("stop sequences must not be empty")
+
+
+@dataclasses.dataclass
+class Completion:
+    """The result of one request: new token ids (EOS excluded), their log-probabilities, why it ended
+    (``"eos"``, ``"stop"`` or ``"length"``) and, from the text API, the decoded text."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    text: str | None = None
+
+
+def _pow2(n: int, minimum: int = 1) -> int:
+    return bucket_length(n, minimum)
 
 
 class Generator:
-    """Owns compiled generate functions keyed by (batch, prompt bucket, max new tokens, sampling)."""
+    """Owns the compiled generate, score and beam-search functions of one model, keyed by shape bucket.
 
-    def __init__(self, graphdef: nnx.GraphDef, params: Any, vocabulary: Any):
+    ``params`` may be float32 or quantized (:mod:`quark_jax.inference.quantize`). With a ``mesh`` the
+    parameters are expected to be placed on it (``sharding.state_shardings``) and every call runs under
+    :func:`quark_jax.sharding.activate`, so decoding uses the training mesh rules.
+    """
+
+    def __init__(
+        self, graphdef: nnx.GraphDef, params: Any, vocabulary: Any = None, *, eos_id: int | None = None,
+        pad_id: int = 0, mesh: jax.sharding.Mesh | None = None, compilation_cache: bool = True,
+        min_batch_bucket: int = 1, min_prompt_bucket: int = 16,
+    ):
         self.graphdef = graphdef
         self.params = params
         self.vocabulary = vocabulary
+        if eos_id is None:
+            if vocabulary is None:
+                raise ValueError("Generator needs a vocabulary or an explicit eos_id")
+            eos_id = vocabulary.eos_id
+        self.eos_id, self.pad_id = int(eos_id), int(pad_id)
+        self.mesh = mesh
+        self.min_batch_bucket, self.min_prompt_bucket = min_batch_bucket, min_prompt_bucket
         self._compiled: dict[tuple, Any] = {}
+        self.trace_count = [0]  # incremented whenever a generate function is traced (= compiled)
+        if compilation_cache:
+            enable_compilation_cache()
 
-    def _function(self, key: tuple, sampling: SamplingConfig, max_new_tokens: int):
+    # ---- compiled functions ----------------------------------------------------------------------
+    def _function(self, key: tuple, build):
         if key not in self._compiled:
-            self._compiled[key] = make_generate_fn(self.graphdef, sampling, max_new_tokens, self.vocabulary.eos_id)
+            log.info("compiling %s", key)
+            self._compiled[key] = build()
         return self._compiled[key]
+
+    def num_compiled(self) -> int:
+        """How many compiled executables this generator holds (every bucket, every function)."""
+        return sum(fn._cache_size() for fn in self._compiled.values())
+
+    def _call(self, fn, *args):
+        if self.mesh is None:
+            return fn(*args)
+        with sh.activate(self.mesh):
+            return fn(*args)
+
+    # ---- prefix caching --------------------------------------------------------------------------
+    def prefill_prefix(self, prefix: Sequence[int] | str) -> PrefixCache:
+        """Runs a shared prefix (e.g. a system prompt) through the model once; pass the result as
+        ``prefix=`` to later calls instead of repeating the prefix in every prompt."""
+        if isinstance(prefix, str):
+            prefix = self._encode(prefix)
+        if len(prefix) == 0:
+            raise ValueError("the prefix must have at least one token")
+        bucket = _pow2(len(prefix), self.min_prompt_bucket)
+        tokens = np.full((1, bucket), self.pad_id, np.int32)
+        tokens[0, : len(prefix)] = prefix
+        fn = self._function(("prefix", bucket), lambda: make_prefill_prefix_fn(self.graphdef))
+        return self._call(fn, self.params, tokens, np.int32(len(prefix)))
+
+    # ---- generation ------------------------------------------------------------------------------
+    def generate_requests(self, requests: Sequence[Request], prefix: PrefixCache | None = None) -> list[Completion]:
+        """Runs a batch of token-level requests through one compiled generate function."""
+        if not requests:
+            raise ValueError("no requests")
+        batch = len(requests)
+        batch_bucket = _pow2(batch, self.min_batch_bucket)
+        prompt_bucket = _pow2(max(len(r.prompt) for r in requests), self.min_prompt_bucket)
+        new_bucket = _pow2(max(r.max_new_tokens for r in requests))
+        filtering = any(SamplingConfig(r.temperature, r.top_k, r.top_p).filtering for r in requests)
+        stops = [list(s) for r in requests for s in r.stop]
+        num_stops = _pow2(max([len(r.stop) for r in requests] + [1]))
+        stop_len = _pow2(max([len(s) for s in stops] + [1]))
+
+        # Padding rows: a one-token prompt that stops after one token.
+        tokens = np.full((batch_bucket, prompt_bucket), self.pad_id, np.int32)
+        lengths = np.ones(batch_bucket, np.int32)
+        max_tokens = np.ones(batch_bucket, np.int32)
+        temperature = np.zeros(batch_bucket, np.float32)
+        top_k = np.zeros(batch_bucket, np.int32)
+        top_p = np.ones(batch_bucket, np.float32)
+        seeds = np.zeros(batch_bucket, np.uint32)
+        stop_tokens = np.full((batch_bucket, num_stops, stop_len), -1, np.int32)
+        for row, r in enumerate(requests):
+            tokens[row, : len(r.prompt)] = r.prompt
+            lengths[row] = len(r.prompt)
+            max_tokens[row] = r.max_new_tokens
+            temperature[row], top_k[row], top_p[row], seeds[row] = r.temperature, r.top_k, r.top_p, r.seed
+            for j, s in enumerate(r.stop):
+                stop_tokens[row, j, stop_len - len(s):] = s  # left-padded with the -1 wildcard
+        keys = jax.vmap(jax.random.key)(seeds)
+
+        spec = DecodeSpec(max_new_tokens=new_bucket, eos_id=self.eos_id, pad_id=self.pad_id, filtering=filtering)
+        key = ("generate", batch_bucket, prompt_bucket, new_bucket, None if prefix is None else prefix.bucket,
+               num_stops, stop_len, filtering)
+        fn = self._function(key, lambda: make_generate_fn(self.graphdef, spec, self.trace_count))
+        out = jax.device_get(self._call(
+            fn, self.params, tokens, lengths, max_tokens, temperature, top_k, top_p, keys, stop_tokens, prefix
+        ))
+        completions = []
+        for row in range(batch):
+            n = int(out.num_tokens[row])
+            toks, lps = out.tokens[row, :n].tolist(), out.logprobs[row, :n].tolist()
+            if n and toks[-1] == self.eos_id:
+                reason, toks, lps = "eos", toks[:-1], lps[:-1]
+            elif bool(out.stopped[row]):
+                reason = "stop"
+            else:
+                reason = "length"
+            completions.append(Completion(tokens=toks, logprobs=lps, finish_reason=reason))
+        return completions
 
     def generate_tokens(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: SamplingConfig, seed: int = 0
     ) -> list[list[int]]:
-        """New token ids per prompt, cut at (and excluding) EOS."""
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt must have at least one token")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-        lengths = np.array([len(p) for p in prompts], np.int32)
-        padded_len = bucket_length(int(lengths.max()))
-        tokens = np.zeros((len(prompts), padded_len), np.int32)
-        for row, prompt in enumerate(prompts):
-            tokens[row, : len(prompt)] = prompt
-        fn = self._function((len(prompts), padded_len, max_new_tokens, sampling), sampling, max_new_tokens)
-        out = np.asarray(jax.device_get(fn(self.params, tokens, lengths, jax.random.key(seed))))
-        eos = self.vocabulary.eos_id
-        results = []
-        for row in out.tolist():
-            results.append(row[: row.index(eos)] if eos in row else row)
-        return results
+        """New token ids per prompt, cut at (and excluding) EOS; row i uses seed ``seed + i``."""
+        requests = [
+            Request(p, max_new_tokens, sampling.temperature, sampling.top_k, sampling.top_p, seed + i)
+            for i, p in enumerate(prompts)
+        ]
+        return [c.tokens for c in self.generate_requests(requests)]
+
+    def _encode(self, text: str) -> list[int]:
+        if self.vocabulary is None:
+            raise ValueError("text input needs a Generator with a vocabulary")
+        return list(self.vocabulary.encode(text))
+
+    def complete(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int | Sequence[int] = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | Sequence[int] = 0,
+        stop: Sequence[str] = (),
+        prefix: str | PrefixCache | None = None,
+    ) -> list[Completion]:
+        """Text completions with token ids, log-probabilities and finish reasons.
+
+        ``max_new_tokens`` and ``seed`` may be per prompt (a sequence) or shared; a shared seed gives row i
+        seed ``seed + i``. ``stop`` strings end a row (the stop text is cut from the returned text).
+        ``prefix`` (text or a :meth:`prefill_prefix` result) is a shared context prefilled once.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        n = len(prompts)
+        limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        seeds = [seed + i for i in range(n)] if isinstance(seed, int) else list(seed)
+        if len(limits) != n or len(seeds) != n:
+            raise ValueError(f"{n} prompts but {len(limits)} max_new_tokens and {len(seeds)} seeds")
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        stop_ids = [self._encode(s) for s in stop if s]
+        if isinstance(prefix, str):
+            prefix = self.prefill_prefix(prefix)
+        requests = [
+            Request(self._encode(p), limits[i], temperature, top_k, top_p, seeds[i], stop_ids)
+            for i, p in enumerate(prompts)
+        ]
+        completions = self.generate_requests(requests, prefix)
+        for c in completions:
+            text = self.vocabulary.decode(c.tokens)
+            # Token-level stop matching can miss a stop string that tokenizes differently in context; the
+            # text cut below catches it (and drops the stop text itself).
+            cuts = [text.find(s) for s in stop if s and s in text]
+            if cuts:
+                text = text[: min(cuts)]
+                c.finish_reason = "stop"
+            c.text = text
+        return completions
 
     def generate(
         self,
         prompts: Sequence[str],
-        max_new_tokens: int = 64,
+        max_new_tokens: int | Sequence[int] = 64,
         temperature: float = 0.0,
         top_k: int = 0,
         top_p: float = 1.0,
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
+        stop: Sequence[str] = (),
+        prefix: str | PrefixCache | None = None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
     ) -> list[str]:
-        """Continuations of ``prompts`` (the prompt itself not included)."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-        encoded = [list(self.vocabulary.encode(p)) for p in prompts]
-        new_tokens = self.generate_tokens(encoded, max_new_tokens, sampling, seed)
-        return [self.vocabulary.decode(t) for t in new_tokens]
+        """Continuations of ``prompts`` (the prompt itself not included); ``num_beams > 1`` runs beam search."""
+        if num_beams > 1:
+            if isinstance(prompts, str):
+                prompts = [prompts]
+            limit = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens)
+            texts = [self.vocabulary.decode(t) for t, _ in self.beam_search(
+                [self._encode(p) for p in prompts], num_beams, limit, length_penalty)]
+            return [_cut(t, stop) for t in texts]
+        return [c.text for c in self.complete(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, prefix)]
+
+    # ---- beam search -----------------------------------------------------------------------------
+    def beam_search(
+        self, prompts: Sequence[Sequence[int]], num_beams: int, max_new_tokens: int, length_penalty: float = 1.0
+    ) -> list[tuple[list[int], float]]:
+        """The best beam per prompt: (new token ids without EOS, length-normalised log-probability)."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt must have at least one token")
+        spec = BeamSpec(num_beams, max_new_tokens, self.eos_id, length_penalty, self.pad_id)
+        batch_bucket = _pow2(len(prompts), self.min_batch_bucket)
+        prompt_bucket = _pow2(max(len(p) for p in prompts), self.min_prompt_bucket)
+        tokens = np.full((batch_bucket, prompt_bucket), self.pad_id, np.int32)
+        lengths = np.ones(batch_bucket, np.int32)
+        for row, p in enumerate(prompts):
+            tokens[row, : len(p)], lengths[row] = p, len(p)
+        fn = self._function(("beam", batch_bucket, prompt_bucket, spec), lambda: make_beam_search_fn(self.graphdef, spec))
+        out, score, num = jax.device_get(self._call(fn, self.params, tokens, lengths))
+        results = []
+        for row in range(len(prompts)):
+            toks = out[row, : int(num[row])].tolist()
+            if toks and toks[-1] == self.eos_id:
+                toks = toks[:-1]
+            results.append((toks, float(score[row])))
+        return results
+
+    # ---- scoring ---------------------------------------------------------------------------------
+    def score_tokens(
+        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
+    ) -> list[list[float]]:
+        """log p(continuation token | prompt, earlier continuation tokens) for every continuation token."""
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        if any(len(p) == 0 for p in prompts) or any(len(c) == 0 for c in continuations):
+            raise ValueError("prompts and continuations must each have at least one token")
+        full = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+        batch_bucket = _pow2(len(full), self.min_batch_bucket)
+        length_bucket = _pow2(max(len(f) for f in full), self.min_prompt_bucket)
+        tokens = np.full((batch_bucket, length_bucket), self.pad_id, np.int32)
+        lengths = np.ones(batch_bucket, np.int32)
+        for row, f in enumerate(full):
+            tokens[row, : len(f)], lengths[row] = f, len(f)
+        fn = self._function(("score", batch_bucket, length_bucket), lambda: make_score_fn(self.graphdef))
+        logprobs = np.asarray(jax.device_get(self._call(fn, self.params, tokens, lengths)))
+        return [logprobs[row, len(p): len(f)].tolist() for row, (p, f) in enumerate(zip(prompts, full))]
+
+    def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[dict[str, Any]]:
+        """Log-likelihood of each continuation given its prompt (what evaluation harnesses call).
+
+        Prompt and continuation are tokenized separately and concatenated. Returns per pair ``logprob``
+        (the sum), ``token_logprobs`` and ``num_tokens``.
+        """
+        token_logprobs = self.score_tokens(
+            [self._encode(p) for p in prompts], [self._encode(c) for c in continuations]
+        )
+        return [{"logprob": float(sum(t)), "token_logprobs": t, "num_tokens": len(t)} for t in token_logprobs]
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    stop = [stop] if isinstance(stop, str) else stop
+    cuts = [text.find(s) for s in stop if s and s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+__all__ = ["Generator", "Request", "Completion", "enable_compilation_cache", "PrefixCache"]
