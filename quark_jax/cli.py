@@ -4,6 +4,9 @@
     quark generate --model_dir=/tmp/run --prompt "def fib(n):" --max_new_tokens 64
     quark generate --model_dir=/tmp/run --input_jsonl requests.jsonl --quantize int8 --stop "\n\n" --logprobs
     quark eval --model_dir=/tmp/run --batches 16
+    quark plan --gin_file=configs/runs/pretrain.gin --gin_file=configs/models/mixtral_8x7b.gin \
+        --mesh_shape='fsdp=-1,expert=8' --num_devices=256 --batch_size=1024 --seq_len=4096
+    quark train ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (multi-host)
     quark data list
     quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
     quark tokenizer train --mixture quark_demo --output tokenizers/quark_demo_4k --vocab_size 4096
@@ -54,6 +57,13 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
         trainer = Trainer.from_gin(args.gin_file, bindings, search_paths)
     except gin_utils.GinConfigError as e:
         print(f"quark train: gin configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    from quark_jax import distributed
+
+    try:
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    except ValueError as e:
+        print(f"quark train: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     try:
         summary = trainer.run()
@@ -151,6 +161,44 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace, bindings: list[str]) -> int:
+    import json
+
+    from quark_jax import gin_utils
+    from quark_jax.plan import plan
+
+    search_paths = [p for group in args.gin_search_paths for p in group.split(",") if p]
+    # A plan needs no run directory or step count: fill the run file's required macros unless given.
+    defaults = [b for b in ("MODEL_DIR='/tmp/quark_plan'", "TRAIN_STEPS=1")
+                if not any(x.split("=")[0].strip() == b.split("=")[0] for x in bindings)]
+    try:
+        gin_utils.parse(args.gin_file, [*defaults, *bindings], search_paths)
+        config = gin_utils.build_train_config()
+    except gin_utils.GinConfigError as e:
+        print(f"quark plan: gin configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    mesh_shape = args.mesh_shape or config.mesh_shape
+    num_devices = args.num_devices
+    if num_devices is None:
+        if "-1" in mesh_shape:
+            print(f"quark plan: MESH_SHAPE={mesh_shape!r} has a -1 axis: pass --num_devices", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        num_devices = 1
+        for part in filter(None, mesh_shape.split(",")):
+            num_devices *= int(part.split("=")[1])
+    try:
+        result = plan(
+            config.model, mesh_shape, num_devices, batch_size=args.batch_size or config.data.batch_size,
+            seq_len=args.seq_len or config.data.task_feature_lengths["targets"],
+            peak_flops_per_s=args.peak_flops_per_s, mfu=args.mfu,
+        )
+    except ValueError as e:
+        print(f"quark plan: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(json.dumps(result.to_dict()) if args.json else result.describe())
+    return 0
+
+
 def _data(args: argparse.Namespace, bindings: list[str]) -> int:
     import json
 
@@ -214,6 +262,21 @@ def _build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train from gin files (plus --gin.NAME=VALUE bindings)")
     train.add_argument("--gin_file", action="append", required=True, help="gin file; repeatable")
     train.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated dirs; repeatable")
+    train.add_argument("--coordinator_address", default=None,
+                       help="multi-host: HOST:PORT of process 0 (or env QUARK_COORDINATOR_ADDRESS)")
+    train.add_argument("--num_processes", type=int, default=None, help="multi-host: processes in the job")
+    train.add_argument("--process_id", type=int, default=None, help="multi-host: this process, 0..N-1")
+
+    pl = sub.add_parser("plan", help="parameters, FLOPs, per-device memory and step time of a config on a mesh")
+    pl.add_argument("--gin_file", action="append", required=True, help="gin file; repeatable")
+    pl.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated dirs; repeatable")
+    pl.add_argument("--mesh_shape", default=None, help="e.g. 'fsdp=-1,tensor=4' (default: the config's MESH_SHAPE)")
+    pl.add_argument("--num_devices", type=int, default=None, help="devices in the job (needed when an axis is -1)")
+    pl.add_argument("--batch_size", type=int, default=None, help="global batch (default: the config's)")
+    pl.add_argument("--seq_len", type=int, default=None, help="sequence length (default: the config's)")
+    pl.add_argument("--peak_flops_per_s", type=float, default=1.97e14, help="per device (default: TPU v5e bf16)")
+    pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the step time")
+    pl.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
     gen = sub.add_parser("generate", help="continue prompts with a trained run")
     gen.add_argument("--model_dir", required=True)
@@ -277,11 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if bindings and args.command not in ("train", "data"):
-        print(f"quark {args.command}: --gin.* flags only apply to `quark train`", file=sys.stderr)
+    if bindings and args.command not in ("train", "data", "plan"):
+        print(f"quark {args.command}: --gin.* flags only apply to `quark train`, `quark data` and `quark plan`",
+              file=sys.stderr)
         return EXIT_CONFIG_ERROR
     if args.command == "train":
         return _train(args, bindings)
+    if args.command == "plan":
+        return _plan(args, bindings)
     if args.command == "generate":
         return _generate(args)
     if args.command == "data":

@@ -344,6 +344,9 @@ class Trainer:
         cfg = self.config
         if not cfg.sample_prompts:
             return []
+        if jax.process_count() > 1:  # the generator fetches whole arrays to one host
+            log.info("multi-host run: skipping sample generation (use `quark generate` on the checkpoint)")
+            return []
         if not hasattr(self, "_generator"):
             self._generator = Generator(self.graphdef, params, self.vocabulary)
         self._generator.params = params
@@ -356,7 +359,7 @@ class Trainer:
             samples = self.sample(params)
         self.writer.write(step, values)
         text = "\n\n".join(f"{prompt!r} → {out!r}" for prompt, out in samples)
-        if samples:
+        if samples and jax.process_index() == 0:
             self.writer.write_text(step, "samples", text)
             with open(os.path.join(self.config.model_dir, "samples.txt"), "a") as f:
                 f.write(f"--- step {step}\n{text}\n")
@@ -486,6 +489,7 @@ class Trainer:
         if jax.process_index() == 0:
             summary["loss_curve"] = qm.plot_loss_curve(cfg.model_dir)
         summary.update(final_step=cfg.steps, last_metrics=last, params=state.params)
-        with open(os.path.join(cfg.model_dir, "summary.json"), "w") as f:
-            json.dump({k: v for k, v in summary.items() if k != "params"}, f, indent=2, default=str)
+        if jax.process_index() == 0:
+            with open(os.path.join(cfg.model_dir, "summary.json"), "w") as f:
+                json.dump({k: v for k, v in summary.items() if k != "params"}, f, indent=2, default=str)
         return summary
