@@ -317,4 +317,11 @@ def built_dataset(data_dir: str = gin.REQUIRED, chunk_overlap: int = 0) -> str:
 
 def register_from_env() -> list[str]:
     """Registers every built directory listed in ``$QUARK_DATA_DIRS`` (``:``-separated); returns the names."""
-    return [register_built(d) for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d.strip()]
+    names = []
+    for d in os.environ.get(ENV_VAR, "").split(os.pathsep):
+        if d.strip():
+            try:
+                names.append(register_built(d))
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"${ENV_VAR} names {d!r}: {e}") from None
+    return names

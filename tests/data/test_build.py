@@ -34,6 +34,7 @@ def messy(tmp_path_factory):
     (text_dir / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 40)
     (text_dir / "empty.txt").write_text("\n\n")
     (text_dir / "huge.txt").write_text("word " * 30_000)
+    (text_dir / "gone.txt").symlink_to(root / "missing-target")                      # unreadable
     jsonl = root / "d.jsonl"
     jsonl.write_text("\n".join([json.dumps({"text": PROSE2.replace("river", "canal"), "src": "x"}), "{broken",
                                 '{"text": "lone surrogate \\ud800 here and more words to pass the word count rule of twenty"}',
@@ -54,7 +55,7 @@ def test_report_counts_every_removal_and_bad_input(messy):
     assert counts["output_documents"] == 2  # good.txt and pii.txt
     for reason in ("exact_duplicate", "near_duplicate", "language:fr", "toxicity", "quality:word_count"):
         assert counts[f"removed/{reason}"] == 1, reason
-    assert text["bad_input_by_reason"] == {"invalid_utf8": 1, "empty": 1, "huge": 1}
+    assert text["bad_input_by_reason"] == {"invalid_utf8": 1, "empty": 1, "huge": 1, "unreadable": 1}
     assert text["pii_replaced"] == {"<EMAIL>": 1, "<PHONE>": 1}
     assert text["removed_examples"]["toxicity"][0]["id"].endswith("toxic.txt")
     js = report["tasks"]["messy.jsonl"]["splits"]["train"]
@@ -69,6 +70,14 @@ def test_report_counts_every_removal_and_bad_input(messy):
     md = (out / "report.md").read_text()
     assert "exact_duplicate" in md and "latin1.txt" in md and "invalid_utf8" in md
     assert json.loads((out / "report.json").read_text())["totals"]["output_documents"] == 3
+
+
+def test_build_is_deterministic(messy, tmp_path):
+    out, _ = messy
+    again = tmp_path / "again"
+    build.build("messy", again, num_shards=2, progress=False)
+    for shard in sorted(out.glob("*/*.tfrecord-*")):
+        assert (again / shard.relative_to(out)).read_bytes() == shard.read_bytes(), shard
 
 
 def test_shards_read_back_through_seqio(messy):
