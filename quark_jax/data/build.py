@@ -124,6 +124,8 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
     from quark_jax.data import filters, tasks  # noqa: F401 -- registers the built-in tasks and mixtures
 
     config = config or filters.cleaning_config()
+    if num_shards < 1:
+        raise ValueError(f"num_shards={num_shards} must be >= 1 (pass --num_shards N)")
     name = name or f"{mixture}_clean"
     if mixture in seqio.MixtureRegistry.names():
         mix = seqio.MixtureRegistry.get(mixture)

@@ -130,6 +130,7 @@ def test_data_gin_file_names_the_built_mixture(demo_built):
     gin_utils.parse([os.path.join(gin_utils.REPO_ROOT, "configs/runs/pretrain_tiny.gin"), str(out / "data.gin")],
                     ["MODEL_DIR='/tmp/unused'", "TRAIN_STEPS=1"])
     assert gin_utils.build_train_config().data.mixture_or_task_name == "demo_small_clean"
+    gin_utils.gin.clear_config()
 
 
 def test_quark_data_cli_list_and_build(tmp_path):
