@@ -111,11 +111,14 @@ def shard_paths(directory: pathlib.Path, split: str, num_shards: int) -> list[pa
 
 
 def build(mixture: str, output: str | os.PathLike, name: str | None = None, config=None,
-          num_shards: int = 4, splits: Sequence[str] = ("validation", "train"), progress: bool = True) -> dict:
+          num_shards: int = 4, splits: Sequence[str] = ("validation", "train"), progress: bool = True,
+          packing_length: int = 256) -> dict:
     """Cleans every task of ``mixture`` (or a single task) into shards under ``output``; returns the report.
 
     ``name`` is the mixture name the shards are registered under (default ``<mixture>_clean``); its tasks
     are ``<name>.<task>``. ``config`` is a :class:`filters.CleaningConfig` (default: ``filters.cleaning_config()``, gin-bound).
+    ``packing_length > 0`` also packs a few batches of the result at that length and reports the packing
+    efficiency (non-pad fraction).
     """
     import seqio
     import tensorflow as tf
@@ -222,7 +225,24 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
         f"quark_jax.data.built_dataset.data_dir = {str(out)!r}\n"
     )
     register_built(out)
+    if packing_length and report["totals"].get("output_documents"):
+        report["packing"] = packing_report(name, packing_length)
+        (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        (out / "report.md").write_text(markdown_report(report))
     return report
+
+
+def packing_report(name: str, length: int, batch_size: int = 8, batches: int = 4) -> dict:
+    """Packing efficiency (non-pad fraction) of the first ``batches`` training batches of ``name``."""
+    from quark_jax.data import pipeline
+
+    effs = []
+    for batch in pipeline.batch_iterator(name, {"targets": length}, batch_size, shuffle=False, repeat=True):
+        effs.append(pipeline.packing_efficiency(batch))
+        if len(effs) == batches:
+            break
+    return {"sequence_length": length, "batch_size": batch_size, "batches": len(effs),
+            "efficiency": round(sum(effs) / len(effs), 4)}
 
 
 def _problem(where, reason, detail):
@@ -241,6 +261,10 @@ def markdown_report(report: Mapping) -> str:
              f"Mixture `{report['mixture']}` → `{report['output']}` in {report.get('seconds', 0)} s.", "",
              "## Totals", "", "| count | value |", "| --- | ---: |"]
     lines += [f"| {k} | {v:,} |" for k, v in report["totals"].items()]
+    if "packing" in report:
+        p = report["packing"]
+        lines += ["", f"Packing efficiency (non-pad fraction) at length {p['sequence_length']}: "
+                      f"{p['efficiency']:.3f} over {p['batches']} batches of {p['batch_size']}."]
     for task, tr in report["tasks"].items():
         for split, sr in tr["splits"].items():
             lines += ["", f"## {task} / {split} ({tr['kind']})", "", "| count | value |", "| --- | ---: |"]

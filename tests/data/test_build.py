@@ -44,7 +44,7 @@ def messy(tmp_path_factory):
     sources.register_source_task("messy.jsonl", sources.JsonlSource(str(jsonl), validation_fraction=0.0))
     tasks.register_mixture("messy", {"messy.text": 0.5, "messy.jsonl": 0.5})
     out = root / "built"
-    report = build.build("messy", out, num_shards=2, progress=False)
+    report = build.build("messy", out, num_shards=2, progress=False, packing_length=0)
     return out, report
 
 
@@ -75,7 +75,7 @@ def test_report_counts_every_removal_and_bad_input(messy):
 def test_build_is_deterministic(messy, tmp_path):
     out, _ = messy
     again = tmp_path / "again"
-    build.build("messy", again, num_shards=2, progress=False)
+    build.build("messy", again, num_shards=2, progress=False, packing_length=0)
     for shard in sorted(out.glob("*/*.tfrecord-*")):
         assert (again / shard.relative_to(out)).read_bytes() == shard.read_bytes(), shard
 
@@ -98,7 +98,7 @@ def demo_built(tmp_path_factory):
     """The four-source demo mixture with one stdlib package as its code source, built once."""
     mixtures.register_demo("demo_small", corpus.stdlib_root() / "email")
     out = tmp_path_factory.mktemp("demo_built")
-    report = build.build("demo_small", out, progress=False)
+    report = build.build("demo_small", out, progress=False, packing_length=0)
     return out, report
 
 
@@ -151,6 +151,7 @@ def test_quark_data_cli_list_and_build(cli_built, tmp_path):
     out, result = cli_built
     summary = json.loads(result.stdout.splitlines()[0])
     assert summary["name"] == "quark_demo_clean" and summary["output_documents"] > 1000
+    assert 0.5 < summary["packing_efficiency"] <= 1.0
     report = json.loads((out / "report.json").read_text())
     assert report["config"]["quality"]["min_words"] == 10
     assert set(report["tasks"]) == {f"quark_demo.{t}" for t in mixtures.DEMO_RATES}
