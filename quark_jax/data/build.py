@@ -80,8 +80,10 @@ class _Cleaner:
         self.f = filters
         self.config = config
         self.exact = filters.ExactDeduper() if config.exact_dedup else None
-        self.near = filters.NearDeduper(config.near_dup_threshold, config.num_perm,
-                                                                      recall_weight=config.near_dup_recall_weight) if config.near_dedup else None
+        self.near = None
+        if config.near_dedup:
+            self.near = filters.NearDeduper(config.near_dup_threshold, config.num_perm,
+                                            recall_weight=config.near_dup_recall_weight)
 
     def reject(self, text: str, kind: str, doc_id: str) -> str | None:
         c, f = self.config, self.f

@@ -379,7 +379,8 @@ def is_toxic(sentence: str, threshold: float = 0.5) -> bool:
 
     The gate keeps precision on text unlike the training set (code, technical prose): the
     classifier only ever decides between a toxic and a harmless use of a flagged word ("kill the
-    process", "garbage collection"). Insults with no lexicon word or no addressee are missed; the recall figure in the tests shows the cost.
+    process", "garbage collection"). Insults with no lexicon word or no addressee are missed; the recall
+    figure in the tests shows the cost.
     """
     words = set(_TOKEN.findall(sentence.lower()))
     if not words & TOXIC_LEXICON or not words & _ADDRESSEE:
