@@ -228,14 +228,14 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
         return EXIT_CONFIG_ERROR
     try:
         report = build.build(args.mixture, args.output, name=args.name, config=config, num_shards=args.num_shards,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, packing_length=args.packing_length)
     except (ValueError, FileNotFoundError) as e:
         print(f"quark data build: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     finally:
         gin.clear_config()
     print(json.dumps({"name": report["name"], "output": report["output"], "seconds": report["seconds"],
-                      **report["totals"]}))
+                      "packing_efficiency": report.get("packing", {}).get("efficiency"), **report["totals"]}))
     print(f"quark data build: report in {report['output']}/report.md; train with "
           f"--gin.MIXTURE_OR_TASK_NAME=\"'{report['name']}'\" and QUARK_DATA_DIRS={report['output']}, "
           f"or --gin_file={report['output']}/data.gin")
@@ -317,6 +317,8 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--num_shards", type=int, default=4)
     build.add_argument("--gin_file", action="append", default=[], help="gin file with quark_jax.data.* thresholds")
     build.add_argument("--no_progress", action="store_true", help="no progress bar")
+    build.add_argument("--packing_length", type=int, default=256,
+                       help="report the packing efficiency at this sequence length (0: skip)")
 
     tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a mixture")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)

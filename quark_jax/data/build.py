@@ -80,8 +80,10 @@ class _Cleaner:
         self.f = filters
         self.config = config
         self.exact = filters.ExactDeduper() if config.exact_dedup else None
-        self.near = filters.NearDeduper(config.near_dup_threshold, config.num_perm,
-                                                                      recall_weight=config.near_dup_recall_weight) if config.near_dedup else None
+        self.near = None
+        if config.near_dedup:
+            self.near = filters.NearDeduper(config.near_dup_threshold, config.num_perm,
+                                            recall_weight=config.near_dup_recall_weight)
 
     def reject(self, text: str, kind: str, doc_id: str) -> str | None:
         c, f = self.config, self.f
@@ -111,11 +113,14 @@ def shard_paths(directory: pathlib.Path, split: str, num_shards: int) -> list[pa
 
 
 def build(mixture: str, output: str | os.PathLike, name: str | None = None, config=None,
-          num_shards: int = 4, splits: Sequence[str] = ("validation", "train"), progress: bool = True) -> dict:
+          num_shards: int = 4, splits: Sequence[str] = ("validation", "train"), progress: bool = True,
+          packing_length: int = 256) -> dict:
     """Cleans every task of ``mixture`` (or a single task) into shards under ``output``; returns the report.
 
     ``name`` is the mixture name the shards are registered under (default ``<mixture>_clean``); its tasks
     are ``<name>.<task>``. ``config`` is a :class:`filters.CleaningConfig` (default: ``filters.cleaning_config()``, gin-bound).
+    ``packing_length > 0`` also packs a few batches of the result at that length and reports the packing
+    efficiency (non-pad fraction).
     """
     import seqio
     import tensorflow as tf
@@ -124,6 +129,8 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
     from quark_jax.data import filters, tasks  # noqa: F401 -- registers the built-in tasks and mixtures
 
     config = config or filters.cleaning_config()
+    if num_shards < 1:
+        raise ValueError(f"num_shards={num_shards} must be >= 1 (pass --num_shards N)")
     name = name or f"{mixture}_clean"
     if mixture in seqio.MixtureRegistry.names():
         mix = seqio.MixtureRegistry.get(mixture)
@@ -220,7 +227,24 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
         f"quark_jax.data.built_dataset.data_dir = {str(out)!r}\n"
     )
     register_built(out)
+    if packing_length and report["totals"].get("output_documents"):
+        report["packing"] = packing_report(name, packing_length)
+        (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        (out / "report.md").write_text(markdown_report(report))
     return report
+
+
+def packing_report(name: str, length: int, batch_size: int = 8, batches: int = 4) -> dict:
+    """Packing efficiency (non-pad fraction) of the first ``batches`` training batches of ``name``."""
+    from quark_jax.data import pipeline
+
+    effs = []
+    for batch in pipeline.batch_iterator(name, {"targets": length}, batch_size, shuffle=False, repeat=True):
+        effs.append(pipeline.packing_efficiency(batch))
+        if len(effs) == batches:
+            break
+    return {"sequence_length": length, "batch_size": batch_size, "batches": len(effs),
+            "efficiency": round(sum(effs) / len(effs), 4)}
 
 
 def _problem(where, reason, detail):
@@ -239,6 +263,10 @@ def markdown_report(report: Mapping) -> str:
              f"Mixture `{report['mixture']}` → `{report['output']}` in {report.get('seconds', 0)} s.", "",
              "## Totals", "", "| count | value |", "| --- | ---: |"]
     lines += [f"| {k} | {v:,} |" for k, v in report["totals"].items()]
+    if "packing" in report:
+        p = report["packing"]
+        lines += ["", f"Packing efficiency (non-pad fraction) at length {p['sequence_length']}: "
+                      f"{p['efficiency']:.3f} over {p['batches']} batches of {p['batch_size']}."]
     for task, tr in report["tasks"].items():
         for split, sr in tr["splits"].items():
             lines += ["", f"## {task} / {split} ({tr['kind']})", "", "| count | value |", "| --- | ---: |"]
@@ -317,4 +345,11 @@ def built_dataset(data_dir: str = gin.REQUIRED, chunk_overlap: int = 0) -> str:
 
 def register_from_env() -> list[str]:
     """Registers every built directory listed in ``$QUARK_DATA_DIRS`` (``:``-separated); returns the names."""
-    return [register_built(d) for d in os.environ.get(ENV_VAR, "").split(os.pathsep) if d.strip()]
+    names = []
+    for d in os.environ.get(ENV_VAR, "").split(os.pathsep):
+        if d.strip():
+            try:
+                names.append(register_built(d))
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"${ENV_VAR} names {d!r}: {e}") from None
+    return names

@@ -323,12 +323,12 @@ class ToxicityClassifier:
     short English sentences, not a production moderation model.
     """
 
-    def __init__(self, log_prior: dict[int, float], log_likelihood: dict[int, dict[str, float]],
-                 unseen: dict[int, float]):
-        self.log_prior, self.log_likelihood, self.unseen = log_prior, log_likelihood, unseen
+    def __init__(self, log_prior: dict[int, float], log_likelihood: dict[int, dict[str, float]]):
+        self.log_prior, self.log_likelihood = log_prior, log_likelihood
 
     @classmethod
     def train(cls, examples: Iterable[tuple[str, int]], alpha: float = 0.5) -> ToxicityClassifier:
+        """Fits on ``(text, label)`` pairs (1 = toxic) with additive smoothing ``alpha``."""
         counts = {0: collections.Counter(), 1: collections.Counter()}
         docs = collections.Counter()
         for text, label in examples:
@@ -337,12 +337,11 @@ class ToxicityClassifier:
         vocab = set(counts[0]) | set(counts[1])
         total = sum(docs.values())
         log_prior = {c: math.log(docs[c] / total) for c in (0, 1)}
-        likelihood, unseen = {}, {}
+        likelihood = {}
         for c in (0, 1):
-            denom = sum(counts[c].values()) + alpha * (len(vocab) + 1)
+            denom = sum(counts[c].values()) + alpha * len(vocab)
             likelihood[c] = {w: math.log((counts[c][w] + alpha) / denom) for w in vocab}
-            unseen[c] = math.log(alpha / denom)
-        return cls(log_prior, likelihood, unseen)
+        return cls(log_prior, likelihood)
 
     def score(self, text: str) -> float:
         """Probability that ``text`` is toxic."""
@@ -380,7 +379,8 @@ def is_toxic(sentence: str, threshold: float = 0.5) -> bool:
 
     The gate keeps precision on text unlike the training set (code, technical prose): the
     classifier only ever decides between a toxic and a harmless use of a flagged word ("kill the
-    process", "garbage collection"). Insults with no lexicon word or no addressee are missed; the recall figure in the tests shows the cost.
+    process", "garbage collection"). Insults with no lexicon word or no addressee are missed; the recall
+    figure in the tests shows the cost.
     """
     words = set(_TOKEN.findall(sentence.lower()))
     if not words & TOXIC_LEXICON or not words & _ADDRESSEE:

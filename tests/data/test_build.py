@@ -34,6 +34,7 @@ def messy(tmp_path_factory):
     (text_dir / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 40)
     (text_dir / "empty.txt").write_text("\n\n")
     (text_dir / "huge.txt").write_text("word " * 30_000)
+    (text_dir / "gone.txt").symlink_to(root / "missing-target")                      # unreadable
     jsonl = root / "d.jsonl"
     jsonl.write_text("\n".join([json.dumps({"text": PROSE2.replace("river", "canal"), "src": "x"}), "{broken",
                                 '{"text": "lone surrogate \\ud800 here and more words to pass the word count rule of twenty"}',
@@ -43,7 +44,7 @@ def messy(tmp_path_factory):
     sources.register_source_task("messy.jsonl", sources.JsonlSource(str(jsonl), validation_fraction=0.0))
     tasks.register_mixture("messy", {"messy.text": 0.5, "messy.jsonl": 0.5})
     out = root / "built"
-    report = build.build("messy", out, num_shards=2, progress=False)
+    report = build.build("messy", out, num_shards=2, progress=False, packing_length=0)
     return out, report
 
 
@@ -54,7 +55,7 @@ def test_report_counts_every_removal_and_bad_input(messy):
     assert counts["output_documents"] == 2  # good.txt and pii.txt
     for reason in ("exact_duplicate", "near_duplicate", "language:fr", "toxicity", "quality:word_count"):
         assert counts[f"removed/{reason}"] == 1, reason
-    assert text["bad_input_by_reason"] == {"invalid_utf8": 1, "empty": 1, "huge": 1}
+    assert text["bad_input_by_reason"] == {"invalid_utf8": 1, "empty": 1, "huge": 1, "unreadable": 1}
     assert text["pii_replaced"] == {"<EMAIL>": 1, "<PHONE>": 1}
     assert text["removed_examples"]["toxicity"][0]["id"].endswith("toxic.txt")
     js = report["tasks"]["messy.jsonl"]["splits"]["train"]
@@ -69,6 +70,14 @@ def test_report_counts_every_removal_and_bad_input(messy):
     md = (out / "report.md").read_text()
     assert "exact_duplicate" in md and "latin1.txt" in md and "invalid_utf8" in md
     assert json.loads((out / "report.json").read_text())["totals"]["output_documents"] == 3
+
+
+def test_build_is_deterministic(messy, tmp_path):
+    out, _ = messy
+    again = tmp_path / "again"
+    build.build("messy", again, num_shards=2, progress=False, packing_length=0)
+    for shard in sorted(out.glob("*/*.tfrecord-*")):
+        assert (again / shard.relative_to(out)).read_bytes() == shard.read_bytes(), shard
 
 
 def test_shards_read_back_through_seqio(messy):
@@ -89,7 +98,7 @@ def demo_built(tmp_path_factory):
     """The four-source demo mixture with one stdlib package as its code source, built once."""
     mixtures.register_demo("demo_small", corpus.stdlib_root() / "email")
     out = tmp_path_factory.mktemp("demo_built")
-    report = build.build("demo_small", out, progress=False)
+    report = build.build("demo_small", out, progress=False, packing_length=0)
     return out, report
 
 
@@ -121,27 +130,39 @@ def test_data_gin_file_names_the_built_mixture(demo_built):
     gin_utils.parse([os.path.join(gin_utils.REPO_ROOT, "configs/runs/pretrain_tiny.gin"), str(out / "data.gin")],
                     ["MODEL_DIR='/tmp/unused'", "TRAIN_STEPS=1"])
     assert gin_utils.build_train_config().data.mixture_or_task_name == "demo_small_clean"
+    gin_utils.gin.clear_config()
 
 
-def test_quark_data_cli_list_and_build(tmp_path):
+@pytest.fixture(scope="module")
+def cli_built(tmp_path_factory):
+    """The whole four-source `quark_demo` mixture built through the command line (~40 s on 2 cores)."""
+    out = tmp_path_factory.mktemp("cli_built")
+    result = run_quark("data", "build", "--mixture", "quark_demo", "--output", str(out), "--no_progress",
+                       "--gin.quark_jax.data.QualityConfig.min_words=10")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out, result
+
+
+def test_quark_data_cli_list_and_build(cli_built, tmp_path):
     listed = run_quark("data", "list")
     assert listed.returncode == 0 and "quark_demo.api_qa" in listed.stdout and "mixture" in listed.stdout
     with pytest.raises(ValueError, match="quark data list"):
         build.build("nope", tmp_path / "x")
-    built = run_quark("data", "build", "--mixture", "stdlib_docstrings", "--output", str(tmp_path / "doc"),
-                      "--no_progress", "--gin.quark_jax.data.QualityConfig.min_words=10")
-    assert built.returncode == 0, built.stderr[-2000:]
-    summary = json.loads(built.stdout.splitlines()[0])
-    assert summary["output_documents"] > 100
-    report = json.loads((tmp_path / "doc" / "report.json").read_text())
+    out, result = cli_built
+    summary = json.loads(result.stdout.splitlines()[0])
+    assert summary["name"] == "quark_demo_clean" and summary["output_documents"] > 1000
+    assert 0.5 < summary["packing_efficiency"] <= 1.0
+    report = json.loads((out / "report.json").read_text())
     assert report["config"]["quality"]["min_words"] == 10
+    assert set(report["tasks"]) == {f"quark_demo.{t}" for t in mixtures.DEMO_RATES}
+    assert "QUARK_DATA_DIRS" in result.stdout and (out / "report.md").is_file()
 
 
-def test_build_then_train_tiny_model(demo_built, tmp_path):
-    """Done-when: the built four-source mixture trains the tiny model through `quark train`; the loss falls."""
-    out, _ = demo_built
+def test_build_then_train_tiny_model(cli_built, tmp_path):
+    """Done-when: `quark data build` output (four sources) trains the tiny model through `quark train`; loss falls."""
+    out, _ = cli_built
     model_dir = tmp_path / "run"
-    result = run_quark(*train_args(tiny_overrides(model_dir, 12, MIXTURE_OR_TASK_NAME="'demo_small_clean'")),
+    result = run_quark(*train_args(tiny_overrides(model_dir, 12, MIXTURE_OR_TASK_NAME="'quark_demo_clean'")),
                        env={build.ENV_VAR: str(out)})
     assert result.returncode == 0, result.stderr[-3000:]
     losses = train_losses(model_dir)

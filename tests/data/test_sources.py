@@ -124,3 +124,4 @@ def test_mixture_declared_in_gin():
         assert sources.SOURCES["local_sources.chat"].kind == "chat"
     finally:
         os.chdir(cwd)
+        gin_utils.gin.clear_config()
