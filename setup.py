@@ -16,6 +16,7 @@ setuptools.setup(
     description="Data, pre-training, fine-tuning, inference and agents for language models in JAX.",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["quark_jax", "quark_jax.*"]),
+    package_data={"quark_jax.data": ["resources/*.jsonl"]},
     install_requires=_REQUIREMENTS,
     extras_require={"test": ["pytest==9.2.0"]},
     entry_points={"console_scripts": ["quark=quark_jax.cli:main"]},

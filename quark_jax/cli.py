@@ -5,6 +5,12 @@
     quark generate --model_dir=/tmp/run --input_jsonl requests.jsonl --quantize int8 --stop "\n\n" --logprobs
     quark eval --model_dir=/tmp/run --batches 16
     quark quantize --model_dir=/tmp/run --out_dir=/tmp/run_int4 --mode int4
+    quark plan --gin_file=configs/runs/pretrain.gin --gin_file=configs/models/mixtral_8x7b.gin \
+        --mesh_shape='fsdp=-1,expert=8' --num_devices=256 --batch_size=1024 --seq_len=4096
+    quark train ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (multi-host)
+    quark data list
+    quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
+    quark tokenizer train --mixture quark_demo --output tokenizers/quark_demo_4k --vocab_size 4096
 
 ``--gin_file`` and ``--gin.NAME=VALUE`` may repeat; bindings apply after all files, in order. Values are gin
 literals, so strings need inner quotes (``--gin.MODEL_DIR="'/tmp/run'"``). ``--gin_search_paths`` (repeatable,
@@ -19,6 +25,7 @@ import sys
 from collections.abc import Sequence
 
 EXIT_CONFIG_ERROR = 2
+EXIT_PREEMPTED = 143  # 128 + SIGTERM, so schedulers see the job as interrupted and can requeue it
 
 
 def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -52,11 +59,27 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     except gin_utils.GinConfigError as e:
         print(f"quark train: gin configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    from quark_jax import distributed
+
+    try:
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    except ValueError as e:
+        print(f"quark train: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     try:
         summary = trainer.run()
     except NonFiniteLossError as e:
         print(f"quark train: {e}", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError) as e:  # bad configuration found at set-up (named in the message)
+        if args.verbose:
+            raise
+        print(f"quark train: error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    if summary.get("preempted"):
+        print(f"quark train: stopped by SIGTERM after step {summary['final_step']} (checkpoint saved); "
+              "re-run the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
     last = summary.get("last_metrics", {})
     parts = [f"step {summary['final_step']}"]
     if "loss" in last:
@@ -153,6 +176,99 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace, bindings: list[str]) -> int:
+    import json
+
+    from quark_jax import gin_utils
+    from quark_jax.plan import plan
+
+    search_paths = [p for group in args.gin_search_paths for p in group.split(",") if p]
+    # A plan needs no run directory or step count: fill the run file's required macros unless given.
+    defaults = [b for b in ("MODEL_DIR='/tmp/quark_plan'", "TRAIN_STEPS=1")
+                if not any(x.split("=")[0].strip() == b.split("=")[0] for x in bindings)]
+    try:
+        gin_utils.parse(args.gin_file, [*defaults, *bindings], search_paths)
+        config = gin_utils.build_train_config()
+    except gin_utils.GinConfigError as e:
+        print(f"quark plan: gin configuration error: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    mesh_shape = args.mesh_shape or config.mesh_shape
+    num_devices = args.num_devices
+    if num_devices is None:
+        if "-1" in mesh_shape:
+            print(f"quark plan: MESH_SHAPE={mesh_shape!r} has a -1 axis: pass --num_devices", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        num_devices = 1
+        for part in filter(None, mesh_shape.split(",")):
+            num_devices *= int(part.split("=")[1])
+    try:
+        result = plan(
+            config.model, mesh_shape, num_devices, batch_size=args.batch_size or config.data.batch_size,
+            seq_len=args.seq_len or config.data.task_feature_lengths["targets"],
+            peak_flops_per_s=args.peak_flops_per_s, mfu=args.mfu,
+        )
+    except ValueError as e:
+        print(f"quark plan: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(json.dumps(result.to_dict()) if args.json else result.describe())
+    return 0
+
+
+def _data(args: argparse.Namespace, bindings: list[str]) -> int:
+    import json
+
+    if args.data_command == "list":
+        from quark_jax.data import sources, tasks  # noqa: F401 -- registers the tasks and mixtures
+
+        rows = sources.registry_table()
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['type']:8} {r['name']:{width}}  {r['source']}  {r['splits']}".rstrip())
+        return 0
+    import gin
+
+    from quark_jax import gin_utils
+    from quark_jax.data import build, filters
+
+    try:
+        gin_utils.parse(args.gin_file or [], bindings)
+        config = filters.cleaning_config()
+        if args.mixture is None:  # the gin files declare it: quark_jax.data.source_mixture
+            from quark_jax.data import sources
+
+            args.mixture = sources.source_mixture()
+    except (gin_utils.GinConfigError, ValueError, TypeError) as e:
+        print(f"quark data build: gin configuration error: {e}. Pass --mixture NAME, or a --gin_file that "
+              "binds quark_jax.data.source_mixture (see configs/data/local_sources.gin).", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    try:
+        report = build.build(args.mixture, args.output, name=args.name, config=config, num_shards=args.num_shards,
+                             progress=not args.no_progress, packing_length=args.packing_length)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"quark data build: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    finally:
+        gin.clear_config()
+    print(json.dumps({"name": report["name"], "output": report["output"], "seconds": report["seconds"],
+                      "packing_efficiency": report.get("packing", {}).get("efficiency"), **report["totals"]}))
+    print(f"quark data build: report in {report['output']}/report.md; train with "
+          f"--gin.MIXTURE_OR_TASK_NAME=\"'{report['name']}'\" and QUARK_DATA_DIRS={report['output']}, "
+          f"or --gin_file={report['output']}/data.gin")
+    return 0
+
+
+def _tokenizer(args: argparse.Namespace) -> int:
+    from quark_jax.data import tokenizer
+
+    try:
+        report = tokenizer.train(args.mixture, args.output, args.vocab_size, args.model_type, args.max_chars)
+    except ValueError as e:
+        print(f"quark tokenizer train: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(tokenizer.main_report(report))
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -161,6 +277,21 @@ def _build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train from gin files (plus --gin.NAME=VALUE bindings)")
     train.add_argument("--gin_file", action="append", required=True, help="gin file; repeatable")
     train.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated dirs; repeatable")
+    train.add_argument("--coordinator_address", default=None,
+                       help="multi-host: HOST:PORT of process 0 (or env QUARK_COORDINATOR_ADDRESS)")
+    train.add_argument("--num_processes", type=int, default=None, help="multi-host: processes in the job")
+    train.add_argument("--process_id", type=int, default=None, help="multi-host: this process, 0..N-1")
+
+    pl = sub.add_parser("plan", help="parameters, FLOPs, per-device memory and step time of a config on a mesh")
+    pl.add_argument("--gin_file", action="append", required=True, help="gin file; repeatable")
+    pl.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated dirs; repeatable")
+    pl.add_argument("--mesh_shape", default=None, help="e.g. 'fsdp=-1,tensor=4' (default: the config's MESH_SHAPE)")
+    pl.add_argument("--num_devices", type=int, default=None, help="devices in the job (needed when an axis is -1)")
+    pl.add_argument("--batch_size", type=int, default=None, help="global batch (default: the config's)")
+    pl.add_argument("--seq_len", type=int, default=None, help="sequence length (default: the config's)")
+    pl.add_argument("--peak_flops_per_s", type=float, default=1.97e14, help="per device (default: TPU v5e bf16)")
+    pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the step time")
+    pl.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
     gen = sub.add_parser("generate", help="continue prompts with a trained run")
     gen.add_argument("--model_dir", required=True)
@@ -195,6 +326,30 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch_size", type=int, default=8)
     ev.add_argument("--batches", type=int, default=0, help="0 = the whole split")
     ev.add_argument("--step", type=int, default=None)
+
+    data = sub.add_parser("data", help="list registered tasks and mixtures; build cleaned shards")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    data_sub.add_parser("list", help="registered seqio tasks and mixtures")
+    build = data_sub.add_parser("build", help="clean a mixture offline into TFRecord shards and a report")
+    build.add_argument("--mixture", default=None,
+                       help="registered mixture or task (see `quark data list`); default: the one a --gin_file "
+                            "declares with quark_jax.data.source_mixture")
+    build.add_argument("--output", required=True, help="output directory")
+    build.add_argument("--name", default=None, help="mixture name of the built data (default <mixture>_clean)")
+    build.add_argument("--num_shards", type=int, default=4)
+    build.add_argument("--gin_file", action="append", default=[], help="gin file with quark_jax.data.* thresholds")
+    build.add_argument("--no_progress", action="store_true", help="no progress bar")
+    build.add_argument("--packing_length", type=int, default=256,
+                       help="report the packing efficiency at this sequence length (0: skip)")
+
+    tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a mixture")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
+    tok_train = tok_sub.add_parser("train", help="train and write <output>.model / .vocab; prints fertility")
+    tok_train.add_argument("--mixture", default="quark_demo")
+    tok_train.add_argument("--output", required=True, help="path prefix, e.g. tokenizers/quark_demo_4k")
+    tok_train.add_argument("--vocab_size", type=int, default=4096)
+    tok_train.add_argument("--model_type", default="bpe", choices=("bpe", "unigram"))
+    tok_train.add_argument("--max_chars", type=int, default=4_000_000, help="training sample size in characters")
     return parser
 
 
@@ -209,15 +364,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if bindings and args.command != "train":
-        print(f"quark {args.command}: --gin.* flags only apply to `quark train`", file=sys.stderr)
+    if bindings and args.command not in ("train", "data", "plan"):
+        print(f"quark {args.command}: --gin.* flags only apply to `quark train`, `quark data` and `quark plan`",
+              file=sys.stderr)
         return EXIT_CONFIG_ERROR
     if args.command == "train":
         return _train(args, bindings)
+    if args.command == "plan":
+        return _plan(args, bindings)
     if args.command == "generate":
         return _generate(args)
     if args.command == "quantize":
         return _quantize(args)
+    if args.command == "data":
+        return _data(args, bindings)
+    if args.command == "tokenizer":
+        return _tokenizer(args)
     return _eval(args)
 
 

@@ -50,6 +50,10 @@ ACT_HEADS = "act_heads"
 ACT_KV_HEADS = "act_kv_heads"
 ACT_MLP = "act_mlp"
 ACT_VOCAB = "act_vocab"
+# MoE activations: tokens dispatched to experts are laid out [experts, batch, capacity, ...] with experts on
+# the `expert` mesh axis and the batch on the remaining data axes (the GShard all-to-all layout).
+ACT_EXPERT = "act_expert"
+EXPERT_BATCH = "expert_batch"
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
@@ -71,6 +75,9 @@ DEFAULT_RULES: Rules = (
     (LAYERS, None),
     (EXPERTS, EXPERT),
     (NORM, None),
+    # MoE additions
+    (ACT_EXPERT, EXPERT),
+    (EXPERT_BATCH, (DATA, FSDP)),
 )
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from quark_jax.data import tasks  # noqa: F401 -- registers the built-in tasks and mixtures
+from quark_jax.data import chat_tasks, tasks  # noqa: F401 -- register the built-in tasks and mixtures
 
 FEATURE_KEYS = (
     "decoder_input_tokens",
@@ -64,10 +64,17 @@ def make_dataset(
         )
     if "targets" not in task_feature_lengths:
         raise ValueError(f"task_feature_lengths={dict(task_feature_lengths)} needs a 'targets' length")
+    lengths = dict(task_feature_lengths)
+    if chat_tasks.has_loss_weights(name):
+        # Conversations: per-token loss weights (assistant turns only) are packed alongside the tokens.
+        lengths[chat_tasks.LOSS_WEIGHTS] = lengths["targets"]
+        converter = chat_tasks.WeightedLMFeatureConverter(pack=pack)
+    else:
+        converter = seqio.DecoderFeatureConverter(pack=pack)
     ds = seqio.get_dataset(
         name,
-        task_feature_lengths=dict(task_feature_lengths),
-        feature_converter=seqio.DecoderFeatureConverter(pack=pack),
+        task_feature_lengths=lengths,
+        feature_converter=converter,
         dataset_split=split,
         shuffle=shuffle,
         num_epochs=None if repeat else 1,
@@ -120,5 +127,4 @@ def batch_iterator(
 
 def packing_efficiency(batch: Mapping[str, np.ndarray]) -> float:
     """Fraction of token slots holding real tokens (non-pad) in a batch."""
-    weights = np.asarray(batch["decoder_loss_weights"])
-    return float((weights > 0).mean())
+    return float((np.asarray(batch["decoder_segment_ids"]) > 0).mean())

@@ -188,3 +188,10 @@ def register_tasks() -> None:
 
 
 register_tasks()
+
+# Issue 4: the demo mixture of local sources, and data built by `quark data build` that $QUARK_DATA_DIRS names.
+# Imported at the bottom because both modules call back into this one.
+from quark_jax.data import build as _build, mixtures as _mixtures  # noqa: E402
+
+_mixtures.register_demo()
+_build.register_from_env()

@@ -146,9 +146,9 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU feed-forward block (Shazeer 2020): down(silu(x·gate) * x·up)."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, hidden_dim: int | None = None):
         self.config = config
-        D, F, std = config.d_model, config.mlp_dim, config.init_std
+        D, F, std = config.d_model, hidden_dim or config.mlp_dim, config.init_std
         self.w_gate = param(rngs, (D, F), (sh.EMBED, sh.MLP), std)
         self.w_up = param(rngs, (D, F), (sh.EMBED, sh.MLP), std)
         self.w_down = param(rngs, (F, D), (sh.MLP, sh.EMBED), std / (2 * config.num_layers) ** 0.5)

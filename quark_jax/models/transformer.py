@@ -1,11 +1,16 @@
 """The decoder-only transformer: embed → L scanned blocks (RMSNorm → GQA attention, RMSNorm → SwiGLU) → norm → logits.
 
 Axis legend: B batch · T query length · S key (cache) length · D embed · K kv heads · H head dim ·
-V vocab · L layers.
+V vocab · L layers · E experts · G groups of ``moe_every`` layers.
 
 The L blocks are built once with ``nnx.vmap`` (every parameter gains a leading ``layers`` axis) and applied
 with ``jax.lax.scan``, so compile time does not grow with depth. A block is rematerialized according to
 ``ModelConfig.remat``.
+
+With ``num_experts > 0`` every ``moe_every``-th layer is an MoE layer. The layers then form G groups of
+``moe_every`` (``moe_every - 1`` dense blocks, then one MoE block); two stacks hold the parameters
+(``blocks`` for dense, ``moe_blocks`` for MoE) and one scan runs over the groups, with an inner scan over a
+group's dense blocks, so compile time stays flat in depth here too.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from jaxtyping import Array, Float, Int
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.layers import MLP, Attention, Embed, RMSNorm, param
+from quark_jax.models.moe import MoE
 
 _REMAT_POLICIES = {
     "full": None,  # save nothing but the block's inputs
@@ -72,6 +78,22 @@ class Block(nnx.Module):
         return sh.constrain(x, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED)), kv
 
 
+class MoEBlock(nnx.Module):
+    """One pre-norm decoder layer whose feed-forward part is a Mixture-of-Experts."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(config)
+        self.attn = Attention(config, rngs=rngs)
+        self.mlp_norm = RMSNorm(config)
+        self.moe = MoE(config, rngs=rngs)
+
+    def __call__(self, x, positions, segment_ids, kv=None, kv_index=None, key_positions=None, key_segment_ids=None):
+        h, kv = self.attn(self.attn_norm(x), positions, segment_ids, kv, kv_index, key_positions, key_segment_ids)
+        x = x + h
+        y, aux = self.moe(self.mlp_norm(x), segment_ids != 0)
+        return sh.constrain(x + y, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED)), kv, aux
+
+
 class Transformer(nnx.Module):
     """A Llama-style decoder-only language model."""
 
@@ -83,7 +105,15 @@ class Transformer(nnx.Module):
         def make_blocks(rngs: nnx.Rngs) -> Block:
             return Block(config, rngs=rngs)
 
-        self.blocks = make_blocks(rngs.split(config.num_layers))
+        if config.num_dense_layers:
+            self.blocks = make_blocks(rngs.split(config.num_dense_layers))
+        if config.num_moe_layers:
+
+            @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: sh.LAYERS})
+            def make_moe_blocks(rngs: nnx.Rngs) -> MoEBlock:
+                return MoEBlock(config, rngs=rngs)
+
+            self.moe_blocks = make_moe_blocks(rngs.split(config.num_moe_layers))
         self.final_norm = RMSNorm(config)
         if not config.tie_embeddings:
             self.lm_head = param(rngs, (config.d_model, config.vocab_size), (sh.EMBED, sh.VOCAB), config.init_std)
@@ -94,11 +124,15 @@ class Transformer(nnx.Module):
         positions: Int[Array, "B T"],
         segment_ids: Int[Array, "B T"],
         cache: KVCache | None = None,
+        return_aux: bool = False,
     ) -> tuple[Float[Array, "B T V"], KVCache | None]:
         """Logits for every position (float32), and the updated cache when one is given.
 
         Training passes packed sequences (``segment_ids`` 0 on padding, ``positions`` restarting per
         segment); decoding passes a chunk (the prompt, then one token at a time) and a :class:`KVCache`.
+        With ``return_aux`` a third value is returned: the MoE auxiliary values averaged over MoE layers
+        (``load_balance_loss``, ``router_z_loss``, ``dropped_fraction``, ``expert_load`` [E]); ``{}`` for a
+        dense model.
         """
         cfg = self.config
         if tokens.shape != positions.shape or tokens.shape != segment_ids.shape:
@@ -116,16 +150,13 @@ class Transformer(nnx.Module):
             key_segment_ids = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, kv_index))
             kv = (cache.k, cache.v)
 
-        graphdef, layer_params = nnx.split(self.blocks)
-
-        def apply_block(x, layer):
-            params, layer_kv = layer
-            block = nnx.merge(graphdef, params)
-            return block(x, positions, segment_ids, layer_kv, kv_index, key_positions, key_segment_ids)
-
-        if cfg.remat != "none":
-            apply_block = jax.checkpoint(apply_block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        x, kv = jax.lax.scan(apply_block, x, (layer_params, kv), unroll=cfg.scan_unroll)
+        block_args = (positions, segment_ids, kv_index, key_positions, key_segment_ids)
+        aux = {}
+        if cfg.num_experts:
+            x, kv, aux = self._moe_layers(x, kv, block_args)
+        else:
+            graphdef, layer_params = nnx.split(self.blocks)
+            x, kv = jax.lax.scan(_dense_step(graphdef, cfg, block_args), x, (layer_params, kv), unroll=cfg.scan_unroll)
 
         x = self.final_norm(x)
         if cfg.tie_embeddings:
@@ -139,7 +170,64 @@ class Transformer(nnx.Module):
                 k=kv[0], v=kv[1], positions=key_positions, segment_ids=key_segment_ids,
                 index=cache.index + tokens.shape[1],
             )
+        if return_aux:
+            return logits.astype(jnp.float32), cache, aux
         return logits.astype(jnp.float32), cache
+
+    def _moe_layers(self, x, kv, block_args):
+        """Scans over G groups of ``moe_every`` layers: the group's dense blocks (inner scan), then its MoE block."""
+        cfg = self.config
+        G, N = cfg.num_moe_layers, cfg.moe_every
+        moe_graphdef, moe_params = nnx.split(self.moe_blocks)
+        positions, segment_ids, kv_index, key_positions, key_segment_ids = block_args
+        dense_step = None
+        dense_params = dense_kv = moe_kv = None
+        if N > 1:
+            dense_graphdef, dense_params = nnx.split(self.blocks)
+            dense_params = jax.tree.map(lambda a: a.reshape(G, N - 1, *a.shape[1:]), dense_params)
+            dense_step = _dense_step(dense_graphdef, cfg, block_args)
+        if kv is not None:  # [L ...] -> [G N ...]: the last layer of each group is the MoE one
+            grouped = [a.reshape(G, N, *a.shape[1:]) for a in kv]
+            dense_kv = tuple(a[:, : N - 1] for a in grouped) if N > 1 else None
+            moe_kv = tuple(a[:, N - 1] for a in grouped)
+
+        def moe_step(x, layer):
+            params, layer_kv = layer
+            block = nnx.merge(moe_graphdef, params)
+            x, layer_kv, aux = block(x, positions, segment_ids, layer_kv, kv_index, key_positions, key_segment_ids)
+            return x, (layer_kv, aux)
+
+        if cfg.remat != "none":
+            moe_step = jax.checkpoint(moe_step, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+
+        def group_step(x, group):
+            d_params, m_params, d_kv, m_kv = group
+            if dense_step is not None:
+                x, d_kv = jax.lax.scan(dense_step, x, (d_params, d_kv))
+            x, (m_kv, aux) = moe_step(x, (m_params, m_kv))
+            return x, (d_kv, m_kv, aux)
+
+        x, (dense_kv, moe_kv, aux) = jax.lax.scan(
+            group_step, x, (dense_params, moe_params, dense_kv, moe_kv), unroll=min(cfg.scan_unroll, G)
+        )
+        if kv is not None:
+            parts = [(m[:, None],) if d is None else (d, m[:, None]) for d, m in zip(dense_kv or (None, None), moe_kv)]
+            kv = tuple(jnp.concatenate(p, axis=1).reshape(cfg.num_layers, *p[-1].shape[2:]) for p in parts)
+        return x, kv, jax.tree.map(lambda a: jnp.mean(a, axis=0), aux)
+
+
+def _dense_step(graphdef, cfg: ModelConfig, block_args):
+    """The scan body applying one dense :class:`Block` (rematerialized per ``cfg.remat``)."""
+    positions, segment_ids, kv_index, key_positions, key_segment_ids = block_args
+
+    def apply_block(x, layer):
+        params, layer_kv = layer
+        block = nnx.merge(graphdef, params)
+        return block(x, positions, segment_ids, layer_kv, kv_index, key_positions, key_segment_ids)
+
+    if cfg.remat != "none":
+        apply_block = jax.checkpoint(apply_block, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    return apply_block
 
 
 def init_model(config: ModelConfig, seed: int = 0) -> Transformer:

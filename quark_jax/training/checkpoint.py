@@ -109,6 +109,14 @@ class Checkpointer:
         step, restored = self._restore_latest_good(make_args, step)
         return step, restored.params, dict(restored.meta)
 
+    def param_metadata(self, step: int | None = None) -> tuple[int, Any]:
+        """(step, tree of array metadata with ``.shape``/``.dtype``) of a checkpoint's parameters, unread."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        metadata = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "params"))
+        return step, getattr(metadata, "item_metadata", metadata)
+
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are committed."""
         self._manager.wait_until_finished()

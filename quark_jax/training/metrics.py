@@ -36,10 +36,12 @@ class MetricsWriter:
 
     def __init__(self, model_dir: str, resume_step: int = 0, tensorboard: bool = True):
         self.path = os.path.join(model_dir, "metrics.jsonl")
+        self._file = self._tb = None
+        if jax.process_index() != 0:  # multi-host: every host computes the same metrics; one writes them
+            return
         self._drop_after(resume_step)
         self._file = open(self.path, "a")
-        self._tb = None
-        if tensorboard and jax.process_index() == 0:
+        if tensorboard:
             from flax.metrics import tensorboard as flax_tb  # imports TensorFlow: keep it off the import path
 
             self._tb = flax_tb.SummaryWriter(os.path.join(model_dir, "tensorboard"))
@@ -54,6 +56,8 @@ class MetricsWriter:
             f.writelines(kept)
 
     def write(self, step: int, values: dict[str, float]) -> None:
+        if self._file is None:
+            return
         record = {"step": int(step), **{k: float(v) for k, v in values.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -66,7 +70,8 @@ class MetricsWriter:
             self._tb.text(name, text, int(step))
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()

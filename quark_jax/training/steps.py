@@ -23,8 +23,31 @@ Metrics = dict[str, jax.Array]
 def lm_loss_sums(params: Any, graphdef: nnx.GraphDef, batch: Batch, z_loss: float) -> dict[str, jax.Array]:
     """Runs the model on a packed seqio decoder batch and returns the summed losses."""
     model = nnx.merge(graphdef, params)
-    logits, _ = model(batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"])
-    return cross_entropy_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss)
+    logits, _, aux = model(
+        batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"], return_aux=True
+    )
+    sums = cross_entropy_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss)
+    return {**sums, **moe_aux_sums(aux, model.config, sums["weight_sum"])}
+
+
+def moe_aux_sums(aux: dict[str, jax.Array], config: Any, weight_sum: jax.Array) -> dict[str, jax.Array]:
+    """MoE auxiliary values as token-weighted sums (like the losses), so that micro-batches and the final
+    division by the batch's total weight average them exactly as the cross-entropy.
+
+    ``moe_loss_sum`` is the weighted objective term; the ``moe/*`` entries are logged as metrics (the
+    per-expert load as ``moe/expert_load_<e>``).
+    """
+    if not aux:
+        return {}
+    sums = {
+        "moe_loss_sum": weight_sum * (config.load_balance_loss_weight * aux["load_balance_loss"]
+                                      + config.router_z_loss_weight * aux["router_z_loss"]),
+    }
+    for name in ("load_balance_loss", "router_z_loss", "dropped_fraction"):
+        sums[f"moe/{name}"] = weight_sum * aux[name]
+    for e in range(aux["expert_load"].shape[0]):
+        sums[f"moe/expert_load_{e}"] = weight_sum * aux["expert_load"][e]
+    return sums
 
 
 def _split_microbatches(batch: Batch, num: int) -> Batch:
@@ -57,7 +80,7 @@ def make_train_step(
 
     def objective(params, batch, denom):
         sums = lm_loss_sums(params, graphdef, batch, z_loss)
-        return (sums["nll_sum"] + sums["z_loss_sum"]) / denom, sums
+        return (sums["nll_sum"] + sums["z_loss_sum"] + sums.get("moe_loss_sum", 0.0)) / denom, sums
 
     grad_fn = jax.grad(objective, has_aux=True)
 
@@ -74,8 +97,12 @@ def make_train_step(
                 return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("nll_sum", "z_loss_sum", "correct_sum", "weight_sum")}
-            (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), _split_microbatches(batch, grad_accum_steps))
+            micro_batches = _split_microbatches(batch, grad_accum_steps)
+            sum_shapes = jax.eval_shape(
+                lambda b: grad_fn(state.params, b, denom)[1], jax.tree.map(lambda x: x[0], micro_batches)
+            )
+            zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sum_shapes)
+            (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), micro_batches)
 
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -96,6 +123,9 @@ def make_train_step(
             "loss_tokens": sums["weight_sum"],
             "finite": finite,
         }
+        if "moe_loss_sum" in sums:  # MoE: the weighted aux objective term and the router statistics
+            metrics["moe_aux_loss"] = sums["moe_loss_sum"] / denom
+            metrics.update({k: v / denom for k, v in sums.items() if k.startswith("moe/")})
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

@@ -74,6 +74,10 @@ class TrainConfig:
     sample_prompts: Sequence[str] = ("def ", "import os\n", "class ")
     sample_max_new_tokens: int = 32
     on_nonfinite: str = "stop"  # "stop": raise naming the step; "skip": drop that update and go on
+    # Warm start: a run directory (or its checkpoints/) whose newest parameters initialise this run when it
+    # has no checkpoint of its own. The optimizer starts fresh; parameters the source lacks keep their
+    # initialisation; a shape mismatch is an error naming every mismatching parameter.
+    init_from: str | None = None
     peak_flops_per_s: float | None = None  # per device; None measures a 2048² matmul at start-up
     progress_bar: bool = True
 
@@ -90,8 +94,48 @@ class TrainConfig:
             raise ValueError("TrainConfig.model_dir is empty: set MODEL_DIR, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"")
 
 
+class _PreemptionGuard:
+    """Turns SIGTERM into a flag the training loop checks after each step (main thread only)."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self._signal = signal
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            self._signal.signal(self._signal.SIGTERM, self._previous)
+            self._previous = None
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when a step produces a NaN or Inf loss and ``on_nonfinite == 'stop'``."""
+
+
+def _flatten(tree: Any) -> list[tuple[str, Any]]:
+    """(dotted path, leaf) pairs of a nested dict of arrays (or array metadata)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    return [(".".join(str(getattr(k, "key", k)) for k in path), leaf) for path, leaf in leaves]
+
+
+def _unflatten_like(tree: Any, flat: Mapping[str, Any]) -> Any:
+    """A tree shaped like ``tree`` whose leaves are ``flat[dotted path]``."""
+    is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
+    paths = [".".join(str(getattr(k, "key", k)) for k in path)
+             for path, _ in jax.tree_util.tree_leaves_with_path(tree, is_leaf=is_leaf)]
+    treedef = jax.tree.structure(tree, is_leaf=is_leaf)
+    return jax.tree.unflatten(treedef, [flat[p] for p in paths])
 
 
 def _tokens_per_step(config: TrainConfig) -> int:
@@ -162,7 +206,18 @@ class Trainer:
         cfg = self.config
         if jax.process_index() != 0:
             return
-        with open(os.path.join(cfg.model_dir, "model_config.json"), "w") as f:
+        config_path = os.path.join(cfg.model_dir, "model_config.json")
+        if os.path.exists(config_path) and os.path.isdir(os.path.join(cfg.model_dir, "checkpoints")):
+            with open(config_path) as f:
+                previous = json.load(f)
+            changed = {k: (previous.get(k), v) for k, v in dataclasses.asdict(cfg.model).items() if previous.get(k) != v}
+            if changed:
+                raise ValueError(
+                    f"MODEL_DIR {cfg.model_dir} holds checkpoints of a different model "
+                    f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in changed.items())}); "
+                    "use a new MODEL_DIR, or INIT_FROM to warm-start from it"
+                )
+        with open(config_path, "w") as f:
             f.write(cfg.model.to_json())
         if self.gin_config_text:
             with open(os.path.join(cfg.model_dir, "config.gin"), "w") as f:
@@ -184,7 +239,53 @@ class Trainer:
             )
             return state, int(meta["data_position"])
         init = jax.jit(self._init, out_shardings=self.state_shardings)
-        return init(jax.random.key(self.config.seed)), 0
+        state = init(jax.random.key(self.config.seed))
+        if self.config.init_from:
+            state = dataclasses.replace(state, params=self._warm_start_params(state.params))
+        return state, 0
+
+    def _warm_start_params(self, params: Any) -> Any:
+        """``params`` with every parameter that the ``init_from`` checkpoint holds replaced by its value."""
+        source_dir = self.config.init_from.rstrip("/")
+        if os.path.basename(source_dir) == "checkpoints":
+            source_dir = os.path.dirname(source_dir)
+        if not os.path.isdir(os.path.join(source_dir, "checkpoints")):
+            raise FileNotFoundError(f"TrainConfig.init_from={self.config.init_from!r}: no checkpoints/ directory there")
+        source = ckpt.Checkpointer(source_dir, async_save=False)
+        try:
+            step, metadata = source.param_metadata()
+            flat_meta = dict(_flatten(metadata))
+            flat_params = dict(_flatten(params))
+            mismatched = [
+                f"{name}: checkpoint {tuple(flat_meta[name].shape)} vs model {tuple(value.shape)}"
+                for name, value in flat_params.items()
+                if name in flat_meta and tuple(flat_meta[name].shape) != tuple(value.shape)
+            ]
+            if mismatched:
+                raise ValueError(
+                    f"cannot warm-start from {source_dir} step {step}: {len(mismatched)} parameter shape(s) differ "
+                    "(is the model config the same?):\n  " + "\n  ".join(mismatched)
+                )
+            shardings = dict(_flatten(self.param_shardings))
+            replicated = sh.replicated(self.mesh)
+            abstract = _unflatten_like(metadata, {
+                name: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=shardings.get(name, replicated))
+                for name, m in flat_meta.items()
+            })
+            _, restored, _ = source.restore_params(abstract, step)
+        finally:
+            source.close()
+        flat_restored = dict(_flatten(restored))
+        missing = sorted(set(flat_params) - set(flat_restored))
+        unused = sorted(set(flat_restored) - set(flat_params))
+        if missing:
+            log.warning("warm start: %d parameter(s) not in the checkpoint keep their initialisation: %s",
+                        len(missing), ", ".join(missing))
+        if unused:
+            log.warning("warm start: %d checkpoint parameter(s) unused by this model: %s", len(unused), ", ".join(unused))
+        log.info("warm-started %d parameters from %s step %d", len(flat_params) - len(missing), source_dir, step)
+        merged = {name: flat_restored.get(name, value) for name, value in flat_params.items()}
+        return _unflatten_like(params, merged)
 
     def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
@@ -243,6 +344,9 @@ class Trainer:
         cfg = self.config
         if not cfg.sample_prompts:
             return []
+        if jax.process_count() > 1:  # the generator fetches whole arrays to one host
+            log.info("multi-host run: skipping sample generation (use `quark generate` on the checkpoint)")
+            return []
         if not hasattr(self, "_generator"):
             self._generator = Generator(self.graphdef, params, self.vocabulary)
         self._generator.params = params
@@ -255,7 +359,7 @@ class Trainer:
             samples = self.sample(params)
         self.writer.write(step, values)
         text = "\n\n".join(f"{prompt!r} → {out!r}" for prompt, out in samples)
-        if samples:
+        if samples and jax.process_index() == 0:
             self.writer.write_text(step, "samples", text)
             with open(os.path.join(self.config.model_dir, "samples.txt"), "a") as f:
                 f.write(f"--- step {step}\n{text}\n")
@@ -333,6 +437,7 @@ class Trainer:
             if progress is not None:
                 progress.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
 
+        stop_requested = _PreemptionGuard()
         try:
             for step in range(start_step + 1, cfg.steps + 1):
                 state, metrics = train_step(state, batch)
@@ -354,13 +459,28 @@ class Trainer:
                     self._save(state, step, force=step == cfg.steps)
                 if is_eval:
                     summary.update(self._evaluate_and_log(step, state.params))
+                if stop_requested() and step < cfg.steps:
+                    # SIGTERM (e.g. a preempted TPU VM or a cluster scheduler): checkpoint and leave cleanly.
+                    handle(*pending)
+                    pending = None
+                    if not is_ckpt:
+                        self._save(state, step, force=True)
+                    log.warning("SIGTERM: saved a checkpoint at step %d; re-run the same command to resume", step)
+                    summary.update(preempted=True, final_step=step, last_metrics=last, params=state.params)
+                    return summary
             if pending is not None:
                 handle(*pending)
         except KeyboardInterrupt:
-            log.warning("interrupted: saving a checkpoint at step %d before exiting", int(jax.device_get(state.step)))
-            self._save(state, int(jax.device_get(state.step)), force=True)
+            step = int(jax.device_get(state.step))
+            try:
+                log.warning("interrupted: saving a checkpoint at step %d before exiting", step)
+                self._save(state, step, force=True)
+            except Exception as e:  # noqa: BLE001 -- interrupted inside the step: its donated state is gone
+                log.warning("could not save the interrupted step (%s); the newest checkpoint is step %s",
+                            e, self.checkpointer.latest_step())
             raise
         finally:
+            stop_requested.restore()
             if progress is not None:
                 progress.close()
             self.checkpointer.close()
@@ -369,6 +489,7 @@ class Trainer:
         if jax.process_index() == 0:
             summary["loss_curve"] = qm.plot_loss_curve(cfg.model_dir)
         summary.update(final_step=cfg.steps, last_metrics=last, params=state.params)
-        with open(os.path.join(cfg.model_dir, "summary.json"), "w") as f:
-            json.dump({k: v for k, v in summary.items() if k != "params"}, f, indent=2, default=str)
+        if jax.process_index() == 0:
+            with open(os.path.join(cfg.model_dir, "summary.json"), "w") as f:
+                json.dump({k: v for k, v in summary.items() if k != "params"}, f, indent=2, default=str)
         return summary

@@ -60,6 +60,36 @@ def test_killed_run_resumes_with_exactly_the_same_losses(runs):
     assert "resumed from" in runs["resume_log"]
 
 
+def test_sigterm_checkpoints_the_current_step_and_resumes_exactly(runs, tmp_path):
+    model_dir = tmp_path / "preempted"
+    process = subprocess.Popen(quark_command(*train_args(bindings(model_dir))), cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and max(_logged(model_dir), default=0) < 5:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-2000:]
+    stopped_at = max(committed_steps(model_dir))
+    assert 5 <= stopped_at < STEPS and "stopped by SIGTERM" in stderr
+    resumed = run_quark(*train_args(bindings(model_dir)))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert train_losses(model_dir) == train_losses(runs["unbroken"])
+
+
+def _logged(model_dir):
+    try:
+        return list(train_losses(model_dir))
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def test_a_different_model_in_an_existing_run_dir_is_refused(runs):
+    result = run_quark(*train_args(bindings(runs["unbroken"]) + ["quark_jax.ModelConfig.mlp_dim=512"]))
+    assert result.returncode == 2
+    assert "holds checkpoints of a different model" in result.stderr and "mlp_dim: 704 there, 512 now" in result.stderr
+
+
 def test_unreadable_latest_checkpoint_falls_back_to_the_previous(runs, tmp_path, caplog):
     model_dir = tmp_path / "corrupt"
     shutil.copytree(runs["unbroken"], model_dir)

@@ -1,0 +1,116 @@
+"""seqio Tasks for conversations (instruction tuning), packed with per-token loss weights.
+
+A chat task yields ``{"targets": token ids, "loss_weights": 0/1 per token}`` (see
+``quark_jax.data.chat.tokenize_conversation``). :class:`WeightedLMFeatureConverter` packs both streams
+together, so several conversations share a row, attention stays within each (segment ids), and only
+assistant tokens carry loss. ``quark_jax.data.pipeline`` picks that converter for any task or mixture whose
+output features include ``loss_weights``.
+
+Registered at import: ``sft_stdlib`` — the project's own instruction set (``data/instructions/``: stdlib
+docstring/signature questions and arithmetic), splits ``train`` and ``validation``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping
+
+import seqio
+import tensorflow as tf
+
+from quark_jax.data import chat, vocab
+
+LOSS_WEIGHTS = "loss_weights"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+INSTRUCTIONS_DIR = os.path.join(REPO_ROOT, "data", "instructions")
+
+
+class WeightedLMFeatureConverter(seqio.LMFeatureConverter):
+    """seqio's decoder-only converter, with loss weights taken from a packed ``loss_weights`` feature."""
+
+    TASK_FEATURES = {
+        "targets": seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+        LOSS_WEIGHTS: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32),
+    }
+
+    def _convert_example(self, features: Mapping[str, tf.Tensor]) -> Mapping[str, tf.Tensor]:
+        converted = dict(super()._convert_example(features))
+        # Stored as weight + 1 (see _conversation_dataset); packing padding is 0 and stays weight 0.
+        converted["decoder_loss_weights"] = tf.maximum(features[LOSS_WEIGHTS] - 1, 0)
+        return converted
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Records of a JSONL file; a malformed line raises naming the file and line number."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found (build the instruction set: python -m quark_jax.data.instructions)")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not valid JSON ({e})") from e
+    return records
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenized(path: str, vocabulary_path: str | None) -> tuple[tuple[list[int], ...], tuple[list[int], ...]]:
+    vocabulary = vocab.get_vocabulary(vocabulary_path)
+    tokens, weights = [], []
+    for number, record in enumerate(read_jsonl(path), 1):
+        try:
+            t, w = chat.tokenize_conversation(chat.messages_of(record), vocabulary)
+        except ValueError as e:
+            raise ValueError(f"{path}:{number}: {e}") from e
+        tokens.append(t)
+        weights.append(w)
+    return tuple(tokens), tuple(weights)
+
+
+def _conversation_dataset(paths: Mapping[str, str], vocabulary_path: str | None, split: str, shuffle_files: bool,
+                          seed: int | None = None) -> tf.data.Dataset:
+    tokens, weights = _tokenized(paths[split], vocabulary_path)
+    # seqio's packing treats 0 as padding and drops it, which would misalign a 0/1 stream with the tokens;
+    # weights travel as 1 (no loss) / 2 (loss) and the converter subtracts 1.
+    ds = tf.data.Dataset.from_tensor_slices({
+        "targets": tf.ragged.constant(tokens, dtype=tf.int32),
+        LOSS_WEIGHTS: tf.ragged.constant([[w + 1 for w in row] for row in weights], dtype=tf.int32),
+    }).map(lambda ex: {k: v.to_tensor() if isinstance(v, tf.RaggedTensor) else v for k, v in ex.items()})
+    if shuffle_files:
+        ds = ds.shuffle(len(tokens), seed=seed, reshuffle_each_iteration=True)
+    return ds
+
+
+def register_chat_task(name: str, jsonl_paths: Mapping[str, str], vocabulary_path: str | None = None) -> seqio.Task:
+    """Registers (or replaces) a chat Task over JSONL files, one per split (``{"train": path, ...}``).
+
+    Each record is ``{"messages": [{"role", "content"}, ...]}`` or ``{"prompt", "response"[, "system"]}``.
+    """
+    seqio.TaskRegistry.remove(name)
+    vocabulary = vocab.get_vocabulary(vocabulary_path)
+    source = seqio.FunctionDataSource(
+        dataset_fn=functools.partial(_conversation_dataset, dict(jsonl_paths), vocabulary_path),
+        splits=tuple(jsonl_paths),
+    )
+    return seqio.TaskRegistry.add(
+        name,
+        source=source,
+        preprocessors=[],
+        output_features={
+            "targets": seqio.Feature(vocabulary=vocabulary, add_eos=False, dtype=tf.int32),
+            LOSS_WEIGHTS: seqio.Feature(vocabulary=seqio.PassThroughVocabulary(3), add_eos=False, dtype=tf.int32),
+        },
+    )
+
+
+def has_loss_weights(name: str) -> bool:
+    """Whether a registered task or mixture carries per-token loss weights."""
+    return LOSS_WEIGHTS in seqio.get_mixture_or_task(name).output_features
+
+
+register_chat_task("sft_stdlib", {s: os.path.join(INSTRUCTIONS_DIR, f"{s}.jsonl") for s in ("train", "validation")})

@@ -1,0 +1,27 @@
+"""Chunking with overlap: every token covered, consecutive chunks share exactly `overlap` tokens."""
+
+import pytest
+import seqio
+import tensorflow as tf
+
+from quark_jax.data import chunking
+
+FEATURES = {"targets": seqio.Feature(vocabulary=seqio.PassThroughVocabulary(100), add_eos=True, dtype=tf.int32)}
+
+
+@pytest.mark.parametrize("count,overlap", [(0, 2), (1, 2), (7, 2), (8, 2), (9, 2), (30, 2), (30, 0), (30, 6)])
+def test_chunks_match_reference(count, overlap):
+    ds = tf.data.Dataset.from_tensors({"targets": tf.range(1, count + 1, dtype=tf.int32)})
+    out = [ex["targets"].tolist() for ex in chunking.split_with_overlap(overlap)(ds, {"targets": 9}, FEATURES).as_numpy_iterator()]
+    chunk = 8  # length 9 minus the EOS slot
+    starts = chunking.chunk_starts(count, chunk, overlap)
+    assert out == [list(range(s + 1, min(s + chunk, count) + 1)) for s in starts]
+    assert sorted({t for c in out for t in c}) == list(range(1, count + 1))
+    for a, b in zip(out, out[1:]):
+        assert a[-overlap:] == b[:overlap] if overlap else a[-1] + 1 == b[0]
+
+
+def test_bad_overlap_names_the_limit():
+    ds = tf.data.Dataset.from_tensors({"targets": tf.range(5)})
+    with pytest.raises(ValueError, match="smaller than the chunk of 8 tokens"):
+        chunking.split_with_overlap(8)(ds, {"targets": 9}, FEATURES)
