@@ -169,8 +169,8 @@ def bench_decode(config, params, bandwidth, prompt_len=16, max_new=128, read_ban
         if read_bandwidth:  # the floor if weights can only be streamed as fast as the large read ran
             read_floor = floor * bandwidth / read_bandwidth
             result[f"b{batch}"]["ratio_to_read_floor"] = round(per_token / read_floor, 2)
-    # The same step jitted alone and called from Python (no while loop around it), for comparison: in one
-    # quiet moment a hand-written forward ran 7.8 ms alone and 14.5 ms per iteration of a fori_loop here.
+    # The same step jitted alone and called from Python (no while loop around it): shows what, if anything,
+    # the while loop adds per iteration.
     single = single_step_seconds(config, params, prompt_len + max_new)
     result["b1"]["single_step_ms"] = round(single * 1e3, 3)
     return result
