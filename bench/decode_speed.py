@@ -12,6 +12,8 @@ Model: ``configs/models/small.gin`` (~30M parameters) with random weights; gener
                  bytes) / memory bandwidth, the bandwidth measured in this process by a large copy
                  (and a large read; the faster is used);
                  ``ratio_to_floor`` = measured / floor (the issue's goal: ≤ 2 at batch 1).
+                 ``single_step_ms``: the same step jitted alone, called from Python (no loop).
+                 ``minimal_reference_ms``: a hand-written scan of plain matmuls over the same weights.
 * ``prefill``:   time to first token (prefill + first sample) and prefill tokens/s for a 256-token prompt.
 * ``quantized``: batch-1 decode per-token latency of float32 weights, int8, int4 and bfloat16 compute.
 * ``answer64``:  wall time of a 64-token answer through the text API (warm, i.e. compiled; and cold,
@@ -80,7 +82,7 @@ class Harness:
 
     def __init__(self, config: ModelConfig, params, batch: int, prompt_len: int, max_new: int):
         graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
-        self.fn = make_generate_fn(graphdef, DecodeSpec(max_new_tokens=max_new, eos_id=-1))
+        self.fn = make_generate_fn(graphdef, DecodeSpec(max_new_tokens=max_new, eos_id=-1, sampling=False))
         self.params, self.batch, self.max_new = params, batch, max_new
         rng = np.random.default_rng(0)
         self.prompts = rng.integers(4, config.vocab_size, (batch, prompt_len)).astype(np.int32)
@@ -114,7 +116,47 @@ def floor_seconds(config: ModelConfig, params, batch: int, cache_len: int, bandw
     return (param_bytes(params) + cache) / bandwidth
 
 
-def bench_decode(config, params, bandwidth, prompt_len=16, max_new=128) -> dict:
+def single_step_seconds(config: ModelConfig, params, cache_len: int, repeats: int = 20) -> float:
+    """One decode step (batch 1) as its own jitted call from Python: the loop-free reference."""
+    from quark_jax.models.transformer import KVCache
+
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+
+    @jax.jit
+    def step(params, cache, token):
+        logits, cache = nnx.merge(graphdef, params)(token, jnp.full((1, 1), 3), jnp.ones((1, 1), jnp.int32), cache)
+        return jnp.argmax(logits[:, -1], axis=-1), cache
+
+    cache, token = KVCache.init(config, 1, cache_len), jnp.ones((1, 1), jnp.int32)
+    step(params, cache, token)[0].block_until_ready()
+    return statistics.median(_timed(lambda: step(params, cache, token)[0].block_until_ready()) for _ in range(repeats))
+
+
+def minimal_step_seconds(config: ModelConfig, params, batch: int, repeats: int = 20) -> float:
+    """A hand-written reference: the same weights through plain scanned matmuls (no attention over a cache,
+    no norms, no RoPE), one jitted call per step. What reading and multiplying the weights costs alone."""
+    attn, mlp = params["blocks"]["attn"], params["blocks"]["mlp"]
+    L, D = config.num_layers, config.d_model
+    weights = (attn["wq"].reshape(L, D, -1), attn["wk"].reshape(L, D, -1), attn["wv"].reshape(L, D, -1),
+               attn["wo"].reshape(L, -1, D), mlp["w_gate"], mlp["w_up"], mlp["w_down"])
+    embedding = params["embed"]["embedding"]
+
+    @jax.jit
+    def step(weights, embedding, x):
+        def layer(x, w):
+            q, k, v = x @ w[0], x @ w[1], x @ w[2]
+            x = x + q @ w[3] + 0 * (k.sum() + v.sum())
+            return x + (jax.nn.silu(x @ w[4]) * (x @ w[5])) @ w[6], None
+
+        x, _ = jax.lax.scan(layer, x, weights)
+        return jnp.argmax(x @ embedding.T, axis=-1)
+
+    x = jnp.ones((batch, D), jnp.float32)
+    step(weights, embedding, x).block_until_ready()
+    return statistics.median(_timed(lambda: step(weights, embedding, x).block_until_ready()) for _ in range(repeats))
+
+
+def bench_decode(config, params, bandwidth, prompt_len=16, max_new=128, read_bandwidth=None) -> dict:
     result = {"bench": "decode", "model": "small", "params_M": round(config.num_params() / 1e6, 1),
               "prompt_tokens": prompt_len, "new_tokens": max_new, "memory_GBps": round(bandwidth / 1e9, 2)}
     for batch in (1, 8):
@@ -122,6 +164,15 @@ def bench_decode(config, params, bandwidth, prompt_len=16, max_new=128) -> dict:
         floor = floor_seconds(config, params, batch, prompt_len + max_new, bandwidth)
         result[f"b{batch}"] = {"ms_per_step": round(per_token * 1e3, 3), "tokens_per_s": round(batch / per_token, 1),
                                "floor_ms": round(floor * 1e3, 3), "ratio_to_floor": round(per_token / floor, 2)}
+        minimal = minimal_step_seconds(config, params, batch)
+        result[f"b{batch}"]["minimal_reference_ms"] = round(minimal * 1e3, 3)
+        if read_bandwidth:  # the floor if weights can only be streamed as fast as the large read ran
+            read_floor = floor * bandwidth / read_bandwidth
+            result[f"b{batch}"]["ratio_to_read_floor"] = round(per_token / read_floor, 2)
+    # The same step jitted alone and called from Python (no while loop around it): shows what, if anything,
+    # the while loop adds per iteration.
+    single = single_step_seconds(config, params, prompt_len + max_new)
+    result["b1"]["single_step_ms"] = round(single * 1e3, 3)
     return result
 
 
@@ -178,7 +229,8 @@ def main() -> None:
     bandwidth = max(measured.values())
     if args.only in (None, "decode"):
         extra = {"copy_GBps": round(measured["copy"] / 1e9, 2), "read_GBps": round(measured["read"] / 1e9, 2)}
-        print(json.dumps({**bench_decode(config, params, bandwidth), **extra, **device}), flush=True)
+        decode = bench_decode(config, params, bandwidth, read_bandwidth=measured["read"])
+        print(json.dumps({**decode, **extra, **device}), flush=True)
     if args.only in (None, "prefill"):
         print(json.dumps({**bench_prefill(config, params), **device}), flush=True)
     if args.only in (None, "quantized"):

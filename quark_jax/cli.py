@@ -4,6 +4,7 @@
     quark generate --model_dir=/tmp/run --prompt "def fib(n):" --max_new_tokens 64
     quark generate --model_dir=/tmp/run --input_jsonl requests.jsonl --quantize int8 --stop "\n\n" --logprobs
     quark eval --model_dir=/tmp/run --batches 16
+    quark quantize --model_dir=/tmp/run --out_dir=/tmp/run_int4 --mode int4
     quark plan --gin_file=configs/runs/pretrain.gin --gin_file=configs/models/mixtral_8x7b.gin \
         --mesh_shape='fsdp=-1,expert=8' --num_devices=256 --batch_size=1024 --seq_len=4096
     quark train ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (multi-host)
@@ -96,6 +97,15 @@ def _generate(args: argparse.Namespace) -> int:
 
     import quark_jax as qj
 
+    requests = []
+    if args.input_jsonl:  # checked before the (slow) model load
+        # One request per line: {"prompt": ..., optional "max_new_tokens", "seed"}; one JSON result per line.
+        with open(args.input_jsonl) as f:
+            requests = [json.loads(line) for line in f if line.strip()]
+        bad = [i + 1 for i, r in enumerate(requests) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
+        if bad:
+            print(f"quark generate: {args.input_jsonl} lines {bad[:5]} need a string \"prompt\"", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
     try:
         model = qj.load(args.model_dir, step=args.step)
     except FileNotFoundError as e:
@@ -104,13 +114,6 @@ def _generate(args: argparse.Namespace) -> int:
     if args.quantize:
         model = model.quantize(args.quantize)
     if args.input_jsonl:
-        # One request per line: {"prompt": ..., optional "max_new_tokens", "seed"}; one JSON result per line.
-        with open(args.input_jsonl) as f:
-            requests = [json.loads(line) for line in f if line.strip()]
-        bad = [i + 1 for i, r in enumerate(requests) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
-        if bad:
-            print(f"quark generate: {args.input_jsonl} lines {bad[:5]} need a string \"prompt\"", file=sys.stderr)
-            return EXIT_CONFIG_ERROR
         for start in range(0, len(requests), args.batch_size):
             chunk = requests[start:start + args.batch_size]
             prompts = [r["prompt"] for r in chunk]
@@ -140,6 +143,18 @@ def _generate(args: argparse.Namespace) -> int:
         if len(prompts) > 1:
             print(f"--- {prompt!r}")
         print(prompt + text)
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from quark_jax.inference.quantize import save_quantized
+
+    try:
+        out = save_quantized(args.model_dir, args.out_dir, args.mode, args.group_size, step=args.step)
+    except FileNotFoundError as e:
+        print(f"quark quantize: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(f"quark quantize: {args.mode} checkpoint of {args.model_dir} written to {out} (qj.load / quark generate read it)")
     return 0
 
 
@@ -296,6 +311,13 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quantize", choices=("int8", "int4"), help="weight-only quantization before generating")
     gen.add_argument("--logprobs", action="store_true", help="with --input_jsonl: add chosen-token logprobs")
 
+    qz = sub.add_parser("quantize", help="write a weight-only int8/int4 copy of a trained run")
+    qz.add_argument("--model_dir", required=True)
+    qz.add_argument("--out_dir", required=True)
+    qz.add_argument("--mode", choices=("int8", "int4"), default="int8")
+    qz.add_argument("--group_size", type=int, default=32, help="int4 group size along the contraction axis")
+    qz.add_argument("--step", type=int, default=None)
+
     ev = sub.add_parser("eval", help="validation loss and perplexity of a trained run")
     ev.add_argument("--model_dir", required=True)
     ev.add_argument("--mixture_or_task_name", default="stdlib")
@@ -352,6 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _plan(args, bindings)
     if args.command == "generate":
         return _generate(args)
+    if args.command == "quantize":
+        return _quantize(args)
     if args.command == "data":
         return _data(args, bindings)
     if args.command == "tokenizer":

@@ -133,6 +133,7 @@ class DecodeSpec:
     eos_id: int
     pad_id: int = 0
     filtering: bool = False  # compile the top-k / top-p masks in
+    sampling: bool = True  # False: every row is greedy, so no random numbers are drawn at all
 
 
 def make_prefill_prefix_fn(graphdef: nnx.GraphDef) -> Callable[..., PrefixCache]:
@@ -218,8 +219,11 @@ def make_generate_fn(
         last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B V]
 
         def choose(logits, i, done):
-            step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-            token = sample_rows(logits, step_keys, temperature, top_k, top_p, spec.filtering)
+            if spec.sampling:
+                step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+                token = sample_rows(logits, step_keys, temperature, top_k, top_p, spec.filtering)
+            else:
+                token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
             return jnp.where(done, pad, token), jnp.where(done, 0.0, logprob)
 

@@ -1,7 +1,7 @@
 """Text in, text out: tokenizes requests, pads them into shape buckets and calls cached compiled functions.
 
 A :class:`Generator` compiles one function per (batch bucket, prompt-length bucket, max-new-tokens bucket,
-prefix bucket, filtering on/off); everything else a request may vary (temperature, top-k, top-p, seed, max
+prefix bucket, and two switches: any sampled row, any top-k/top-p row); everything else a request may vary (temperature, top-k, top-p, seed, max
 tokens, stop sequences) is passed as arrays, so after warm-up, calls inside a bucket never recompile.
 """
 
@@ -40,7 +40,8 @@ def enable_compilation_cache(path: str | None = None) -> str:
 
     The directory is ``path``, else ``$QUARK_JAX_COMPILATION_CACHE``, else an already configured
     ``jax_compilation_cache_dir`` (e.g. from ``$JAX_COMPILATION_CACHE_DIR``), else
-    ``~/.cache/quark_jax/jax``. Returns the directory in use.
+    ``~/.cache/quark_jax/jax``. Returns the directory in use. JAX decides once per process whether the
+    cache is on, at its first compilation, so call this (or build the :class:`Generator`) before compiling.
     """
     path = path or os.environ.get(CACHE_ENV) or jax.config.jax_compilation_cache_dir
     path = path or os.path.join(os.path.expanduser("~"), ".cache", "quark_jax", "jax")
@@ -156,6 +157,7 @@ class Generator:
         prompt_bucket = _pow2(max(len(r.prompt) for r in requests), self.min_prompt_bucket)
         new_bucket = _pow2(max(r.max_new_tokens for r in requests))
         filtering = any(SamplingConfig(r.temperature, r.top_k, r.top_p).filtering for r in requests)
+        sampling = any(r.temperature > 0 for r in requests)
         stops = [list(s) for r in requests for s in r.stop]
         num_stops = _pow2(max([len(r.stop) for r in requests] + [1]))
         stop_len = _pow2(max([len(s) for s in stops] + [1]))
@@ -178,9 +180,10 @@ class Generator:
                 stop_tokens[row, j, stop_len - len(s):] = s  # left-padded with the -1 wildcard
         keys = jax.vmap(jax.random.key)(seeds)
 
-        spec = DecodeSpec(max_new_tokens=new_bucket, eos_id=self.eos_id, pad_id=self.pad_id, filtering=filtering)
+        spec = DecodeSpec(max_new_tokens=new_bucket, eos_id=self.eos_id, pad_id=self.pad_id, filtering=filtering,
+                          sampling=sampling)
         key = ("generate", batch_bucket, prompt_bucket, new_bucket, None if prefix is None else prefix.bucket,
-               num_stops, stop_len, filtering)
+               num_stops, stop_len, sampling, filtering)
         fn = self._function(key, lambda: make_generate_fn(self.graphdef, spec, self.trace_count))
         out = jax.device_get(self._call(
             fn, self.params, tokens, lengths, max_tokens, temperature, top_k, top_p, keys, stop_tokens, prefix
@@ -270,8 +273,11 @@ class Generator:
         num_beams: int = 1,
         length_penalty: float = 1.0,
     ) -> list[str]:
-        """Continuations of ``prompts`` (the prompt itself not included); ``num_beams > 1`` runs beam search."""
+        """Continuations of ``prompts`` (the prompt itself not included); ``num_beams > 1`` runs beam search
+        (greedy ranking by ``length_penalty``-normalised log-probability; no prefix, no sampling)."""
         if num_beams > 1:
+            if prefix is not None or temperature > 0:
+                raise ValueError("beam search (num_beams > 1) takes neither a prefix nor sampling options")
             if isinstance(prompts, str):
                 prompts = [prompts]
             limit = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens)

@@ -1,4 +1,4 @@
-"""Hugging Face interop: Llama-architecture weights to and from quark_jax params and ``ModelConfig``.
+"""Hugging Face interop: Llama and Mixtral weights to and from quark_jax params and ``ModelConfig``.
 
 Reads and writes the on-disk layout that users have: a directory with ``config.json`` and
 ``model.safetensors`` (or shards listed in ``model.safetensors.index.json``). safetensors is a JSON header
@@ -21,25 +21,34 @@ V vocab.
     model.norm.weight                         [D]        → final_norm.scale           [D]
     lm_head.weight                            [V, D]     → lm_head                    [D, V] (untied only)
 
+Mixtral (``model_type: mixtral``) has the same attention and norms, stacked under ``moe_blocks`` (every
+layer is an MoE layer), and per layer (E experts; the hub layout that ``save_pretrained`` writes):
+
+    model.layers.i.block_sparse_moe.gate.weight         [E, D]  → moe_blocks.moe.router   [L, D, E]
+    model.layers.i.block_sparse_moe.experts.j.w1.weight [F, D]  → moe_blocks.moe.w_gate   [L, E, D, F]
+    model.layers.i.block_sparse_moe.experts.j.w3.weight [F, D]  → moe_blocks.moe.w_up     [L, E, D, F]
+    model.layers.i.block_sparse_moe.experts.j.w2.weight [D, F]  → moe_blocks.moe.w_down   [L, E, F, D]
+
+Imported Mixtral configs use ``moe_dispatch="dropless"``, which, like transformers, never drops a token.
 RoPE needs no permutation: quark_jax uses the same "rotate half" layout as HF Llama.
-Mixtral (MoE) is not supported yet: quark_jax has no MoE layer on this branch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
 from collections.abc import Mapping
 from typing import Any
 
-import ml_dtypes
+import jax.numpy as jnp
 import numpy as np
 
 from quark_jax.models.config import ModelConfig
 
 _DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": jnp.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
@@ -107,8 +116,10 @@ def read_state_dict(model_dir: str) -> dict[str, np.ndarray]:
 def config_from_hf(hf: Mapping[str, Any], dtype: str = "float32") -> ModelConfig:
     """A ``ModelConfig`` from a Llama ``config.json`` dict; refuses features quark_jax does not implement."""
     model_type = hf.get("model_type", "llama")
-    if model_type != "llama":
-        raise ValueError(f"config.json model_type={model_type!r}: only 'llama' is supported (Mixtral needs the MoE layer)")
+    if model_type not in ("llama", "mixtral"):
+        raise ValueError(f"config.json model_type={model_type!r}: only 'llama' and 'mixtral' are supported")
+    if hf.get("sliding_window"):
+        raise ValueError(f"config.json sliding_window={hf['sliding_window']}: sliding-window attention is not implemented")
     for flag in ("attention_bias", "mlp_bias"):
         if hf.get(flag):
             raise ValueError(f"config.json {flag}=true: quark_jax Llama layers have no biases")
@@ -118,6 +129,10 @@ def config_from_hf(hf: Mapping[str, Any], dtype: str = "float32") -> ModelConfig
     if hf.get("rope_scaling") or rope.get("rope_type", "default") != "default":
         raise ValueError(f"config.json rope scaling {hf.get('rope_scaling') or rope}: only default RoPE is supported")
     heads = hf["num_attention_heads"]
+    moe = {}
+    if model_type == "mixtral":
+        moe = dict(num_experts=hf["num_local_experts"], experts_per_token=hf["num_experts_per_tok"], moe_every=1,
+                   moe_dispatch="dropless")
     return ModelConfig(
         vocab_size=hf["vocab_size"],
         d_model=hf["hidden_size"],
@@ -130,11 +145,20 @@ def config_from_hf(hf: Mapping[str, Any], dtype: str = "float32") -> ModelConfig
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         dtype=dtype,
+        **moe,
     )
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """The Llama ``config.json`` dict for ``config``."""
+    """The Llama (or, for an MoE config, Mixtral) ``config.json`` dict for ``config``."""
+    if config.num_experts:
+        if config.moe_every != 1 or config.num_shared_experts or config.expert_mlp_dim not in (0, config.mlp_dim):
+            raise ValueError("only MoE configs with moe_every=1, no shared experts and expert_mlp_dim=mlp_dim "
+                             "have a Mixtral equivalent")
+        hf = config_to_hf(dataclasses.replace(config, num_experts=0))
+        hf.update(architectures=["MixtralForCausalLM"], model_type="mixtral", num_local_experts=config.num_experts,
+                  num_experts_per_tok=config.experts_per_token, sliding_window=None, router_jitter_noise=0.0)
+        return hf
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
         "hidden_size": config.d_model, "intermediate_size": config.mlp_dim,
@@ -168,23 +192,37 @@ def params_from_state_dict(state: Mapping[str, Any], config: ModelConfig) -> dic
     def layers(fmt: str, shape: tuple[int, ...], convert) -> np.ndarray:
         return np.stack([convert(_take(state, fmt.format(i), shape)) for i in range(config.num_layers)])
 
+    if config.num_experts and (config.moe_every != 1 or config.num_shared_experts):
+        raise ValueError("Mixtral import needs moe_every=1 and no shared experts")
+    E, FE = config.num_experts, config.expert_hidden
+    block = {
+        "attn": {
+            "wq": layers("model.layers.{}.self_attn.q_proj.weight", (N * H, D), lambda w: w.T.reshape(D, N, H)),
+            "wk": layers("model.layers.{}.self_attn.k_proj.weight", (K * H, D), lambda w: w.T.reshape(D, K, H)),
+            "wv": layers("model.layers.{}.self_attn.v_proj.weight", (K * H, D), lambda w: w.T.reshape(D, K, H)),
+            "wo": layers("model.layers.{}.self_attn.o_proj.weight", (D, N * H), lambda w: w.T.reshape(N, H, D)),
+        },
+        "attn_norm": {"scale": layers("model.layers.{}.input_layernorm.weight", (D,), lambda w: w)},
+        "mlp_norm": {"scale": layers("model.layers.{}.post_attention_layernorm.weight", (D,), lambda w: w)},
+    }
+    if E:
+        def experts(w: str, shape) -> np.ndarray:  # [L, E, in, out]
+            return np.stack([np.stack([_take(state, f"model.layers.{i}.block_sparse_moe.experts.{j}.{w}.weight", shape).T
+                                       for j in range(E)]) for i in range(config.num_layers)])
+
+        block["moe"] = {
+            "router": layers("model.layers.{}.block_sparse_moe.gate.weight", (E, D), lambda w: w.T),
+            "w_gate": experts("w1", (FE, D)), "w_up": experts("w3", (FE, D)), "w_down": experts("w2", (D, FE)),
+        }
+    else:
+        block["mlp"] = {
+            "w_gate": layers("model.layers.{}.mlp.gate_proj.weight", (F, D), lambda w: w.T),
+            "w_up": layers("model.layers.{}.mlp.up_proj.weight", (F, D), lambda w: w.T),
+            "w_down": layers("model.layers.{}.mlp.down_proj.weight", (D, F), lambda w: w.T),
+        }
     params: dict[str, Any] = {
         "embed": {"embedding": _take(state, "model.embed_tokens.weight", (V, D))},
-        "blocks": {
-            "attn": {
-                "wq": layers("model.layers.{}.self_attn.q_proj.weight", (N * H, D), lambda w: w.T.reshape(D, N, H)),
-                "wk": layers("model.layers.{}.self_attn.k_proj.weight", (K * H, D), lambda w: w.T.reshape(D, K, H)),
-                "wv": layers("model.layers.{}.self_attn.v_proj.weight", (K * H, D), lambda w: w.T.reshape(D, K, H)),
-                "wo": layers("model.layers.{}.self_attn.o_proj.weight", (D, N * H), lambda w: w.T.reshape(N, H, D)),
-            },
-            "attn_norm": {"scale": layers("model.layers.{}.input_layernorm.weight", (D,), lambda w: w)},
-            "mlp": {
-                "w_gate": layers("model.layers.{}.mlp.gate_proj.weight", (F, D), lambda w: w.T),
-                "w_up": layers("model.layers.{}.mlp.up_proj.weight", (F, D), lambda w: w.T),
-                "w_down": layers("model.layers.{}.mlp.down_proj.weight", (D, F), lambda w: w.T),
-            },
-            "mlp_norm": {"scale": layers("model.layers.{}.post_attention_layernorm.weight", (D,), lambda w: w)},
-        },
+        "moe_blocks" if E else "blocks": block,
         "final_norm": {"scale": _take(state, "model.norm.weight", (D,))},
     }
     if config.tie_embeddings:
@@ -197,8 +235,6 @@ def params_from_state_dict(state: Mapping[str, Any], config: ModelConfig) -> dic
 
 
 def _contiguous(tree):
-    import jax.numpy as jnp
-
     if isinstance(tree, dict):
         return {k: _contiguous(v) for k, v in tree.items()}
     return jnp.asarray(np.ascontiguousarray(tree, np.float32))
@@ -212,17 +248,27 @@ def state_dict_from_params(params: Mapping[str, Any], config: ModelConfig) -> di
     get = lambda *path: np.asarray(_dig(p, path), np.float32)  # noqa: E731
     D, N, K, H = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
     state = {"model.embed_tokens.weight": get("embed", "embedding"), "model.norm.weight": get("final_norm", "scale")}
+    stack = "moe_blocks" if config.num_experts else "blocks"
     per_layer = {
-        "self_attn.q_proj.weight": (("blocks", "attn", "wq"), lambda w: w.reshape(D, N * H).T),
-        "self_attn.k_proj.weight": (("blocks", "attn", "wk"), lambda w: w.reshape(D, K * H).T),
-        "self_attn.v_proj.weight": (("blocks", "attn", "wv"), lambda w: w.reshape(D, K * H).T),
-        "self_attn.o_proj.weight": (("blocks", "attn", "wo"), lambda w: w.reshape(N * H, D).T),
-        "mlp.gate_proj.weight": (("blocks", "mlp", "w_gate"), lambda w: w.T),
-        "mlp.up_proj.weight": (("blocks", "mlp", "w_up"), lambda w: w.T),
-        "mlp.down_proj.weight": (("blocks", "mlp", "w_down"), lambda w: w.T),
-        "input_layernorm.weight": (("blocks", "attn_norm", "scale"), lambda w: w),
-        "post_attention_layernorm.weight": (("blocks", "mlp_norm", "scale"), lambda w: w),
+        "self_attn.q_proj.weight": ((stack, "attn", "wq"), lambda w: w.reshape(D, N * H).T),
+        "self_attn.k_proj.weight": ((stack, "attn", "wk"), lambda w: w.reshape(D, K * H).T),
+        "self_attn.v_proj.weight": ((stack, "attn", "wv"), lambda w: w.reshape(D, K * H).T),
+        "self_attn.o_proj.weight": ((stack, "attn", "wo"), lambda w: w.reshape(N * H, D).T),
+        "input_layernorm.weight": ((stack, "attn_norm", "scale"), lambda w: w),
+        "post_attention_layernorm.weight": ((stack, "mlp_norm", "scale"), lambda w: w),
     }
+    if config.num_experts:
+        per_layer["block_sparse_moe.gate.weight"] = ((stack, "moe", "router"), lambda w: w.T)
+        for j in range(config.num_experts):
+            for hf_name, ours in (("w1", "w_gate"), ("w3", "w_up"), ("w2", "w_down")):
+                per_layer[f"block_sparse_moe.experts.{j}.{hf_name}.weight"] = (
+                    (stack, "moe", ours), lambda w, j=j: w[j].T)
+    else:
+        per_layer.update({
+            "mlp.gate_proj.weight": ((stack, "mlp", "w_gate"), lambda w: w.T),
+            "mlp.up_proj.weight": ((stack, "mlp", "w_up"), lambda w: w.T),
+            "mlp.down_proj.weight": ((stack, "mlp", "w_down"), lambda w: w.T),
+        })
     for suffix, (path, convert) in per_layer.items():
         stacked = get(*path)
         for i in range(config.num_layers):
@@ -239,15 +285,15 @@ def _dig(tree, path):
 
 
 def load_hf(model_dir: str, dtype: str = "float32") -> tuple[ModelConfig, dict]:
-    """(ModelConfig, params) from a Hugging Face Llama directory (``config.json`` + safetensors)."""
+    """(ModelConfig, params) from a Hugging Face Llama or Mixtral directory (``config.json`` + safetensors)."""
     with open(os.path.join(model_dir, "config.json")) as f:
         config = config_from_hf(json.load(f), dtype)
     return config, params_from_state_dict(read_state_dict(model_dir), config)
 
 
 def save_hf(out_dir: str, params: Mapping[str, Any], config: ModelConfig) -> str:
-    """Writes ``config.json`` + ``model.safetensors`` that ``transformers.LlamaForCausalLM.from_pretrained``
-    loads. Quantized params are dequantized first (HF Llama has no int4/int8 layout of ours)."""
+    """Writes ``config.json`` + ``model.safetensors`` that ``transformers`` (Llama, or Mixtral for an MoE
+    config) ``from_pretrained`` loads. Quantized params are dequantized first (HF Llama has no int4/int8 layout of ours)."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config_to_hf(config), f, indent=2)

@@ -35,8 +35,9 @@ MODES = ("int8", "int4")
 
 # Contraction axes (negative: they survive slicing off the leading ``layers`` axis) of each matmul weight,
 # by parameter name. The embedding is both gathered by row and contracted over D in the tied output
-# projection, so its "channel" is the vocabulary row. MoE expert weights, when they exist, use the same
-# names with a leading expert axis and need no new entries.
+# projection, so its "channel" is the vocabulary row. MoE expert weights (models/moe.py) use the same
+# names with a leading expert axis and need no new entries (the router stays float32: routing decisions
+# are discrete and cheap to keep exact).
 CONTRACTION_AXES: dict[str, tuple[int, ...]] = {
     "wq": (-3,), "wk": (-3,), "wv": (-3,),  # [L D N H] : D
     "wo": (-3, -2),  # [L N H D] : N H

@@ -101,7 +101,9 @@ def test_logprobs_of_generated_tokens_equal_scoring(generator):
 
 def test_no_recompiles_inside_a_bucket(generator):
     requests = lambda lengths, **kw: [Request(list(range(5, 5 + n)), 9, **kw) for n in lengths]  # noqa: E731
-    generator.generate_requests(requests([3, 7]))  # warm-up: batch bucket 2, prompt bucket 16, 16 new tokens
+    # Warm-up of one bucket (batch 2, prompt 16, 16 new tokens): its greedy-only and its sampling variant.
+    generator.generate_requests(requests([3, 7]))
+    generator.generate_requests(requests([3, 7], temperature=1.0))
     traces, compiled = generator.trace_count[0], generator.num_compiled()
     generator.generate_requests(requests([16, 1]))
     generator.generate_requests(requests([2, 9], temperature=0.7, seed=11))
@@ -161,6 +163,8 @@ def test_bad_input_is_rejected(generator):
         Request([1], 4, temperature=1.0, top_p=0.0)
     with pytest.raises(ValueError, match="continuations"):
         generator.score_tokens([[1]], [])
+    with pytest.raises(ValueError, match="beam search"):
+        generator.generate(["x"], num_beams=2, temperature=1.0)
 
 
 CACHE_SCRIPT = """

@@ -84,6 +84,7 @@ def test_perplexity_of_the_trained_model_and_checkpoints(trained_run, tmp_path):
     base = measure(model)["perplexity"]
     for mode, limit in (("int8", 0.01), ("int4", 0.05)):
         ppl = measure(model.quantize(mode))["perplexity"]
+        print(f"perplexity float32 {base:.4f} {mode} {ppl:.4f} ({100 * (ppl / base - 1):+.3f}%)")
         assert ppl / base - 1 <= limit, (mode, base, ppl)
 
     out = save_quantized(trained_run["model_dir"], str(tmp_path / "int4"), "int4")

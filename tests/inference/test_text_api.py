@@ -59,3 +59,12 @@ def test_quark_generate_jsonl_quantized(trained_run, tmp_path):
     bad.write_text('{"text": "no prompt"}\n')
     result = run_quark("generate", f"--model_dir={trained_run['model_dir']}", f"--input_jsonl={bad}")
     assert result.returncode == 2 and "need a string" in result.stderr
+
+
+def test_quark_quantize_writes_a_loadable_checkpoint(trained_run, tmp_path):
+    out = tmp_path / "int4"
+    result = run_quark("quantize", f"--model_dir={trained_run['model_dir']}", f"--out_dir={out}", "--mode=int4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_quark("generate", f"--model_dir={out}", "--prompt", "def add(a, b):", "--max_new_tokens=4")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("def add(a, b):")
