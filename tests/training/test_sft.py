@@ -62,11 +62,24 @@ def test_sft_lowers_held_out_response_loss_and_learns_the_format(trained_run, tm
     after = perplexity(model, "sft_stdlib", sequence_length=128, batch_size=8, max_batches=4, progress_bar=False)
     print(json.dumps({"held_out_response_loss_before": before["loss"], "after": after["loss"]}))
     assert after["loss"] < before["loss"] - 1.0
+    problems = [(12, 30), (7, 45), (60, 21)]
     prompts = [chat.render([{"role": "user", "content": f"What is {a} + {b}?"}], add_generation_prompt=True)
-               for a, b in ((12, 30), (7, 45), (60, 21))]
+               for a, b in problems]
     outputs = model.generate(prompts, max_new_tokens=16)
-    # The model answers in the trained shape ("a op b = c.") and closes its turn.
-    assert all(re.match(r"^-?\d+ [-+*] \d+ =.*<\|end\|>$", out) for out in outputs), outputs
+    # Answers start the trained way (a number, not another role marker or prose) ...
+    assert all(out[:1].isdigit() for out in outputs), outputs
+    # ... and after a complete answer the model closes its turn with <|end|> and then ends the sequence.
+    vocabulary = model.tokenizer
+    end_id = vocab.special_tokens()["<|end|>"]
+    module = model.model
+    for (a, b), prompt in zip(problems, prompts):
+        tokens = vocabulary.encode(prompt + f"{a} + {b} = {a + b}.<|end|>")
+        ids = np.asarray([tokens], np.int32)
+        positions = np.arange(ids.shape[1], dtype=np.int32)[None]
+        logits, _ = module(ids, positions, np.ones_like(ids))
+        predicted = np.asarray(logits[0].argmax(-1))
+        assert predicted[-2] == end_id, (a, b, predicted[-2])
+        assert predicted[-1] == vocabulary.eos_id, (a, b, predicted[-1])
 
 
 def test_warm_start_shape_mismatch_names_the_parameters(trained_run, tmp_path):
