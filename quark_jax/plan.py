@@ -72,8 +72,13 @@ def activation_bytes(config: ModelConfig, sizes: dict[str, int], batch_size: int
 
     Per token and layer, with a = bytes of the compute dtype and heads/MLP split ``tp`` ways:
     ``none`` keeps every block intermediate (norms, q/k/v, attention scores and probabilities, MLP gate/up/
-    hidden); ``save_dots`` keeps only matmul outputs; ``full`` keeps only each block's input and recomputes
-    one block at a time. The logits (float32) and their gradient come on top.
+    hidden); ``save_dots`` keeps the outputs of weight matmuls (``dots_with_no_batch_dims_saveable``: the
+    score einsums have batch dimensions, so scores are recomputed, one layer at a time); ``full`` keeps only
+    each block's input and recomputes one block at a time. The logits (float32) and their gradient come on
+    top. Attention is the plain (not flash) kernel, so scores cost B·N·T² per layer.
+
+    Known gap: ``moe_dispatch='dropless'`` sorts all tokens of the global batch, which GSPMD cannot split
+    over the data axes; the grouped matmuls then run replicated and the estimate (per-device tokens) is low.
     """
     a = np.dtype(config.compute_dtype).itemsize
     shards = _batch_shards(sizes, rules, batch_size)
@@ -120,8 +125,8 @@ def activation_bytes(config: ModelConfig, sizes: dict[str, int], batch_size: int
     logits = t * math.ceil(config.vocab_size / tp) * 4 * 2  # float32 logits and their gradient
     if remat == "none":
         kept = L_dense * layer("all", False) + L_moe * layer("all", True)
-    elif remat == "save_dots":
-        kept = L_dense * layer("dots", False) + L_moe * layer("dots", True)
+    elif remat == "save_dots":  # + one layer's attention scores, recomputed during its backward pass
+        kept = L_dense * layer("dots", False) + L_moe * layer("dots", True) + b * N * T * T * (8 + a)
     elif remat == "full":  # block inputs, plus the working set of recomputing one block
         kept = config.num_layers * t * D * a + max(layer("dots", False), layer("all", True))
     else:
