@@ -38,6 +38,12 @@ def compile_seconds(config: ModelConfig, batch: int, seq: int) -> float:
     return time.perf_counter() - start
 
 
+def hlo_chars(config: ModelConfig, batch: int, seq: int) -> int:
+    """Size of the optimised HLO of the train step: a load-independent measure of what XLA compiles."""
+    run = make_sharded_training(config, _mesh())
+    return len(run.compile(batch, seq).as_text())
+
+
 def bench_compile_time(args) -> dict:
     out = {"bench": "compile_time", "backend": jax.default_backend()}
     for name, base in (("dense", DENSE), ("moe", dataclasses.replace(MOE, moe_every=2))):
@@ -46,6 +52,9 @@ def bench_compile_time(args) -> dict:
             config = dataclasses.replace(base, num_layers=layers)
             compile_seconds(config, 8, 128)  # warm the process (tracing caches, thread pools)
             times[layers] = min(compile_seconds(config, 8, 128) for _ in range(3))
+        sizes = {layers: hlo_chars(dataclasses.replace(base, num_layers=layers), 8, 128) for layers in (2, 4, 16)}
+        out[f"{name}_hlo_chars_ratio_16_over_2"] = round(sizes[16] / sizes[2], 3)
+        out[f"{name}_hlo_chars_ratio_16_over_4"] = round(sizes[16] / sizes[4], 3)
         for layers, seconds in times.items():
             out[f"{name}_compile_s_{layers}_layers"] = round(seconds, 2)
         out[f"{name}_ratio_16_over_2"] = round(times[16] / times[2], 3)
