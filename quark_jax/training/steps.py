@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from quark_jax.models.moe import AUX_SCALARS
 from quark_jax.training.losses import cross_entropy_sums
 from quark_jax.training.state import TrainState
 
@@ -43,7 +44,7 @@ def moe_aux_sums(aux: dict[str, jax.Array], config: Any, weight_sum: jax.Array) 
         "moe_loss_sum": weight_sum * (config.load_balance_loss_weight * aux["load_balance_loss"]
                                       + config.router_z_loss_weight * aux["router_z_loss"]),
     }
-    for name in ("load_balance_loss", "router_z_loss", "dropped_fraction"):
+    for name in AUX_SCALARS:
         sums[f"moe/{name}"] = weight_sum * aux[name]
     for e in range(aux["expert_load"].shape[0]):
         sums[f"moe/expert_load_{e}"] = weight_sum * aux["expert_load"][e]
