@@ -23,8 +23,10 @@ class GinConfigError(ValueError):
 
 
 def _register() -> dict[type, object]:
+    from quark_jax.training import objectives
+
     configurables = {}
-    for cls in (ModelConfig, OptimizerConfig, DataConfig, CheckpointConfig, TrainConfig):
+    for cls in (ModelConfig, OptimizerConfig, DataConfig, CheckpointConfig, TrainConfig, *objectives.ALL):
         try:
             configurables[cls] = gin.external_configurable(cls, module="quark_jax")
         except ValueError:  # already registered (module re-imported)

@@ -297,12 +297,10 @@ def register_built(data_dir: str | os.PathLike, vocabulary=None, chunk_overlap: 
     ``shard_info`` gives each host whole, disjoint shard files); the mixture ``<name>`` keeps the rates.
     ``chunk_overlap > 0`` makes consecutive chunks of a long document share that many tokens.
     """
-    import functools
-
     import seqio
     import tensorflow as tf
 
-    from quark_jax.data import chunking, tasks
+    from quark_jax.data import tasks
 
     data_dir = pathlib.Path(data_dir).expanduser().resolve()
     path = data_dir / MANIFEST
@@ -323,13 +321,7 @@ def register_built(data_dir: str | os.PathLike, vocabulary=None, chunk_overlap: 
                 feature_description={k: tf.io.FixedLenFeature([], tf.string) for k in FEATURE_NAMES},
                 num_input_examples={s: v["num_examples"] for s, v in info["splits"].items()},
             ),
-            preprocessors=[
-                functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-                seqio.CacheDatasetPlaceholder(),
-                chunking.split_with_overlap(chunk_overlap) if chunk_overlap else tasks.split_to_feature_lengths,
-                seqio.preprocessors.append_eos_after_trim,
-            ],
+            preprocessors=tasks.text_lm_preprocessors(chunk_overlap),
             output_features=tasks.output_features(vocabulary),
         )
         rates[task_name] = info["rate"]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import functools
 import glob as globlib
 import hashlib
 import json
@@ -406,21 +405,14 @@ def register_source_task(name: str, source: DocumentSource, vocabulary: seqio.Vo
     like ``tasks.register_text_task``; ``extra_preprocessors`` (e.g. filters from ``filters.py``) run on the
     raw text first. ``chunk_overlap > 0`` repeats that many tokens between consecutive chunks.
     """
-    from quark_jax.data import chunking, tasks
+    from quark_jax.data import tasks
 
     SOURCES[name] = source
     seqio.TaskRegistry.remove(name)
     return seqio.TaskRegistry.add(
         name,
         source=source,
-        preprocessors=[
-            *extra_preprocessors,
-            functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-            functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-            seqio.CacheDatasetPlaceholder(),
-            chunking.split_with_overlap(chunk_overlap) if chunk_overlap else tasks.split_to_feature_lengths,
-            seqio.preprocessors.append_eos_after_trim,
-        ],
+        preprocessors=tasks.text_lm_preprocessors(chunk_overlap, before=extra_preprocessors),
         output_features=tasks.output_features(vocabulary),
     )
 

@@ -104,6 +104,24 @@ def split_to_feature_lengths(
     )
 
 
+def text_lm_preprocessors(chunk_overlap: int = 0, before: Sequence = ()) -> list:
+    """The preprocessors of every text language-modelling task: ``before`` (e.g. filters on the raw text),
+    rekey ``text`` -> ``targets``, tokenize, (cache point), chunk to the feature length (consecutive chunks
+    share ``chunk_overlap`` tokens when > 0), append EOS."""
+    from quark_jax.data import chunking  # lazy: keeps the two modules free of an import cycle
+
+    return [
+        *before,
+        functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+        # No "_pretokenized" copy: it would be duplicated into every chunk and then dropped.
+        functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+        # Everything above is length-independent and could be cached offline with seqio tools.
+        seqio.CacheDatasetPlaceholder(),
+        chunking.split_with_overlap(chunk_overlap) if chunk_overlap else split_to_feature_lengths,
+        seqio.preprocessors.append_eos_after_trim,
+    ]
+
+
 class _DocumentSource(seqio.FunctionDataSource):
     """A FunctionDataSource over a Python list of strings, counted lazily.
 
@@ -149,15 +167,7 @@ def register_text_task(
     return seqio.TaskRegistry.add(
         name,
         source=_DocumentSource(documents_fn, splits),
-        preprocessors=[
-            functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-            # No "_pretokenized" copy: it would be duplicated into every chunk and then dropped.
-            functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-            # Everything above is length-independent and could be cached offline with seqio tools.
-            seqio.CacheDatasetPlaceholder(),
-            split_to_feature_lengths,
-            seqio.preprocessors.append_eos_after_trim,
-        ],
+        preprocessors=text_lm_preprocessors(),
         output_features=output_features(vocabulary),
     )
 

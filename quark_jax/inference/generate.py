@@ -252,12 +252,10 @@ class Generator:
         for c in completions:
             text = self.vocabulary.decode(c.tokens)
             # Token-level stop matching can miss a stop string that tokenizes differently in context; the
-            # text cut below catches it (and drops the stop text itself).
-            cuts = [text.find(s) for s in stop if s and s in text]
-            if cuts:
-                text = text[: min(cuts)]
+            # text cut catches it (and drops the stop text itself).
+            c.text = _cut(text, stop)
+            if c.text != text:
                 c.finish_reason = "stop"
-            c.text = text
         return completions
 
     def generate(

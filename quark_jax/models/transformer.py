@@ -125,6 +125,7 @@ class Transformer(nnx.Module):
         segment_ids: Int[Array, "B T"],
         cache: KVCache | None = None,
         return_aux: bool = False,
+        return_hidden: bool = False,
     ) -> tuple[Float[Array, "B T V"], KVCache | None]:
         """Logits for every position (float32), and the updated cache when one is given.
 
@@ -132,7 +133,8 @@ class Transformer(nnx.Module):
         segment); decoding passes a chunk (the prompt, then one token at a time) and a :class:`KVCache`.
         With ``return_aux`` a third value is returned: the MoE auxiliary values averaged over MoE layers
         (``load_balance_loss``, ``router_z_loss``, ``dropped_fraction``, ``expert_load`` [E]); ``{}`` for a
-        dense model.
+        dense model. With ``return_hidden`` the final-normed hidden states ``[B, T, D]`` come last (for
+        scalar heads, and for losses that project to the vocabulary chunk by chunk with :meth:`logits`).
         """
         cfg = self.config
         if tokens.shape != positions.shape or tokens.shape != segment_ids.shape:
@@ -159,20 +161,28 @@ class Transformer(nnx.Module):
             x, kv = jax.lax.scan(_dense_step(graphdef, cfg, block_args), x, (layer_params, kv), unroll=cfg.scan_unroll)
 
         x = self.final_norm(x)
-        if cfg.tie_embeddings:
-            logits = self.embed.attend(x)
-        else:
-            logits = jnp.einsum("BTD,DV->BTV", x, self.lm_head[...].astype(x.dtype))
-            logits = sh.constrain(logits, (sh.BATCH, sh.LENGTH, sh.ACT_VOCAB))
+        logits = self.logits(x)
 
         if cache is not None:
             cache = KVCache(
                 k=kv[0], v=kv[1], positions=key_positions, segment_ids=key_segment_ids,
                 index=cache.index + tokens.shape[1],
             )
+        outputs = (logits, cache)
         if return_aux:
-            return logits.astype(jnp.float32), cache, aux
-        return logits.astype(jnp.float32), cache
+            outputs += (aux,)
+        if return_hidden:
+            outputs += (x,)
+        return outputs
+
+    def logits(self, x: Float[Array, "B T D"]) -> Float[Array, "B T V"]:
+        """Vocabulary logits (float32) of final-normed hidden states."""
+        if self.config.tie_embeddings:
+            logits = self.embed.attend(x)
+        else:
+            logits = jnp.einsum("BTD,DV->BTV", x, self.lm_head[...].astype(x.dtype))
+            logits = sh.constrain(logits, (sh.BATCH, sh.LENGTH, sh.ACT_VOCAB))
+        return logits.astype(jnp.float32)
 
     def _moe_layers(self, x, kv, block_args):
         """Scans over G groups of ``moe_every`` layers: the group's dense blocks (inner scan), then its MoE block."""

@@ -140,3 +140,33 @@ def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[Any, Batch], Metrics]:
         return {k: sums[k] for k in ("nll_sum", "correct_sum", "weight_sum")}
 
     return eval_step
+
+
+def make_objective_train_step(
+    objective: Any,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    skip_nonfinite: bool = False,
+) -> Callable[[TrainState, Any, Batch], tuple[TrainState, Metrics]]:
+    """Builds ``train_step(state, frozen, batch) -> (state, metrics)`` for a post-training objective.
+
+    ``objective.loss(params, frozen, batch) -> (loss, metrics)`` is differentiated w.r.t. the trainable
+    ``params`` only; ``frozen`` (teacher, reference model ...) is an input of the step, never updated.
+    Non-finite steps are handled as in :func:`make_train_step`.
+    """
+    grad_fn = jax.grad(objective.loss, has_aux=True)
+
+    def train_step(state: TrainState, frozen: Any, batch: Batch) -> tuple[TrainState, Metrics]:
+        grads, metrics = grad_fn(state.params, frozen, batch)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        if skip_nonfinite:
+            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step), "finite": finite}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step

@@ -78,6 +78,9 @@ class TrainConfig:
     # has no checkpoint of its own. The optimizer starts fresh; parameters the source lacks keep their
     # initialisation; a shape mismatch is an error naming every mismatching parameter.
     init_from: str | None = None
+    # A post-training objective (quark_jax.training.objectives: Distill, RewardModel, DPO, PPO, or LoRA on
+    # the language-modelling objective); None is pre-training / fine-tuning with the LM loss.
+    objective: Any = None
     peak_flops_per_s: float | None = None  # per device; None measures a 2048² matmul at start-up
     progress_bar: bool = True
 
@@ -182,11 +185,26 @@ class Trainer:
         abstract_model = nnx.eval_shape(lambda: Transformer(cfg.model, rngs=nnx.Rngs(0)))
         self.graphdef, abstract_state = nnx.split(abstract_model)
         self.param_shardings = nnx.to_pure_dict(sh.state_shardings(abstract_state, self.mesh))
-        self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.steps, weight_decay_mask(abstract_state))
+        decay_mask = weight_decay_mask(abstract_state)
+        self.objective = cfg.objective
+        self.frozen, self.frozen_shardings = {}, {}
+        if self.objective is not None:
+            from quark_jax.training.objectives.base import RunContext
+
+            self.objective.setup(RunContext(cfg, self.mesh, self.graphdef, self.param_shardings, decay_mask,
+                                            self.vocabulary))
+            self.model_param_shardings = self.param_shardings
+            self.param_shardings = self.objective.param_shardings(self.model_param_shardings)
+            decay_mask = self.objective.decay_mask(decay_mask)
+            self.frozen, self.frozen_shardings = self.objective.frozen()
+        self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.steps, decay_mask)
+        objective = self.objective
 
         def init(key):
             model = Transformer(cfg.model, rngs=nnx.Rngs(params=key))
             params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+            if objective is not None:
+                params = objective.init_params(params, jax.random.fold_in(key, 1))
             return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
 
         self._init = init
@@ -219,6 +237,14 @@ class Trainer:
                 )
         with open(config_path, "w") as f:
             f.write(cfg.model.to_json())
+        from quark_jax.training.objectives.base import OBJECTIVE_FILE
+
+        objective_path = os.path.join(cfg.model_dir, OBJECTIVE_FILE)
+        if self.objective is not None:
+            with open(objective_path, "w") as f:
+                json.dump(self.objective.objective_info(), f, indent=2)
+        elif os.path.exists(objective_path):
+            os.remove(objective_path)
         if self.gin_config_text:
             with open(os.path.join(cfg.model_dir, "config.gin"), "w") as f:
                 f.write(self.gin_config_text)
@@ -240,7 +266,7 @@ class Trainer:
             return state, int(meta["data_position"])
         init = jax.jit(self._init, out_shardings=self.state_shardings)
         state = init(jax.random.key(self.config.seed))
-        if self.config.init_from:
+        if self.config.init_from and (self.objective is None or self.objective.warm_start()):
             state = dataclasses.replace(state, params=self._warm_start_params(state.params))
         return state, 0
 
@@ -288,22 +314,43 @@ class Trainer:
         return _unflatten_like(params, merged)
 
     def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        if self.objective is not None:
+            shardings = self._batch_shardings(batch)
+            return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
         return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
+
+    def _batch_shardings(self, batch: Mapping[str, Any]) -> dict[str, jax.sharding.NamedSharding]:
+        """Per array: the leading (batch) axis over the data-parallel mesh axes."""
+        return {k: sh.batch_sharding(self.mesh, ndim=np.ndim(v)) for k, v in batch.items()}
 
     def _compile(self, state: TrainState, batch: dict[str, jax.Array]):
         cfg = self.config
-        step_fn = make_train_step(
-            self.graphdef, self.tx, self.schedule, z_loss=cfg.z_loss,
-            grad_accum_steps=cfg.optimizer.grad_accum_steps, skip_nonfinite=cfg.on_nonfinite == "skip",
-        )
-        jitted = jax.jit(
-            step_fn,
-            in_shardings=(self.state_shardings, self.batch_sharding),
-            out_shardings=(self.state_shardings, sh.replicated(self.mesh)),
-            donate_argnums=0,
-        )
+        if self.objective is None:
+            step_fn = make_train_step(
+                self.graphdef, self.tx, self.schedule, z_loss=cfg.z_loss,
+                grad_accum_steps=cfg.optimizer.grad_accum_steps, skip_nonfinite=cfg.on_nonfinite == "skip",
+            )
+            jitted = jax.jit(
+                step_fn,
+                in_shardings=(self.state_shardings, self.batch_sharding),
+                out_shardings=(self.state_shardings, sh.replicated(self.mesh)),
+                donate_argnums=0,
+            )
+            args = (state, batch)
+        else:
+            if cfg.optimizer.grad_accum_steps != 1:
+                raise ValueError("OptimizerConfig.grad_accum_steps > 1 is supported by the language-modelling "
+                                 "objective only; lower BATCH_SIZE instead")
+            step_fn = self.objective.make_train_step(self.tx, self.schedule, cfg.on_nonfinite == "skip")
+            jitted = jax.jit(
+                step_fn,
+                in_shardings=(self.state_shardings, self.frozen_shardings, self._batch_shardings(batch)),
+                out_shardings=(self.state_shardings, sh.replicated(self.mesh)),
+                donate_argnums=0,
+            )
+            args = (state, self.frozen, batch)
         start = time.perf_counter()
-        compiled = jitted.lower(state, batch).compile()
+        compiled = jitted.lower(*args).compile()
         log.info("compiled train step in %.1f s", time.perf_counter() - start)
         try:
             mem = compiled.memory_analysis()
@@ -318,6 +365,8 @@ class Trainer:
     def evaluate(self, params: Any) -> dict[str, float]:
         """Validation loss, perplexity and accuracy over ``eval_batches`` fixed batches."""
         cfg = self.config
+        if self.objective is not None:
+            return self.objective.evaluate(params, self.frozen)
         if not hasattr(self, "_eval_step"):
             self._eval_step = jax.jit(
                 make_eval_step(self.graphdef),
@@ -347,6 +396,8 @@ class Trainer:
         if jax.process_count() > 1:  # the generator fetches whole arrays to one host
             log.info("multi-host run: skipping sample generation (use `quark generate` on the checkpoint)")
             return []
+        if self.objective is not None:
+            params = self.objective.model_params(params, self.frozen)
         if not hasattr(self, "_generator"):
             self._generator = Generator(self.graphdef, params, self.vocabulary)
         self._generator.params = params
@@ -363,8 +414,12 @@ class Trainer:
             self.writer.write_text(step, "samples", text)
             with open(os.path.join(self.config.model_dir, "samples.txt"), "a") as f:
                 f.write(f"--- step {step}\n{text}\n")
-        log.info("step %d: validation loss %.4f (perplexity %.2f)%s", step, values["val_loss"],
-                 values["val_perplexity"], "\n" + text if samples else "")
+        if "val_loss" in values:
+            log.info("step %d: validation loss %.4f (perplexity %.2f)%s", step, values["val_loss"],
+                     values["val_perplexity"], "\n" + text if samples else "")
+        else:
+            log.info("step %d: %s%s", step, ", ".join(f"{k} {v:.4f}" for k, v in values.items()),
+                     "\n" + text if samples else "")
         self.last_samples = samples
         return values
 
@@ -395,14 +450,25 @@ class Trainer:
             summary.update(final_step=start_step, params=state.params)
             return summary
 
-        batches = self.pipeline.batch_iterator(
-            cfg.data.mixture_or_task_name, dict(cfg.data.task_feature_lengths), cfg.data.batch_size,
-            split="train", seed=cfg.seed, shuffle=cfg.data.shuffle, start_batch=data_position,
-            shard_index=jax.process_index(), num_shards=jax.process_count(),
-        )
-        batch = self._device_batch(next(batches))
+        objective = self.objective
+        if objective is None:
+            batches = self.pipeline.batch_iterator(
+                cfg.data.mixture_or_task_name, dict(cfg.data.task_feature_lengths), cfg.data.batch_size,
+                split="train", seed=cfg.seed, shuffle=cfg.data.shuffle, start_batch=data_position,
+                shard_index=jax.process_index(), num_shards=jax.process_count(),
+            )
+            next_batch = lambda step: self._device_batch(next(batches))
+        else:
+            batches = objective.batches("train", data_position, cfg.data.shuffle)
+
+            def next_batch(step):  # the host-side hook (PPO: rollouts with the parameters before `step`)
+                with sh.activate(self.mesh):
+                    return self._device_batch(objective.prepare(state.params, self.frozen, next(batches), step))
+
+        batch = next_batch(start_step + 1)
         with sh.activate(self.mesh):
             train_step = self._compile(state, batch)
+        step_inputs = (lambda b: (state, b)) if objective is None else (lambda b: (state, self.frozen, b))
 
         progress = None
         if cfg.progress_bar and jax.process_index() == 0:
@@ -440,12 +506,12 @@ class Trainer:
         stop_requested = _PreemptionGuard()
         try:
             for step in range(start_step + 1, cfg.steps + 1):
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(*step_inputs(batch))
                 if pending is not None:
                     handle(*pending)
                 pending = (step, metrics)
                 if step < cfg.steps:
-                    batch = self._device_batch(next(batches))  # overlaps with the running step
+                    batch = next_batch(step + 1)  # overlaps with the running step
                 if progress is not None:
                     progress.update(1)
                 is_ckpt = step % cfg.checkpoint.period == 0 or step == cfg.steps
