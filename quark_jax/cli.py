@@ -86,6 +86,10 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
         parts.append(f"loss {last['loss']:.4f}")
     if "val_loss" in summary:
         parts.append(f"validation loss {summary['val_loss']:.4f} (perplexity {summary['val_perplexity']:.2f})")
+    # Post-training objectives report their own held-out figures (accuracy, margins, reward ...).
+    parts += [f"{k} {v:.4f}" for k, v in summary.items()
+              if k.startswith("val_") and k not in ("val_loss", "val_perplexity", "val_accuracy")
+              and isinstance(v, (int, float))]
     print("quark train: done — " + ", ".join(parts) + f"; outputs in {summary['model_dir']}")
     for prompt, text in getattr(trainer, "last_samples", []) or []:
         print(f"--- {prompt!r}\n{prompt}{text}")
