@@ -68,11 +68,19 @@ class LoadedModel:
         return self._generator
 
 
-def load(model_dir: str, step: int | None = None) -> LoadedModel:
+def load(model_dir: str, step: int | None = None, merge_adapters: bool = True) -> LoadedModel:
     """Loads the newest (or the given) checkpoint of a run directory written by ``quark train``, or a quantized
-    checkpoint written by :func:`quark_jax.inference.quantize.save_quantized`."""
-    from quark_jax.data.vocab import get_vocabulary
+    checkpoint written by :func:`quark_jax.inference.quantize.save_quantized`.
 
+    A LoRA run (``objective.json`` kind ``"lora"``) loads its base run and the adapters, merged into the
+    weights, or with ``merge_adapters=False`` applied at run time (see :mod:`quark_jax.models.lora`)."""
+    from quark_jax.data.vocab import get_vocabulary
+    from quark_jax.training.objectives.base import read_objective_info
+
+    if read_objective_info(model_dir).get("kind") == "lora":
+        from quark_jax.models.lora import load_lora_model
+
+        return load_lora_model(model_dir, step, merge_adapters)
     config_path = os.path.join(model_dir, "model_config.json")
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found: is {model_dir!r} a directory written by `quark train`?")

@@ -5,7 +5,8 @@ Each is a gin-configurable dataclass bound to ``TrainConfig.objective`` by a ``c
 
 from quark_jax.training.objectives.base import Objective, RunContext
 from quark_jax.training.objectives.distill import Distill
+from quark_jax.training.objectives.lora import LoRA
 
-ALL = (Distill,)
+ALL = (Distill, LoRA)
 
 __all__ = ["ALL", "Distill", "Objective", "RunContext"]
