@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -28,9 +27,10 @@ from quark_jax.models.config import ModelConfig
 from quark_jax.models.transformer import Transformer
 from quark_jax.training import checkpoint as ckpt
 from quark_jax.training import metrics as qm
+from quark_jax.training.objectives.base import RunContext, lm_validation
 from quark_jax.training.optim import OptimizerConfig, make_optimizer, weight_decay_mask
 from quark_jax.training.state import TrainState
-from quark_jax.training.steps import make_eval_step, make_train_step
+from quark_jax.training.steps import make_train_step
 
 log = logging.getLogger(__name__)
 
@@ -188,16 +188,17 @@ class Trainer:
         decay_mask = weight_decay_mask(abstract_state)
         self.objective = cfg.objective
         self.frozen, self.frozen_shardings = {}, {}
+        self.run_context = RunContext(cfg, self.mesh, self.graphdef, self.param_shardings, decay_mask, self.vocabulary)
         if self.objective is not None:
-            from quark_jax.training.objectives.base import RunContext
-
-            self.objective.setup(RunContext(cfg, self.mesh, self.graphdef, self.param_shardings, decay_mask,
-                                            self.vocabulary))
+            self.objective.setup(self.run_context)
             self.model_param_shardings = self.param_shardings
             self.param_shardings = self.objective.param_shardings(self.model_param_shardings)
             decay_mask = self.objective.decay_mask(decay_mask)
             self.frozen, self.frozen_shardings = self.objective.frozen()
-        self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.steps, decay_mask)
+        # An objective may apply several optimizer updates per step (PPO: epochs × minibatches); the schedule
+        # counts updates.
+        updates_per_step = getattr(self.objective, "updates_per_step", 1)
+        self.tx, self.schedule = make_optimizer(cfg.optimizer, cfg.steps * updates_per_step, decay_mask)
         objective = self.objective
 
         def init(key):
@@ -363,30 +364,11 @@ class Trainer:
 
     # ---- evaluation --------------------------------------------------------------------------------
     def evaluate(self, params: Any) -> dict[str, float]:
-        """Validation loss, perplexity and accuracy over ``eval_batches`` fixed batches."""
-        cfg = self.config
+        """Validation loss, perplexity and accuracy over ``eval_batches`` fixed batches (or the objective's own
+        held-out figures)."""
         if self.objective is not None:
             return self.objective.evaluate(params, self.frozen)
-        if not hasattr(self, "_eval_step"):
-            self._eval_step = jax.jit(
-                make_eval_step(self.graphdef),
-                in_shardings=(self.param_shardings, self.batch_sharding),
-                out_shardings=sh.replicated(self.mesh),
-            )
-        totals = {"nll_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
-        batches = self.pipeline.batch_iterator(
-            cfg.data.mixture_or_task_name, dict(cfg.data.task_feature_lengths), cfg.data.batch_size,
-            split=cfg.data.eval_split, seed=cfg.seed, shuffle=False, repeat=True,
-            shard_index=jax.process_index(), num_shards=jax.process_count(),
-        )
-        for _, batch in zip(range(cfg.eval_batches), batches):
-            sums = jax.device_get(self._eval_step(params, self._device_batch(batch)))
-            for k in totals:
-                totals[k] += float(sums[k])
-        weight = max(totals["weight_sum"], 1.0)
-        val_loss = totals["nll_sum"] / weight
-        return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)),
-                "val_accuracy": totals["correct_sum"] / weight}
+        return lm_validation(self.run_context, params, self.batch_sharding)
 
     def sample(self, params: Any) -> list[tuple[str, str]]:
         """Greedy continuations of the configured sample prompts."""
@@ -414,7 +396,7 @@ class Trainer:
             self.writer.write_text(step, "samples", text)
             with open(os.path.join(self.config.model_dir, "samples.txt"), "a") as f:
                 f.write(f"--- step {step}\n{text}\n")
-        if "val_loss" in values:
+        if "val_perplexity" in values:
             log.info("step %d: validation loss %.4f (perplexity %.2f)%s", step, values["val_loss"],
                      values["val_perplexity"], "\n" + text if samples else "")
         else:
