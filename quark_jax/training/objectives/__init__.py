@@ -5,8 +5,9 @@ Each is a gin-configurable dataclass bound to ``TrainConfig.objective`` by a ``c
 
 from quark_jax.training.objectives.base import Objective, RunContext
 from quark_jax.training.objectives.distill import Distill
+from quark_jax.training.objectives.ppo import PPO
 from quark_jax.training.objectives.lora import LoRA
 
-ALL = (Distill, LoRA)
+ALL = (Distill, LoRA, PPO)
 
-__all__ = ["ALL", "Distill", "Objective", "RunContext"]
+__all__ = ["ALL", "Distill", "PPO", "Objective", "RunContext"]
