@@ -418,7 +418,7 @@ class Trainer:
         self._write_run_files()
         self.checkpointer = ckpt.Checkpointer(cfg.model_dir, cfg.checkpoint.max_to_keep, cfg.checkpoint.async_save)
         peak = cfg.peak_flops_per_s or qm.measure_matmul_flops()
-        flops_per_step = cfg.model.flops_per_token(cfg.data.task_feature_lengths["targets"]) * _tokens_per_step(cfg)
+        flops_per_token = cfg.model.flops_per_token(cfg.data.task_feature_lengths["targets"])
 
         with sh.activate(self.mesh):
             state, data_position = self._init_or_restore()
@@ -448,6 +448,9 @@ class Trainer:
                     return self._device_batch(objective.prepare(state.params, self.frozen, next(batches), step))
 
         batch = next_batch(start_step + 1)
+        # tokens/s and MFU count the trained model's tokens (an objective says how many its batches hold;
+        # frozen models' forward passes are not counted).
+        tokens_per_step = _tokens_per_step(cfg) if objective is None else objective.tokens_in(batch)
         with sh.activate(self.mesh):
             train_step = self._compile(state, batch)
         step_inputs = (lambda b: (state, b)) if objective is None else (lambda b: (state, self.frozen, b))
@@ -477,9 +480,9 @@ class Trainer:
             window_steps += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = time.perf_counter() - window_start
-                tokens_per_s = window_steps * _tokens_per_step(cfg) / max(elapsed, 1e-9)
+                tokens_per_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
                 values["tokens_per_s"] = tokens_per_s
-                values["mfu"] = flops_per_step / _tokens_per_step(cfg) * tokens_per_s / (peak * jax.device_count())
+                values["mfu"] = flops_per_token * tokens_per_s / (peak * jax.device_count())
                 self.writer.write(step, values)
                 window_start, window_steps = time.perf_counter(), 0
             if progress is not None:

@@ -188,8 +188,8 @@ class Objective:
         raise NotImplementedError
 
     def tokens_in(self, batch: Mapping[str, Any]) -> int:
-        """Tokens the step processes (for tokens/s and MFU)."""
-        return int(sum(np.prod(v.shape) for k, v in batch.items() if k.endswith("tokens")))
+        """Tokens the step processes, over all hosts (for tokens/s and MFU); default: the packed LM inputs."""
+        return int(np.prod(batch["decoder_input_tokens"].shape))
 
     def evaluate(self, params: Any, frozen: Any) -> dict[str, float]:
         return {}
