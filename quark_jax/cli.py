@@ -84,11 +84,12 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     parts = [f"step {summary['final_step']}"]
     if "loss" in last:
         parts.append(f"loss {last['loss']:.4f}")
-    if "val_loss" in summary:
+    lm_keys = ("val_loss", "val_perplexity", "val_accuracy") if "val_perplexity" in summary else ()
+    if lm_keys:
         parts.append(f"validation loss {summary['val_loss']:.4f} (perplexity {summary['val_perplexity']:.2f})")
     # Post-training objectives report their own held-out figures (accuracy, margins, reward ...).
     parts += [f"{k} {v:.4f}" for k, v in summary.items()
-              if k.startswith("val_") and k not in ("val_loss", "val_perplexity", "val_accuracy")
+              if k.startswith("val_") and k not in lm_keys
               and isinstance(v, (int, float))]
     print("quark train: done — " + ", ".join(parts) + f"; outputs in {summary['model_dir']}")
     for prompt, text in getattr(trainer, "last_samples", []) or []:
