@@ -83,17 +83,34 @@ def test_batches_are_a_function_of_seed_and_position():
     assert sum(b["valid"].sum() for b in one_pass) == n and one_pass[-1]["valid"][-1] == (n % 16 == 0)
 
 
-def test_reward_model_learns_held_out_preferences(trained_run, tmp_path, caplog):
-    model_dir = tmp_path / "rm"
-    overrides = tiny_overrides(model_dir, 150, INIT_FROM=repr(trained_run["model_dir"]), BATCH_SIZE=16,
-                               TASK_FEATURE_LENGTHS="{'targets': 32}", CHECKPOINT_PERIOD=150, **{
-        "quark_jax.OptimizerConfig.learning_rate": 1e-3, "quark_jax.OptimizerConfig.warmup_steps": 10,
-        "quark_jax.TrainConfig.eval_every": 50, "quark_jax.TrainConfig.log_every": 10,
-    })
-    with caplog.at_level("INFO"):
-        trainer = qj.Trainer.from_gin(REWARD_CONFIG, overrides)
+@pytest.fixture(scope="module")
+def reward_run(trained_run, tmp_path_factory):
+    """The tiny model trained as a reward model for 150 steps (shared with the PPO-scoring test)."""
+    model_dir = tmp_path_factory.mktemp("rm")
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger().addHandler(handler)
+    previous = logging.getLogger().level
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        trainer = qj.Trainer.from_gin(REWARD_CONFIG, tiny_overrides(
+            model_dir, 150, INIT_FROM=repr(trained_run["model_dir"]), BATCH_SIZE=16,
+            TASK_FEATURE_LENGTHS="{'targets': 32}", CHECKPOINT_PERIOD=150, **{
+                "quark_jax.OptimizerConfig.learning_rate": 1e-3, "quark_jax.OptimizerConfig.warmup_steps": 10,
+                "quark_jax.TrainConfig.eval_every": 50, "quark_jax.TrainConfig.log_every": 10}))
         summary = trainer.run()
-    assert "warm-started" in caplog.text and "heads.reward" in caplog.text  # the head keeps its (zero) init
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(previous)
+    return {"model_dir": model_dir, "trainer": trainer, "summary": summary, "log": "\n".join(records)}
+
+
+def test_reward_model_learns_held_out_preferences(reward_run):
+    model_dir, trainer, summary = reward_run["model_dir"], reward_run["trainer"], reward_run["summary"]
+    assert "warm-started" in reward_run["log"] and "heads.reward" in reward_run["log"]  # the head keeps its init
     evals = [r for r in read_metrics(model_dir) if "val_accuracy" in r]
     train = [r for r in read_metrics(model_dir) if "accuracy" in r]
     # The PPO entry point: a pure scorer of (params with heads) on plain token arrays.
@@ -135,3 +152,34 @@ def test_reward_run_resumes_exactly(trained_run, tmp_path):
     losses = lambda d: {r["step"]: (r["loss"], r["accuracy"]) for r in read_metrics(d) if "loss" in r}
     print(json.dumps({"unbroken": losses(unbroken), "resumed": losses(killed)}))
     assert losses(killed) == losses(unbroken) and len(losses(unbroken)) == 8
+
+
+def test_ppo_scores_rollouts_with_the_reward_model(reward_run, trained_run, tmp_path):
+    """PPO with REWARD_MODEL_DIR: a short run scores its rollouts with the reward model, and PPO's conversion of
+    rollout arrays to the reward model's input gives exactly the reward model's own scores."""
+    trainer = qj.Trainer.from_gin(f"{REPO}/configs/runs/ppo.gin", tiny_overrides(
+        tmp_path / "ppo_rm", 2, INIT_FROM=repr(trained_run["model_dir"]), BATCH_SIZE=8, CHECKPOINT_PERIOD=2,
+        REWARD_MODEL_DIR=repr(str(reward_run["model_dir"])), **{
+            "quark_jax.PPO.max_new_tokens": 8, "quark_jax.PPO.eval_prompts": 8,
+            "quark_jax.TrainConfig.sample_prompts": "()", "quark_jax.TrainConfig.eval_batches": 0}))
+    trainer.run()
+    rewards = [r["reward/mean"] for r in read_metrics(tmp_path / "ppo_rm") if "reward/mean" in r]
+    assert len(rewards) == 2 and all(np.isfinite(rewards))
+    objective = trainer.config.objective
+    batch = next(preferences.pair_batches(preferences.tokenized_pairs(
+        preferences.split_path("data/preferences", "validation"), 32), 8, seed=0, shuffle=False))
+    flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items() if k != "valid"}
+    rm_params = trainer.frozen["reward_model"]
+    expected = jax.jit(reward_scores, static_argnums=(0, 6))(
+        objective._reward_model[1], rm_params, flat["input_tokens"], flat["positions"], flat["segment_ids"],
+        flat["last_index"], reward_pooling(str(reward_run["model_dir"])))
+    # Rollout layout: the sequence without BOS (prompt + completion + EOS), segment 1 on real tokens.
+    n, T = flat["input_tokens"].shape
+    tokens, segments = np.zeros((n, T), np.int32), np.zeros((n, T), np.int32)
+    for row in range(n):
+        last = int(flat["last_index"][row])
+        tokens[row, :last] = flat["input_tokens"][row, 1:last + 1]
+        segments[row, :last] = 1
+    got = objective._score_with_reward_model(rm_params, tokens, segments)
+    np.testing.assert_allclose(got, np.asarray(expected), rtol=1e-4, atol=1e-4)
+    assert float(np.mean(got.reshape(-1, 2)[:, 0] > got.reshape(-1, 2)[:, 1])) >= 0.85

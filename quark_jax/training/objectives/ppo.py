@@ -391,9 +391,11 @@ class PPO(Objective):
         """The reward model's scalar for each (prompt + completion) sequence, by
         :func:`quark_jax.training.objectives.reward.reward_scores` on its input convention: BOS = 0 first,
         then the sequence, closed by EOS (appended to completions cut by the length limit)."""
-        from quark_jax.training.objectives.reward import reward_scores
+        from quark_jax.training.objectives.base import resolve_run_dir
+        from quark_jax.training.objectives.reward import reward_pooling, reward_scores
 
         _, graphdef = self._reward_model
+        pooling = reward_pooling(resolve_run_dir(self.reward_model_dir, "reward model"))  # as it was trained
         eos = self.run.vocabulary.eos_id
         n, L = tokens.shape
         inputs = np.zeros((n, L + 2), np.int32)
@@ -408,7 +410,7 @@ class PPO(Objective):
             last[row] = len(seq)
         positions = np.broadcast_to(np.arange(L + 2, dtype=np.int32), inputs.shape)
         if not hasattr(self, "_rm_score_fn"):
-            self._rm_score_fn = jax.jit(lambda p, t, pos, seg, li: reward_scores(graphdef, p, t, pos, seg, li))
+            self._rm_score_fn = jax.jit(lambda p, t, pos, seg, li: reward_scores(graphdef, p, t, pos, seg, li, pooling))
         return np.asarray(jax.device_get(self._rm_score_fn(rm_params, inputs, positions, rm_segments, last)))
 
     def prepare(self, params, frozen, batch, step):
