@@ -86,6 +86,15 @@ def attention_mask(
     return same_segment & causal
 
 
+def project(equation: str, x: Array, weight: nnx.Variable, dtype) -> Array:
+    """``einsum(equation, x, weight)`` in ``dtype``. A weight whose value carries a low-rank adapter
+    (``quark_jax.models.lora.LoRAArray``) adds its path x·A·B unmerged; a quantized one dequantizes."""
+    value = weight.get_value()
+    if hasattr(value, "project"):
+        return value.project(equation, x, dtype)
+    return jnp.einsum(equation, x, weight[...].astype(dtype))
+
+
 class Attention(nnx.Module):
     """Grouped-query attention: N query heads share K key/value heads in groups of G = N / K."""
 
@@ -114,9 +123,9 @@ class Attention(nnx.Module):
         are written at ``kv_index`` and the queries attend to the whole cache."""
         cfg = self.config
         dtype = cfg.compute_dtype
-        q = jnp.einsum("BTD,DNH->BTNH", x, self.wq[...].astype(dtype))
-        k = jnp.einsum("BTD,DKH->BTKH", x, self.wk[...].astype(dtype))
-        v = jnp.einsum("BTD,DKH->BTKH", x, self.wv[...].astype(dtype))
+        q = project("BTD,DNH->BTNH", x, self.wq, dtype)
+        k = project("BTD,DKH->BTKH", x, self.wk, dtype)
+        v = project("BTD,DKH->BTKH", x, self.wv, dtype)
         q = sh.constrain(apply_rope(q, positions, cfg.rope_theta), (sh.BATCH, sh.LENGTH, sh.ACT_HEADS, None))
         k = sh.constrain(apply_rope(k, positions, cfg.rope_theta), (sh.BATCH, sh.LENGTH, sh.ACT_KV_HEADS, None))
         v = sh.constrain(v, (sh.BATCH, sh.LENGTH, sh.ACT_KV_HEADS, None))
@@ -139,7 +148,7 @@ class Attention(nnx.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
         out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values.astype(dtype)).reshape(B, T, N, H)
         out = sh.constrain(out, (sh.BATCH, sh.LENGTH, sh.ACT_HEADS, None))
-        y = jnp.einsum("BTNH,NHD->BTD", out, self.wo[...].astype(dtype))
+        y = project("BTNH,NHD->BTD", out, self.wo, dtype)
         return sh.constrain(y, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED)), kv
 
 
@@ -155,8 +164,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
         dtype = self.config.compute_dtype
-        gate = jnp.einsum("BTD,DF->BTF", x, self.w_gate[...].astype(dtype))
-        up = jnp.einsum("BTD,DF->BTF", x, self.w_up[...].astype(dtype))
+        gate = project("BTD,DF->BTF", x, self.w_gate, dtype)
+        up = project("BTD,DF->BTF", x, self.w_up, dtype)
         hidden = sh.constrain(jax.nn.silu(gate) * up, (sh.BATCH, sh.LENGTH, sh.ACT_MLP))
-        y = jnp.einsum("BTF,FD->BTD", hidden, self.w_down[...].astype(dtype))
+        y = project("BTF,FD->BTD", hidden, self.w_down, dtype)
         return sh.constrain(y, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))

@@ -114,7 +114,8 @@ def low_rank_delta(
 
 @struct.dataclass
 class LoRAArray:
-    """A base weight with its adapter: ``[...]`` returns ``w + scale·A·B`` (how NNX layers read weights).
+    """A base weight with its adapter, applied unmerged. The dense layers call :meth:`project` (x·W plus the
+    low-rank path x·A·B); any other reader gets ``weight[...] = w + scale·A·B`` (MoE experts, an untied head).
 
     All three arrays share the leading batch axes (``layers``...), so the layer scan slices them together
     and the low-rank product is formed per layer inside the compiled forward.
@@ -132,6 +133,29 @@ class LoRAArray:
         num_batch = self.a.ndim + self.b.ndim - 2 - self.w.ndim
         delta = low_rank_delta(self.a, self.b, num_batch, self.scale)
         return self.w + delta.astype(self.w.dtype)
+
+    def project(self, equation: str, x: Array, dtype) -> Array:
+        """``einsum(equation, x, w) + scale·(x·A)·B``: the adapter applied on the activations, never forming
+        ``A·B`` (how the dense layers use an adapted weight; see ``quark_jax.models.layers.project``).
+
+        ``equation`` is the layer's ``"<x axes>,<w axes>-><out axes>"``. The weight's axes split into shared
+        ones (also in ``x`` and the output: experts), contracted ones (``x`` only) and output ones; A is
+        ``[shared, contracted, r]`` and B ``[shared, r, output]``, the layout :func:`init_adapters` builds.
+        """
+        inputs, out = equation.split("->")
+        x_axes, w_axes = inputs.split(",")
+        if self.w.ndim != len(w_axes):  # still stacked on `layers` (read outside the layer scan): merge
+            return jnp.einsum(equation, x, self[...].astype(dtype))
+        rank = next(c for c in "RQZYXW" if c not in equation)
+        shared = [c for c in w_axes if c in x_axes and c in out]
+        contracted = [c for c in w_axes if c in x_axes and c not in out]
+        produced = [c for c in w_axes if c not in x_axes]
+        a_axes = "".join(shared + contracted) + rank
+        b_axes = "".join(shared) + rank + "".join(produced)
+        h_axes = "".join(c for c in x_axes if c not in contracted) + rank
+        y = jnp.einsum(equation, x, self.w.astype(dtype))
+        h = jnp.einsum(f"{x_axes},{a_axes}->{h_axes}", x, self.a.astype(dtype))
+        return y + self.scale * jnp.einsum(f"{h_axes},{b_axes}->{out}", h, self.b.astype(dtype))
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -114,7 +114,7 @@ def test_merged_equals_unmerged_logits(lora_run, tmp_path):
     forward = lambda m: np.asarray(m.model(tokens, positions, np.ones_like(tokens))[0], np.float32)
     a, b, c = forward(merged), forward(unmerged), forward(base)
     assert a.dtype == np.float32 and merged.config.dtype == "float32"
-    # Compiled too (XLA fuses the per-layer low-rank product of the unmerged path differently).
+    # Unmerged, the dense layers add x·A·B to x·W (the product A·B is never formed). Compiled too.
     compiled = jax.jit(lambda p: nnx.merge(merged.graphdef, p)(tokens, positions, np.ones_like(tokens))[0])
     jitted_diff = float(np.abs(np.asarray(compiled(merged.params)) - np.asarray(compiled(unmerged.params))).max())
     diff = max(float(np.abs(a - b).max()), jitted_diff)
