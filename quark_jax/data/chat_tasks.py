@@ -42,19 +42,28 @@ class WeightedLMFeatureConverter(seqio.LMFeatureConverter):
         return converted
 
 
-def read_jsonl(path: str) -> list[dict]:
-    """Records of a JSONL file; a malformed line raises naming the file and line number."""
+def read_jsonl(path: str, check=None,
+               missing_hint: str = "build the instruction set: python -m quark_jax.data.instructions") -> list[dict]:
+    """Records of a JSONL file; a malformed line raises naming the file and line number.
+
+    ``check(record)`` may return an error message for a record (raised as ``path:line: message``);
+    ``missing_hint`` says how to make a missing file.
+    """
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found (build the instruction set: python -m quark_jax.data.instructions)")
+        raise FileNotFoundError(f"{path} not found ({missing_hint})")
     records = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{number}: not valid JSON ({e})") from e
+            problem = check(record) if check else None
+            if problem:
+                raise ValueError(f"{path}:{number}: {problem}")
+            records.append(record)
     return records
 
 

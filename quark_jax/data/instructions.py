@@ -72,19 +72,28 @@ def stdlib_examples(split: str) -> list[dict[str, str]]:
     return examples
 
 
+OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def draw_problem(rng: random.Random, ops: str = "+-*") -> tuple[int, str, int, str]:
+    """``(a, op, b, "What is a op b?")``: operands in 0..99 (0..12 for products), ``op`` drawn from ``ops``."""
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    op = rng.choice(ops) if len(ops) > 1 else ops
+    if op == "*":
+        a, b = a % 13, b % 13
+    return a, op, b, f"What is {a} {op} {b}?"
+
+
 def arithmetic_examples(count: int = 3000, seed: int = 0) -> dict[str, list[dict[str, str]]]:
     """Seeded sums, differences and products, split ~90/10 by a hash of the question."""
     rng = random.Random(seed)
     seen, splits = set(), {"train": [], "validation": []}
     while len(seen) < count:
-        a, b, op = rng.randint(0, 99), rng.randint(0, 99), rng.choice("+-*")
-        if op == "*":
-            a, b = a % 13, b % 13
-        question = f"What is {a} {op} {b}?"
+        a, op, b, question = draw_problem(rng)
         if question in seen:
             continue
         seen.add(question)
-        result = {"+": a + b, "-": a - b, "*": a * b}[op]
+        result = OPERATIONS[op](a, b)
         split = "validation" if int(hashlib.sha256(question.encode()).hexdigest(), 16) % 10 == 0 else "train"
         splits[split].append({"prompt": question, "response": f"{a} {op} {b} = {result}.", "source": "arithmetic"})
     return splits

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from quark_jax.data import chat
+from quark_jax.data import chat, instructions
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ ARRAY_KEYS = ("input_tokens", "targets", "loss_weights", "positions", "segment_i
 
 # ---- the project's preference set -------------------------------------------------------------------
 
-OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+OPERATIONS = instructions.OPERATIONS
 RULES = ("operation", "near_miss")
 
 
@@ -73,11 +73,7 @@ def arithmetic_pairs(count: int = 2200, seed: int = 0, rule: str = "operation") 
     rng = random.Random(seed)
     seen, splits = set(), {"train": [], "validation": []}
     while len(seen) < count:
-        a, b = rng.randint(0, 99), rng.randint(0, 99)
-        op = rng.choice("+-*") if rule == "operation" else "+"
-        if op == "*":
-            a, b = a % 13, b % 13
-        question = f"What is {a} {op} {b}?"
+        a, op, b, question = instructions.draw_problem(rng, "+-*" if rule == "operation" else "+")
         if question in seen:
             continue
         seen.add(question)
@@ -118,23 +114,17 @@ def split_path(data_dir: str, split: str) -> str:
 
 def read_pairs(path: str) -> list[dict[str, Any]]:
     """Records of a preference JSONL file, checked: a missing file or field raises naming the file and line."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"preference file {path} not found (the project's set is built by "
-                                "`python -m quark_jax.data.preferences`; records are {prompt, chosen, rejected})")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e})") from e
-            missing = [k for k in FIELDS if not isinstance(record.get(k), str)] if isinstance(record, dict) else FIELDS
-            if missing:
-                raise ValueError(f"{path}:{number}: a preference record needs string fields {list(FIELDS)}; "
-                                 f"missing or not a string: {list(missing)}")
-            records.append(record)
+    from quark_jax.data import chat_tasks  # lazy: registers seqio tasks and imports TensorFlow
+
+    def check(record):
+        missing = [k for k in FIELDS if not isinstance(record.get(k), str)] if isinstance(record, dict) else FIELDS
+        if missing:
+            return (f"a preference record needs string fields {list(FIELDS)}; "
+                    f"missing or not a string: {list(missing)}")
+        return None
+
+    records = chat_tasks.read_jsonl(path, check, missing_hint=(
+        "the project's set is built by `python -m quark_jax.data.preferences`; records are {prompt, chosen, rejected}"))
     if not records:
         raise ValueError(f"{path} holds no preference pairs")
     return records

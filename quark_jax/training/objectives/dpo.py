@@ -22,8 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float
 
-from quark_jax.training.objectives.pairs import (PairwiseObjective, flatten_pairs, forward, masked_mean, moe_loss,
-                                                 sequence_logprobs)
+from quark_jax.training.objectives.pairs import PairwiseObjective, flatten_pairs, forward, sequence_logprobs
 
 
 def dpo_terms(policy: Float[Array, "B 2"], reference: Float[Array, "B 2"], beta: float) -> dict[str, Float[Array, "B"]]:
@@ -76,15 +75,9 @@ class DPO(PairwiseObjective):
 
     def loss(self, params, frozen, batch):
         policy, reference, aux = self.logprobs(params, frozen, batch)
-        valid = batch["valid"]
-        metrics = {k: masked_mean(v, valid) for k, v in dpo_terms(policy, reference, self.beta).items()}
-        metrics["logps/chosen"] = masked_mean(policy[:, 0], valid)
-        metrics["logps/rejected"] = masked_mean(policy[:, 1], valid)
-        total = metrics["loss"]
-        if aux:
-            metrics["moe_aux_loss"] = moe_loss(self.run, aux)
-            total = total + metrics["moe_aux_loss"]
-        return total, metrics
+        per_pair = {**dpo_terms(policy, reference, self.beta), "logps/chosen": policy[:, 0],
+                    "logps/rejected": policy[:, 1]}
+        return self.pair_objective(per_pair, batch["valid"], aux)
 
     def evaluate(self, params, frozen):
         def sums(params, frozen, batch):

@@ -89,6 +89,16 @@ class PairwiseObjective(Objective):
     def objective_info(self) -> dict:
         return {"kind": self.kind, "data_dir": self.data_dir}
 
+    def pair_objective(self, per_pair: dict[str, jax.Array], valid: jax.Array, aux: dict) -> tuple[jax.Array, dict]:
+        """``(objective, metrics)`` from per-pair values ``[B]`` (``per_pair["loss"]`` is the loss): means over
+        the valid pairs, plus an MoE policy's auxiliary loss."""
+        metrics = {k: masked_mean(v, valid) for k, v in per_pair.items()}
+        total = metrics["loss"]
+        if aux:
+            metrics["moe_aux_loss"] = moe_loss(self.run, aux)
+            total = total + metrics["moe_aux_loss"]
+        return total, metrics
+
     def evaluate_pairs(self, name: str, sums_fn: Callable[[Any, Any, dict], dict[str, jax.Array]],
                        params: Any, frozen: Any) -> dict[str, float]:
         """Runs ``sums_fn(params, frozen, batch) -> {key: sum over valid pairs}`` (jitted once per ``name``)

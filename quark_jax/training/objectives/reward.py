@@ -26,8 +26,7 @@ from jaxtyping import Array, Float, Int
 
 from quark_jax import sharding as sh
 from quark_jax.training.objectives.base import read_objective_info, split_heads
-from quark_jax.training.objectives.pairs import (PairwiseObjective, flatten_pairs, forward, last_hidden, masked_mean,
-                                                 moe_loss)
+from quark_jax.training.objectives.pairs import PairwiseObjective, flatten_pairs, forward, last_hidden
 
 HEAD = "reward"
 
@@ -142,16 +141,9 @@ class RewardModel(PairwiseObjective):
 
     def loss(self, params, frozen, batch):
         rewards, aux = self.pair_rewards(params, batch)
-        per_pair = bradley_terry(rewards[:, 0], rewards[:, 1])
-        valid = batch["valid"]
-        metrics = {k: masked_mean(v, valid) for k, v in per_pair.items()}
-        metrics["reward_chosen"] = masked_mean(rewards[:, 0], valid)
-        metrics["reward_rejected"] = masked_mean(rewards[:, 1], valid)
-        total = metrics["loss"]
-        if aux:
-            metrics["moe_aux_loss"] = moe_loss(self.run, aux)
-            total = total + metrics["moe_aux_loss"]
-        return total, metrics
+        per_pair = {**bradley_terry(rewards[:, 0], rewards[:, 1]), "reward_chosen": rewards[:, 0],
+                    "reward_rejected": rewards[:, 1]}
+        return self.pair_objective(per_pair, batch["valid"], aux)
 
     def evaluate(self, params, frozen):
         def sums(params, frozen, batch):
