@@ -5,6 +5,7 @@
     quark generate --model_dir=/tmp/run --input_jsonl requests.jsonl --quantize int8 --stop "\n\n" --logprobs
     quark eval --model_dir=/tmp/run --batches 16
     quark quantize --model_dir=/tmp/run --out_dir=/tmp/run_int4 --mode int4
+    quark merge_lora --model_dir=/tmp/sft_lora --out_dir=/tmp/sft_merged
     quark plan --gin_file=configs/runs/pretrain.gin --gin_file=configs/models/mixtral_8x7b.gin \
         --mesh_shape='fsdp=-1,expert=8' --num_devices=256 --batch_size=1024 --seq_len=4096
     quark train ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (multi-host)
@@ -148,6 +149,19 @@ def _generate(args: argparse.Namespace) -> int:
         if len(prompts) > 1:
             print(f"--- {prompt!r}")
         print(prompt + text)
+    return 0
+
+
+def _merge_lora(args: argparse.Namespace) -> int:
+    from quark_jax.models.lora import save_merged
+
+    try:
+        out = save_merged(args.model_dir, args.out_dir, step=args.step)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"quark merge_lora: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(f"quark merge_lora: {args.model_dir} merged into its base, written to {out} "
+          "(a plain run: qj.load, quark generate, INIT_FROM, TEACHER_DIR read it)")
     return 0
 
 
@@ -323,6 +337,11 @@ def _build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--group_size", type=int, default=32, help="int4 group size along the contraction axis")
     qz.add_argument("--step", type=int, default=None)
 
+    ml = sub.add_parser("merge_lora", help="merge a LoRA run's adapters into its base: a plain run directory")
+    ml.add_argument("--model_dir", required=True, help="the LoRA run (configs/runs/lora.gin)")
+    ml.add_argument("--out_dir", required=True)
+    ml.add_argument("--step", type=int, default=None, help="adapter checkpoint step (default: newest)")
+
     ev = sub.add_parser("eval", help="validation loss and perplexity of a trained run")
     ev.add_argument("--model_dir", required=True)
     ev.add_argument("--mixture_or_task_name", default="stdlib")
@@ -381,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _generate(args)
     if args.command == "quantize":
         return _quantize(args)
+    if args.command == "merge_lora":
+        return _merge_lora(args)
     if args.command == "data":
         return _data(args, bindings)
     if args.command == "tokenizer":
