@@ -67,7 +67,7 @@ class RunContext:
             config = ModelConfig.from_json(f.read())
         if read_objective_info(run_dir).get("kind") == "lora":
             raise ValueError(f"the {what} {run_dir} holds LoRA adapters only; merge them into a full run first "
-                             "(quark_jax.models.lora.save_merged) and point at the merged directory")
+                             "(`quark merge_lora`, i.e. quark_jax.models.lora.save_merged) and point at the merged directory")
         graphdef, params_abstract, shardings = model_abstract(config, self.mesh)
         is_meta = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params_abstract, shardings)
