@@ -102,13 +102,8 @@ def load(model_dir: str, step: int | None = None, merge_adapters: bool = True) -
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
     checkpointer = Checkpointer(model_dir, async_save=False)
     try:
-        _, metadata = checkpointer.param_metadata(step)
-        if "heads" in metadata:  # an objective's extra heads (PPO value, reward): orbax restores whole trees
-            is_meta = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
-            abstract["heads"] = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device),
-                                             metadata["heads"], is_leaf=is_meta)
-        restored_step, params, _ = checkpointer.restore_params(abstract, step)
+        # An objective's heads (reward, PPO value) are dropped: this is the plain language model.
+        restored_step, params, _ = checkpointer.restore_model_params(abstract, device, step)
     finally:
         checkpointer.close()
-    params = {k: v for k, v in params.items() if k != "heads"}  # the plain model
     return LoadedModel(config, params, tokenizer, restored_step)

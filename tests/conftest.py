@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -61,6 +62,15 @@ def read_metrics(model_dir) -> list[dict]:
 
 def train_losses(model_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(model_dir) if "loss" in r}
+
+
+def copy_without_newest_checkpoint(model_dir, copy_to) -> int:
+    """Copies a finished run as the run killed before its newest checkpoint was committed; returns the step
+    it resumes from."""
+    shutil.copytree(model_dir, copy_to)
+    steps = sorted(int(n) for n in os.listdir(os.path.join(copy_to, "checkpoints")) if n.isdigit())
+    shutil.rmtree(os.path.join(copy_to, "checkpoints", str(steps[-1])))
+    return steps[-2]
 
 
 @pytest.fixture(scope="session")

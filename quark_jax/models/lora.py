@@ -16,9 +16,10 @@ Two ways to use adapters, which give the same logits (``tests/training/test_lora
 * :func:`merge` folds ``scale·A·B`` into the base weights: a plain parameter tree, no run-time cost
   (``qj.load`` of a LoRA run directory does this; :func:`save_merged` writes it as a normal run directory);
 * :func:`apply` leaves the base untouched and puts a :class:`LoRAArray` (base weight + its factors) where
-  each targeted weight was. Layers read weights as ``self.wq[...]``, and a LoRAArray's ``[...]`` adds the
-  low-rank product there, inside the compiled forward, one layer slice at a time within the layer scan.
-  Training uses this path (gradients reach ``A`` and ``B`` only; no full merged copy of the model is
+  each targeted weight was. The dense layers project through ``layers.project``, which calls
+  :meth:`LoRAArray.project`: ``x·W + scale·(x·A)·B``, never forming ``A·B``; any other reader of the weight
+  (MoE experts, an untied head) gets ``weight[...] = W + scale·A·B``, one layer slice at a time within the
+  layer scan. Training uses this path (gradients reach ``A`` and ``B`` only; no merged copy of the model is
   materialised), and so can generation with swappable adapters (``qj.load(dir, merge_adapters=False)``).
 
 Adapter trees mirror the parameter tree: ``{"blocks": {"attn": {"wq": {"a": A, "b": B}, ...}}}``.
@@ -302,11 +303,10 @@ def read_lora_run(run_dir: str) -> tuple[LoRAConfig, str]:
     return LoRAConfig.from_dict(info), base_dir
 
 
-def load_adapters(run_dir: str, base_params: Any, step: int | None = None) -> tuple[LoRAConfig, dict, int]:
-    """``(config, adapters, step)`` of a LoRA run's newest (or given) checkpoint, on ``base_params``' devices."""
+def load_adapters(run_dir: str, base_params: Any, config: LoRAConfig, step: int | None = None) -> tuple[dict, int]:
+    """``(adapters, step)`` of a LoRA run's newest (or given) checkpoint, on ``base_params``' devices."""
     from quark_jax.training.checkpoint import Checkpointer
 
-    config, _ = read_lora_run(run_dir)
     abstract = jax.eval_shape(lambda p: init_adapters(p, config, jax.random.key(0)), base_params)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
@@ -315,7 +315,7 @@ def load_adapters(run_dir: str, base_params: Any, step: int | None = None) -> tu
         restored_step, adapters, _ = checkpointer.restore_params(abstract, step)
     finally:
         checkpointer.close()
-    return config, adapters, restored_step
+    return adapters, restored_step
 
 
 def load_lora_model(run_dir: str, step: int | None = None, merge_adapters: bool = True):
@@ -329,7 +329,7 @@ def load_lora_model(run_dir: str, step: int | None = None, merge_adapters: bool 
         run_config = f.read()
     if run_config != base.config.to_json():
         raise ValueError(f"LoRA run {run_dir!r} was trained for another model config than its base {base_dir!r}")
-    config, adapters, restored_step = load_adapters(run_dir, base.params, step)
+    adapters, restored_step = load_adapters(run_dir, base.params, config, step)
     params = merge(base.params, adapters, config) if merge_adapters else apply(base.params, adapters, config)
     model = LoadedModel(base.config, params, base.tokenizer, restored_step)
     model.lora = {"config": config, "adapters": adapters, "base_dir": base_dir, "merged": merge_adapters}

@@ -109,6 +109,24 @@ class Checkpointer:
         step, restored = self._restore_latest_good(make_args, step)
         return step, restored.params, dict(restored.meta)
 
+    def restore_model_params(self, abstract_params: Any, heads_sharding: Any, step: int | None = None
+                             ) -> tuple[int, Any, Any]:
+        """Restores ``(step, transformer params, heads or None)``. A post-training run saves scalar heads
+        (reward, value) beside the transformer as ``params["heads"]``; orbax restores whole trees, so they are
+        read (onto ``heads_sharding``) and returned apart, for the caller to keep or drop."""
+        import jax
+
+        _, metadata = self.param_metadata(step)
+        abstract = dict(abstract_params)
+        if "heads" in metadata:
+            abstract["heads"] = jax.tree.map(
+                lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=heads_sharding), metadata["heads"],
+                is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+        step, params, _ = self.restore_params(abstract, step)
+        params = dict(params)
+        heads = params.pop("heads", None)
+        return step, params, heads
+
     def param_metadata(self, step: int | None = None) -> tuple[int, Any]:
         """(step, tree of array metadata with ``.shape``/``.dtype``) of a checkpoint's parameters, unread."""
         step = self.latest_step() if step is None else step

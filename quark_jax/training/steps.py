@@ -51,6 +51,40 @@ def moe_aux_sums(aux: dict[str, jax.Array], config: Any, weight_sum: jax.Array) 
     return sums
 
 
+def lm_objective(sums: dict[str, jax.Array], denom: jax.Array) -> jax.Array:
+    """The language-modelling objective from :func:`lm_loss_sums`: (cross-entropy + z-loss + MoE aux) / tokens."""
+    return (sums["nll_sum"] + sums["z_loss_sum"] + sums.get("moe_loss_sum", 0.0)) / denom
+
+
+def lm_metrics(sums: dict[str, jax.Array], denom: jax.Array) -> Metrics:
+    """Per-token loss, z-loss and accuracy (and, for MoE, the aux term and router statistics) from the sums."""
+    metrics = {
+        "loss": sums["nll_sum"] / denom,
+        "z_loss": sums["z_loss_sum"] / denom,
+        "accuracy": sums["correct_sum"] / denom,
+        "loss_tokens": sums["weight_sum"],
+    }
+    if "moe_loss_sum" in sums:  # MoE: the weighted aux objective term and the router statistics
+        metrics["moe_aux_loss"] = sums["moe_loss_sum"] / denom
+        metrics.update({k: v / denom for k, v in sums.items() if k.startswith("moe/")})
+    return metrics
+
+
+def apply_update(
+    tx: optax.GradientTransformation, params: Any, opt_state: Any, grads: Any, loss: jax.Array, skip_nonfinite: bool,
+) -> tuple[Any, Any, jax.Array, jax.Array]:
+    """One optimizer update: ``(params, opt_state, grad_norm, finite)``. ``finite`` says whether the loss and
+    the gradient norm are finite; with ``skip_nonfinite`` a non-finite update leaves params and state as they were."""
+    grad_norm = optax.tree.norm(grads)
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    if skip_nonfinite:
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_params, new_opt_state = keep(new_params, params), keep(new_opt_state, opt_state)
+    return new_params, new_opt_state, grad_norm, finite
+
+
 def _split_microbatches(batch: Batch, num: int) -> Batch:
     """[B, ...] → [num, B/num, ...], taking every num-th row so each device keeps its own rows."""
 
@@ -81,7 +115,7 @@ def make_train_step(
 
     def objective(params, batch, denom):
         sums = lm_loss_sums(params, graphdef, batch, z_loss)
-        return (sums["nll_sum"] + sums["z_loss_sum"] + sums.get("moe_loss_sum", 0.0)) / denom, sums
+        return lm_objective(sums, denom), sums
 
     grad_fn = jax.grad(objective, has_aux=True)
 
@@ -105,28 +139,12 @@ def make_train_step(
             zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sum_shapes)
             (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums), micro_batches)
 
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-
         loss = sums["nll_sum"] / denom
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        if skip_nonfinite:
-            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        params, opt_state, grad_norm, finite = apply_update(
+            tx, state.params, state.opt_state, grads, loss, skip_nonfinite)
 
-        metrics = {
-            "loss": loss,
-            "z_loss": sums["z_loss_sum"] / denom,
-            "accuracy": sums["correct_sum"] / denom,
-            "grad_norm": grad_norm,
-            "learning_rate": schedule(state.step),
-            "loss_tokens": sums["weight_sum"],
-            "finite": finite,
-        }
-        if "moe_loss_sum" in sums:  # MoE: the weighted aux objective term and the router statistics
-            metrics["moe_aux_loss"] = sums["moe_loss_sum"] / denom
-            metrics.update({k: v / denom for k, v in sums.items() if k.startswith("moe/")})
+        metrics = {**lm_metrics(sums, denom), "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+                   "finite": finite}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -159,13 +177,8 @@ def make_objective_train_step(
 
     def train_step(state: TrainState, frozen: Any, batch: Batch) -> tuple[TrainState, Metrics]:
         grads, metrics = grad_fn(state.params, frozen, batch)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        if skip_nonfinite:
-            keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-            params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+        params, opt_state, grad_norm, finite = apply_update(
+            tx, state.params, state.opt_state, grads, metrics["loss"], skip_nonfinite)
         metrics = {**metrics, "grad_norm": grad_norm, "learning_rate": schedule(state.step), "finite": finite}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

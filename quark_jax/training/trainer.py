@@ -27,7 +27,7 @@ from quark_jax.models.config import ModelConfig
 from quark_jax.models.transformer import Transformer
 from quark_jax.training import checkpoint as ckpt
 from quark_jax.training import metrics as qm
-from quark_jax.training.objectives.base import RunContext, lm_validation
+from quark_jax.training.objectives.base import OBJECTIVE_FILE, RunContext, lm_validation
 from quark_jax.training.optim import OptimizerConfig, make_optimizer, weight_decay_mask
 from quark_jax.training.state import TrainState
 from quark_jax.training.steps import make_train_step
@@ -191,8 +191,7 @@ class Trainer:
         self.run_context = RunContext(cfg, self.mesh, self.graphdef, self.param_shardings, decay_mask, self.vocabulary)
         if self.objective is not None:
             self.objective.setup(self.run_context)
-            self.model_param_shardings = self.param_shardings
-            self.param_shardings = self.objective.param_shardings(self.model_param_shardings)
+            self.param_shardings = self.objective.param_shardings(self.param_shardings)
             decay_mask = self.objective.decay_mask(decay_mask)
             self.frozen, self.frozen_shardings = self.objective.frozen()
         # An objective may apply several optimizer updates per step (PPO: epochs × minibatches); the schedule
@@ -238,8 +237,6 @@ class Trainer:
                 )
         with open(config_path, "w") as f:
             f.write(cfg.model.to_json())
-        from quark_jax.training.objectives.base import OBJECTIVE_FILE
-
         objective_path = os.path.join(cfg.model_dir, OBJECTIVE_FILE)
         if self.objective is not None:
             with open(objective_path, "w") as f:
@@ -314,15 +311,13 @@ class Trainer:
         merged = {name: flat_restored.get(name, value) for name, value in flat_params.items()}
         return _unflatten_like(params, merged)
 
-    def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        if self.objective is not None:
-            shardings = self._batch_shardings(batch)
-            return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
-        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v) for k, v in batch.items()}
-
     def _batch_shardings(self, batch: Mapping[str, Any]) -> dict[str, jax.sharding.NamedSharding]:
-        """Per array: the leading (batch) axis over the data-parallel mesh axes."""
+        """Per array: the leading (batch) axis over the data-parallel mesh axes (any rank; LM batches are 2-D)."""
         return {k: sh.batch_sharding(self.mesh, ndim=np.ndim(v)) for k, v in batch.items()}
+
+    def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        shardings = self._batch_shardings(batch)
+        return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
 
     def _compile(self, state: TrainState, batch: dict[str, jax.Array]):
         cfg = self.config
@@ -331,25 +326,16 @@ class Trainer:
                 self.graphdef, self.tx, self.schedule, z_loss=cfg.z_loss,
                 grad_accum_steps=cfg.optimizer.grad_accum_steps, skip_nonfinite=cfg.on_nonfinite == "skip",
             )
-            jitted = jax.jit(
-                step_fn,
-                in_shardings=(self.state_shardings, self.batch_sharding),
-                out_shardings=(self.state_shardings, sh.replicated(self.mesh)),
-                donate_argnums=0,
-            )
-            args = (state, batch)
+            in_shardings, args = (self.state_shardings, self.batch_sharding), (state, batch)
         else:
             if cfg.optimizer.grad_accum_steps != 1:
                 raise ValueError("OptimizerConfig.grad_accum_steps > 1 is supported by the language-modelling "
                                  "objective only; lower BATCH_SIZE instead")
             step_fn = self.objective.make_train_step(self.tx, self.schedule, cfg.on_nonfinite == "skip")
-            jitted = jax.jit(
-                step_fn,
-                in_shardings=(self.state_shardings, self.frozen_shardings, self._batch_shardings(batch)),
-                out_shardings=(self.state_shardings, sh.replicated(self.mesh)),
-                donate_argnums=0,
-            )
+            in_shardings = (self.state_shardings, self.frozen_shardings, self._batch_shardings(batch))
             args = (state, self.frozen, batch)
+        jitted = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(self.state_shardings, sh.replicated(self.mesh)),
+                         donate_argnums=0)
         start = time.perf_counter()
         compiled = jitted.lower(*args).compile()
         log.info("compiled train step in %.1f s", time.perf_counter() - start)
@@ -368,7 +354,7 @@ class Trainer:
         held-out figures)."""
         if self.objective is not None:
             return self.objective.evaluate(params, self.frozen)
-        return lm_validation(self.run_context, params, self.batch_sharding)
+        return lm_validation(self.run_context, params)
 
     def sample(self, params: Any) -> list[tuple[str, str]]:
         """Greedy continuations of the configured sample prompts."""

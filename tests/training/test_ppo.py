@@ -2,14 +2,13 @@
 resumes exactly, and `qj.load` gives the policy."""
 
 import json
-import shutil
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import quark_jax as qj
-from conftest import REPO, read_metrics, tiny_overrides
+from conftest import REPO, copy_without_newest_checkpoint, read_metrics, tiny_overrides
 from quark_jax.training.objectives import ppo
 
 PPO_CONFIG = f"{REPO}/configs/runs/ppo.gin"
@@ -101,8 +100,7 @@ def test_ppo_raises_the_reward_with_bounded_kl_and_resumes_exactly(trained_run, 
 
     # ... and a run killed after step 6 resumes to the same step-7/8 metrics.
     resumed = tmp_path / "resumed"
-    shutil.copytree(model_dir, resumed)
-    shutil.rmtree(resumed / "checkpoints" / str(STEPS))
+    assert copy_without_newest_checkpoint(model_dir, resumed) == 6
     qj.Trainer.from_gin(PPO_CONFIG, overrides(trained_run, resumed, 8, BATCH_SIZE=32)).run()
     again_rows = {r["step"]: r for r in read_metrics(resumed) if "reward/mean" in r}
     for step in (7, 8):

@@ -2,14 +2,13 @@
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 import pytest
 
 import quark_jax as qj
-from conftest import REPO, read_metrics, tiny_overrides
+from conftest import REPO, copy_without_newest_checkpoint, read_metrics, tiny_overrides
 from quark_jax import gin_utils
 from quark_jax.data import preferences, vocab
 from quark_jax.training.objectives import DPO, RewardModel
@@ -136,22 +135,27 @@ def test_reward_model_learns_held_out_preferences(reward_run):
     assert "heads" not in qj.load(str(model_dir)).params
 
 
-def test_reward_run_resumes_exactly(trained_run, tmp_path):
-    """A run that lost its newest checkpoint (killed after step 4) resumes and reproduces steps 5..8."""
+@pytest.mark.parametrize("name, metric", [("reward", "accuracy"), ("dpo", "rewards/margin")])
+def test_pair_objective_run_resumes_exactly(trained_run, tmp_path, name, metric):
+    """A reward-model or DPO run that lost its newest checkpoint (killed after step 4) resumes — DPO reloading
+    its frozen reference — and reproduces the unbroken run's steps 5..8 exactly."""
+    config = f"{REPO}/configs/runs/{name}.gin"
+
     def bindings(model_dir):
         return tiny_overrides(model_dir, 8, INIT_FROM=repr(trained_run["model_dir"]), BATCH_SIZE=4,
                               TASK_FEATURE_LENGTHS="{'targets': 32}", CHECKPOINT_PERIOD=4, **{
-            "quark_jax.TrainConfig.eval_batches": 0, "quark_jax.CheckpointConfig.async_save": False})
+            "quark_jax.TrainConfig.eval_batches": 0, "quark_jax.TrainConfig.sample_prompts": "()",
+            "quark_jax.CheckpointConfig.async_save": False})
 
     unbroken, killed = tmp_path / "unbroken", tmp_path / "killed"
-    qj.Trainer.from_gin(REWARD_CONFIG, bindings(unbroken)).run()
-    shutil.copytree(unbroken, killed)
-    shutil.rmtree(killed / "checkpoints" / "8")
-    summary = qj.Trainer.from_gin(REWARD_CONFIG, bindings(killed)).run()
+    qj.Trainer.from_gin(config, bindings(unbroken)).run()
+    copy_without_newest_checkpoint(unbroken, killed)
+    summary = qj.Trainer.from_gin(config, bindings(killed)).run()
     assert summary["start_step"] == 4
-    losses = lambda d: {r["step"]: (r["loss"], r["accuracy"]) for r in read_metrics(d) if "loss" in r}
-    print(json.dumps({"unbroken": losses(unbroken), "resumed": losses(killed)}))
-    assert losses(killed) == losses(unbroken) and len(losses(unbroken)) == 8
+    logged = lambda d: {r["step"]: (r["loss"], r[metric]) for r in read_metrics(d) if "loss" in r}
+    print(json.dumps({name: {"unbroken": logged(unbroken), "resumed": logged(killed)}}))
+    assert logged(killed) == logged(unbroken) and len(logged(unbroken)) == 8
+    assert any(value != 0.0 for _, value in logged(unbroken).values())  # the model moved off its start
 
 
 def test_ppo_scores_rollouts_with_the_reward_model(reward_run, trained_run, tmp_path):

@@ -69,24 +69,15 @@ class RunContext:
             raise ValueError(f"the {what} {run_dir} holds LoRA adapters only; merge them into a full run first "
                              "(`quark merge_lora`, i.e. quark_jax.models.lora.save_merged) and point at the merged directory")
         graphdef, params_abstract, shardings = model_abstract(config, self.mesh)
-        is_meta = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params_abstract, shardings)
         checkpointer = Checkpointer(run_dir, async_save=False)
         try:
-            _, full_meta = checkpointer.param_metadata()
-            if "heads" in full_meta:  # orbax restores whole trees: read the heads, drop them unless asked
-                replicated = sh.replicated(self.mesh)
-                abstract["heads"] = jax.tree.map(
-                    lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=replicated), full_meta["heads"],
-                    is_leaf=is_meta)
-            elif with_heads:
-                raise ValueError(f"the {what} {run_dir} has no heads (is it a reward-model run?)")
-            _, params, _ = checkpointer.restore_params(abstract)
+            _, params, heads = checkpointer.restore_model_params(abstract, sh.replicated(self.mesh))
         finally:
             checkpointer.close()
-        params = dict(params)
-        heads = params.pop("heads", None)
         if with_heads:
+            if heads is None:
+                raise ValueError(f"the {what} {run_dir} has no heads (is it a reward-model run?)")
             params["heads"] = heads
             shardings = {**shardings, "heads": jax.tree.map(lambda _: sh.replicated(self.mesh), heads)}
         return config, graphdef, params, shardings
@@ -134,25 +125,49 @@ def token_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
 
 
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``x`` over the positions (or rows) where ``mask`` is 1; 0 when there are none."""
+    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def moe_loss(run: RunContext, aux: Mapping[str, jax.Array]) -> jax.Array | float:
+    """The weighted MoE load-balancing and router z-losses of a model's auxiliary values (0 for a dense model)."""
+    if not aux:
+        return 0.0
+    cfg = run.model_config
+    return cfg.load_balance_loss_weight * aux["load_balance_loss"] + cfg.router_z_loss_weight * aux["router_z_loss"]
+
+
 class Objective:
     """Base class: the defaults describe an objective that trains the model's own parameters."""
 
     kind: str = "lm"
+    # The name of a scalar head ``w · hidden + b`` trained beside the model (``params["heads"][head]``:
+    # ``w [D]``, ``b []``, both starting at zero, replicated, no weight decay), or None.
+    head: str | None = None
 
     def setup(self, run: RunContext) -> None:
         """Loads what the objective needs (frozen models, data); called once before anything compiles."""
         self.run = run
 
     # ---- parameters ------------------------------------------------------------------------------
+    def _with_head(self, model_tree: Any, leaf: Any) -> Any:
+        if self.head is None:
+            return model_tree
+        return {**model_tree, "heads": {self.head: {"w": leaf, "b": leaf}}}
+
     def init_params(self, model_params: Any, key: jax.Array) -> Any:
         """The trainable tree, from freshly initialised (or warm-started) model parameters."""
-        return model_params
+        if self.head is None:
+            return model_params
+        zeros = {"w": jnp.zeros((self.run.model_config.d_model,), jnp.float32), "b": jnp.zeros((), jnp.float32)}
+        return {**model_params, "heads": {self.head: zeros}}
 
     def param_shardings(self, model_shardings: Any) -> Any:
-        return model_shardings
+        return self._with_head(model_shardings, sh.replicated(self.run.mesh))
 
     def decay_mask(self, model_mask: Any) -> Any:
-        return model_mask
+        return self._with_head(model_mask, False)
 
     def warm_start(self) -> bool:
         """Whether ``TrainConfig.init_from`` fills the trainable model parameters (False for LoRA)."""
@@ -207,7 +222,7 @@ def lm_batches(run: RunContext, split: str, start_batch: int, shuffle: bool, rep
     )
 
 
-def lm_validation(run: RunContext, model_params: Any, batch_sharding=None) -> dict[str, float]:
+def lm_validation(run: RunContext, model_params: Any) -> dict[str, float]:
     """Validation loss / perplexity / accuracy of plain model parameters on the run's data (``eval_batches``)."""
     import math
 
@@ -216,7 +231,7 @@ def lm_validation(run: RunContext, model_params: Any, batch_sharding=None) -> di
     cfg = run.config
     if cfg.eval_batches <= 0:
         return {}
-    sharding = batch_sharding or sh.batch_sharding(run.mesh)
+    sharding = sh.batch_sharding(run.mesh)
     if not hasattr(run, "_lm_eval_step"):  # compiled once per run
         run._lm_eval_step = jax.jit(make_eval_step(run.graphdef), out_shardings=sh.replicated(run.mesh))
     step = run._lm_eval_step

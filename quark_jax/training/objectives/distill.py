@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from quark_jax.training.objectives.base import Objective, RunContext, lm_batches, lm_validation
+from quark_jax.training.objectives.base import Objective, RunContext, lm_batches, lm_validation, moe_loss
 
 
 def distill_sums(
@@ -109,10 +109,8 @@ class Distill(Objective):
         metrics = {"loss": ce, "distill_kl": kl, "objective": total, "accuracy": sums["correct_sum"] / denom,
                    "loss_tokens": sums["weight_sum"]}
         if aux:  # an MoE student keeps its load-balancing and router z-losses
-            cfg = self.run.model_config
-            moe = cfg.load_balance_loss_weight * aux["load_balance_loss"] + cfg.router_z_loss_weight * aux["router_z_loss"]
-            total = total + moe
-            metrics["moe_aux_loss"] = moe
+            metrics["moe_aux_loss"] = moe_loss(self.run, aux)
+            total = total + metrics["moe_aux_loss"]
         return total, metrics
 
     def evaluate(self, params, frozen):

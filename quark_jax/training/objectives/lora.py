@@ -83,17 +83,12 @@ class LoRA(Objective):
         return lm_batches(self.run, split, start_batch, shuffle, repeat)
 
     def loss(self, params, frozen, batch):
-        from quark_jax.training.steps import lm_loss_sums
+        from quark_jax.training.steps import lm_loss_sums, lm_metrics, lm_objective
 
         sums = lm_loss_sums(lora.apply(frozen["base"], params, self.lora), self.run.graphdef, batch,
                             self.run.config.z_loss)
         denom = jnp.maximum(sums["weight_sum"], 1.0)
-        total = (sums["nll_sum"] + sums["z_loss_sum"] + sums.get("moe_loss_sum", 0.0)) / denom
-        metrics = {"loss": sums["nll_sum"] / denom, "z_loss": sums["z_loss_sum"] / denom,
-                   "accuracy": sums["correct_sum"] / denom, "loss_tokens": sums["weight_sum"]}
-        if "moe_loss_sum" in sums:
-            metrics["moe_aux_loss"] = sums["moe_loss_sum"] / denom
-        return total, metrics
+        return lm_objective(sums, denom), lm_metrics(sums, denom)
 
     def evaluate(self, params, frozen):
         return lm_validation(self.run, lora.apply(frozen["base"], params, self.lora))

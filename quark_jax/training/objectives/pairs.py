@@ -18,7 +18,7 @@ from jaxtyping import Array, Float, Int
 
 from quark_jax import sharding as sh
 from quark_jax.data import preferences
-from quark_jax.training.objectives.base import Objective, token_logprobs
+from quark_jax.training.objectives.base import Objective, masked_mean, moe_loss, token_logprobs
 
 
 def flatten_pairs(batch: dict[str, Any]) -> dict[str, Any]:
@@ -42,18 +42,6 @@ def sequence_logprobs(logits: Float[Array, "N T V"], targets: Int[Array, "N T"],
 def last_hidden(hidden: Float[Array, "N T D"], last_index: Int[Array, "N"]) -> Float[Array, "N D"]:
     """The hidden state at each row's ``last_index`` (the position that has read the whole sequence)."""
     return jnp.take_along_axis(hidden, last_index[:, None, None], axis=1)[:, 0].astype(jnp.float32)
-
-
-def moe_loss(run: Any, aux: Any) -> jax.Array | float:
-    """The weighted MoE load-balancing and router z-losses (0 for a dense model)."""
-    if not aux:
-        return 0.0
-    cfg = run.model_config
-    return cfg.load_balance_loss_weight * aux["load_balance_loss"] + cfg.router_z_loss_weight * aux["router_z_loss"]
-
-
-def masked_mean(values: Float[Array, "B"], valid: Float[Array, "B"]) -> Float[Array, ""]:
-    return jnp.sum(values * valid) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
 @dataclasses.dataclass

@@ -25,7 +25,6 @@ The reference (``reference_dir``, default ``TrainConfig.init_from``) is a frozen
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -35,18 +34,15 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jaxtyping import Array, Float
 
-from quark_jax import sharding as sh
-from quark_jax.training.objectives.base import Objective, RunContext, split_heads, token_logprobs
+from quark_jax.training.objectives.base import Objective, RunContext, masked_mean, split_heads, token_logprobs
 from quark_jax.training.state import TrainState
+from quark_jax.training.steps import apply_update
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-INSTRUCTIONS_DIR = os.path.join(REPO_ROOT, "data", "instructions")
 
 # ---------------------------------------------------------------------------------------------------------
 # Programmatic rewards: (prompt text, completion text) -> float. Bind one by name (``reward_fn = 'digits'``)
@@ -90,10 +86,6 @@ REWARD_FUNCTIONS: dict[str, Callable[[str, str], float]] = {
 # ---------------------------------------------------------------------------------------------------------
 # Pure math (jitted inside the step)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def masked_mean(x: Float[Array, "..."], mask: Float[Array, "..."]) -> Float[Array, ""]:
-    return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def whiten(x: Float[Array, "B T"], mask: Float[Array, "B T"], eps: float = 1e-8) -> Float[Array, "B T"]:
@@ -219,6 +211,11 @@ class PPO(Objective):
                              "(or bind a callable, or reward_model_dir)")
 
     @property
+    def head(self) -> str | None:
+        """The value head (PPO; starts at V = 0); GRPO has none."""
+        return None if self.estimator == "grpo" else "value"
+
+    @property
     def updates_per_step(self) -> int:
         return self.ppo_epochs * self.num_minibatches
 
@@ -257,24 +254,6 @@ class PPO(Objective):
     def frozen(self):
         return self._frozen
 
-    def init_params(self, model_params, key):
-        if self.estimator == "grpo":
-            return model_params
-        d = self.run.model_config.d_model
-        value = {"w": jnp.zeros((d,), jnp.float32), "b": jnp.zeros((), jnp.float32)}  # starts at V = 0
-        return {**model_params, "heads": {"value": value}}
-
-    def param_shardings(self, model_shardings):
-        if self.estimator == "grpo":
-            return model_shardings
-        rep = sh.replicated(self.run.mesh)
-        return {**model_shardings, "heads": {"value": {"w": rep, "b": rep}}}
-
-    def decay_mask(self, model_mask):
-        if self.estimator == "grpo":
-            return model_mask
-        return {**model_mask, "heads": {"value": {"w": False, "b": False}}}
-
     def objective_info(self) -> dict:
         reward = self.reward_fn if isinstance(self.reward_fn, str) else getattr(self.reward_fn, "__name__",
                                                                                   repr(self.reward_fn))
@@ -287,34 +266,24 @@ class PPO(Objective):
     def prompt_texts(self, split: str) -> list[str]:
         if split in self._prompt_cache:
             return self._prompt_cache[split]
-        from quark_jax.data import chat
+        from quark_jax.data import chat, chat_tasks
 
         source = self.prompts
         if isinstance(source, str):
             path = source
             if source == "instructions":
                 name = "train" if split == "train" else "validation"
-                path = os.path.join(INSTRUCTIONS_DIR, f"{name}.jsonl")
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"PPO.prompts={source!r}: {path} does not exist")
+                path = os.path.join(chat_tasks.INSTRUCTIONS_DIR, f"{name}.jsonl")
             texts = []
-            with open(path) as f:
-                for line in f:
-                    if not line.strip():
-                        continue
-                    record = json.loads(line)
-                    if "messages" in record:  # drop a final assistant turn: the policy writes it
-                        messages = [m for m in record["messages"]]
-                        if messages and messages[-1]["role"] == "assistant":
-                            messages = messages[:-1]
-                    else:
-                        messages = [{"role": "user", "content": record["prompt"]}]
-                        if record.get("system"):
-                            messages.insert(0, {"role": "system", "content": record["system"]})
-                    if self.chat_template:
-                        texts.append(chat.render(messages, add_generation_prompt=True))
-                    else:
-                        texts.append("".join(m["content"] for m in messages))
+            for record in chat_tasks.read_jsonl(path, missing_hint=f"PPO.prompts={source!r}"):
+                # A prompt-only record is a conversation without a response; the policy writes the last turn.
+                messages = chat.messages_of({"response": "", **record})
+                if messages[-1]["role"] == "assistant":
+                    messages = messages[:-1]
+                if self.chat_template:
+                    texts.append(chat.render(messages, add_generation_prompt=True))
+                else:
+                    texts.append("".join(m["content"] for m in messages))
         else:
             texts = [str(p) for p in source]
         if self.prompt_filter:
@@ -500,13 +469,8 @@ class PPO(Objective):
                 params, opt_state, all_finite = carry
                 mb = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), data)
                 grads, metrics = grad_fn(params, frozen, mb)
-                grad_norm = optax.tree.norm(grads)
-                updates, new_opt = tx.update(grads, opt_state, params)
-                new_params = optax.apply_updates(params, updates)
-                finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-                if skip_nonfinite:
-                    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-                    new_params, new_opt = keep(new_params, params), keep(new_opt, opt_state)
+                new_params, new_opt, grad_norm, finite = apply_update(
+                    tx, params, opt_state, grads, metrics["loss"], skip_nonfinite)
                 return (new_params, new_opt, all_finite & finite), {**metrics, "grad_norm": grad_norm}
 
             (params, opt_state, finite), per_update = jax.lax.scan(

@@ -24,7 +24,6 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from quark_jax import sharding as sh
 from quark_jax.training.objectives.base import read_objective_info, split_heads
 from quark_jax.training.objectives.pairs import PairwiseObjective, flatten_pairs, forward, last_hidden
 
@@ -104,6 +103,7 @@ class RewardModel(PairwiseObjective):
     pooling: str = "mean"
 
     kind: ClassVar[str] = "reward_model"
+    head: ClassVar[str] = HEAD
 
     def __post_init__(self):
         if self.pooling not in ("last", "mean"):
@@ -118,17 +118,6 @@ class RewardModel(PairwiseObjective):
 
     def objective_info(self) -> dict:
         return {**super().objective_info(), "pooling": self.pooling}
-
-    def init_params(self, model_params, key):
-        d = self.run.model_config.d_model
-        return {**model_params, "heads": {HEAD: {"w": jnp.zeros((d,), jnp.float32), "b": jnp.zeros((), jnp.float32)}}}
-
-    def param_shardings(self, model_shardings):
-        replicated = sh.replicated(self.run.mesh)
-        return {**model_shardings, "heads": {HEAD: {"w": replicated, "b": replicated}}}
-
-    def decay_mask(self, model_mask):
-        return {**model_mask, "heads": {HEAD: {"w": False, "b": False}}}
 
     def pair_rewards(self, params: Any, batch: dict) -> tuple[Float[Array, "B 2"], Any]:
         """Rewards ``[B, 2]`` (chosen, rejected) of a pair batch, and the MoE aux values."""
