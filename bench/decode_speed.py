@@ -37,7 +37,7 @@ from flax import nnx
 from quark_jax.inference.decode import DecodeSpec, make_generate_fn
 from quark_jax.inference.quantize import param_bytes, quantize_params
 from quark_jax.models.config import ModelConfig
-from quark_jax.models.transformer import Transformer
+from quark_jax.models.transformer import Transformer, abstract_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,7 +81,7 @@ class Harness:
     """One compiled generate function per (batch, prompt bucket, max new tokens), called with arrays."""
 
     def __init__(self, config: ModelConfig, params, batch: int, prompt_len: int, max_new: int):
-        graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+        graphdef = nnx.graphdef(abstract_model(config))
         self.fn = make_generate_fn(graphdef, DecodeSpec(max_new_tokens=max_new, eos_id=-1, sampling=False))
         self.params, self.batch, self.max_new = params, batch, max_new
         rng = np.random.default_rng(0)
@@ -120,7 +120,7 @@ def single_step_seconds(config: ModelConfig, params, cache_len: int, repeats: in
     """One decode step (batch 1) as its own jitted call from Python: the loop-free reference."""
     from quark_jax.models.transformer import KVCache
 
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(abstract_model(config))
 
     @jax.jit
     def step(params, cache, token):
@@ -207,7 +207,7 @@ def bench_answer64(config, params) -> dict:
     from quark_jax.data.vocab import get_vocabulary
     from quark_jax.inference.generate import Generator
 
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(abstract_model(config))
     generator = Generator(graphdef, params, get_vocabulary(), eos_id=-1, compilation_cache=False)
     prompt = ["def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"]
     cold = _timed(lambda: generator.generate(prompt, max_new_tokens=64))

@@ -31,7 +31,7 @@ from flax import nnx
 
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
-from quark_jax.models.transformer import Transformer
+from quark_jax.models.transformer import Transformer, abstract_model
 from quark_jax.training.metrics import measure_matmul_flops
 from quark_jax.training.optim import OptimizerConfig, make_optimizer, weight_decay_mask
 from quark_jax.training.state import TrainState
@@ -64,7 +64,7 @@ def main() -> None:
 
     peak = measure_matmul_flops()
     mesh = sh.make_mesh(args.mesh_shape)
-    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    abstract = abstract_model(config)
     graphdef, abstract_state = nnx.split(abstract)
     param_shardings = nnx.to_pure_dict(sh.state_shardings(abstract_state, mesh))
     tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=10), 1000,

@@ -10,7 +10,7 @@ from flax import nnx
 
 from quark_jax.inference.generate import Generator
 from quark_jax.models.config import ModelConfig
-from quark_jax.models.transformer import Transformer
+from quark_jax.models.transformer import Transformer, abstract_model
 from quark_jax.training.checkpoint import Checkpointer
 
 
@@ -22,7 +22,7 @@ class LoadedModel:
         self.params = params
         self.tokenizer = tokenizer
         self.step = step
-        self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+        self.graphdef = nnx.graphdef(abstract_model(config))
         self._generator = Generator(self.graphdef, params, tokenizer)
         self.quantization: dict | None = None  # {"mode", "group_size"} for quantized parameters
 
@@ -97,7 +97,7 @@ def load(model_dir: str, step: int | None = None, merge_adapters: bool = True) -
         model.quantization = {"mode": info["mode"], "group_size": info["group_size"]}
         return model
 
-    abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))), nnx.Param))
+    abstract = nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
     checkpointer = Checkpointer(model_dir, async_save=False)

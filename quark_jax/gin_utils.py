@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import gin
 
 from quark_jax.models.config import ModelConfig
+from quark_jax.resources import search_root
 from quark_jax.training.optim import OptimizerConfig
 from quark_jax.training.trainer import CheckpointConfig, DataConfig, TrainConfig
 
@@ -37,7 +38,7 @@ def _register() -> dict[type, object]:
 _CONFIGURABLES = _register()
 
 # Where `include 'configs/...'` and --gin_file look, besides the working directory.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = str(search_root())
 
 
 def _resolve(path: str, search_paths: Sequence[str]) -> str:

@@ -26,7 +26,7 @@ from flax import nnx
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.moe import expert_capacity
-from quark_jax.models.transformer import Transformer
+from quark_jax.models.transformer import Transformer, abstract_model
 
 REMAT_POLICIES = ("none", "save_dots", "full")
 
@@ -50,7 +50,7 @@ def _sharded_elements(shape, names, sizes: dict[str, int], rules: sh.Rules) -> i
 
 def param_elements_per_device(config: ModelConfig, sizes: dict[str, int], rules: sh.Rules = sh.DEFAULT_RULES) -> int:
     """Parameter elements on the busiest device, each leaf sharded by its logical names (nothing allocated)."""
-    abstract = nnx.state(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))), nnx.Param)
+    abstract = nnx.state(abstract_model(config), nnx.Param)
     total = 0
     for variable in jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, nnx.Variable)):
         shape = np.shape(variable.get_value())

@@ -21,10 +21,10 @@ import seqio
 import tensorflow as tf
 
 from quark_jax.data import chat, vocab
+from quark_jax.resources import shipped
 
 LOSS_WEIGHTS = "loss_weights"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-INSTRUCTIONS_DIR = os.path.join(REPO_ROOT, "data", "instructions")
+INSTRUCTIONS_DIR = str(shipped("data/instructions"))
 
 
 class WeightedLMFeatureConverter(seqio.LMFeatureConverter):

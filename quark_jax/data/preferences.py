@@ -42,11 +42,11 @@ from typing import Any
 import numpy as np
 
 from quark_jax.data import chat, instructions
+from quark_jax.resources import shipped
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PREFERENCES_DIR = os.path.join(REPO_ROOT, "data", "preferences")
+PREFERENCES_DIR = str(shipped("data/preferences"))
 FIELDS = ("prompt", "chosen", "rejected")
 ARRAY_KEYS = ("input_tokens", "targets", "loss_weights", "positions", "segment_ids")
 
@@ -105,10 +105,11 @@ def build(output_dir: str = PREFERENCES_DIR, count: int = 2200, seed: int = 0, r
 # ---- reading and tokenizing -------------------------------------------------------------------------
 
 def split_path(data_dir: str, split: str) -> str:
-    """``data_dir/split.jsonl``; a relative ``data_dir`` is looked up in the working directory, then the repo."""
+    """``data_dir/split.jsonl``; a relative ``data_dir`` is looked up in the working directory, then among the
+    shipped data (``data/preferences`` works from anywhere)."""
     path = os.path.join(data_dir, f"{split}.jsonl")
-    if not os.path.isabs(path) and not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
-        path = os.path.join(REPO_ROOT, path)
+    if not os.path.isabs(path) and not os.path.exists(path) and path.startswith("data/") and shipped(path).exists():
+        path = str(shipped(path))
     return path
 
 

@@ -18,9 +18,9 @@ import seqio
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-DEFAULT_SPM_PATH = (
-    pathlib.Path(__file__).resolve().parents[2] / "tokenizers" / "quark_stdlib_4k.model"
-)
+from quark_jax.resources import shipped
+
+DEFAULT_SPM_PATH = shipped("tokenizers/quark_stdlib_4k.model")
 
 PAD_ID = 0
 EOS_ID = 1

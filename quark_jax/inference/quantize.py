@@ -205,11 +205,11 @@ def read_quantized(model_dir: str, config) -> tuple[dict, dict]:
     """(quantized params, quantization.json contents) of a directory written by :func:`save_quantized`."""
     import orbax.checkpoint as ocp
 
-    from quark_jax.models.transformer import Transformer
+    from quark_jax.models.transformer import abstract_model
 
     with open(os.path.join(model_dir, QUANTIZATION_FILE)) as f:
         info = json.load(f)
-    abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))), nnx.Param))
+    abstract = nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
     target = jax.eval_shape(lambda p: quantize_params(p, info["mode"], info["group_size"]), abstract)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -243,3 +243,15 @@ def _dense_step(graphdef, cfg: ModelConfig, block_args):
 def init_model(config: ModelConfig, seed: int = 0) -> Transformer:
     """A freshly initialised model on the default device (use the trainer for sharded initialisation)."""
     return Transformer(config, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(config: ModelConfig) -> Transformer:
+    """The model with ``jax.ShapeDtypeStruct`` leaves (nothing allocated): for graph definitions, parameter
+    shapes and shardings. The one place the project evaluates a model's shapes."""
+    return abstract_model(config)
+
+
+def abstract_params(config: ModelConfig) -> tuple[nnx.GraphDef, dict]:
+    """``(graphdef, abstract parameters as a pure dict)`` of ``config``."""
+    graphdef, state = nnx.split(abstract_model(config))
+    return graphdef, nnx.to_pure_dict(state)

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
-from quark_jax.models.transformer import Transformer
+from quark_jax.models.transformer import Transformer, abstract_model
 from quark_jax.training.optim import OptimizerConfig, make_optimizer, weight_decay_mask
 from quark_jax.training.state import TrainState
 from quark_jax.training.steps import make_train_step
@@ -63,7 +63,7 @@ def make_sharded_training(
     rules: sh.Rules = sh.DEFAULT_RULES,
 ) -> ShardedTraining:
     """Builds the sharded init and train step of ``config`` on ``mesh`` (as the Trainer does)."""
-    abstract_model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    abstract_model = abstract_model(config)
     graphdef, abstract_params = nnx.split(abstract_model)
     param_shardings = nnx.to_pure_dict(sh.state_shardings(abstract_params, mesh, rules))
     tx, schedule = make_optimizer(optimizer, total_steps, weight_decay_mask(abstract_params))

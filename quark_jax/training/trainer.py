@@ -24,7 +24,7 @@ from flax import nnx
 from quark_jax import sharding as sh
 from quark_jax.inference.generate import Generator
 from quark_jax.models.config import ModelConfig
-from quark_jax.models.transformer import Transformer
+from quark_jax.models.transformer import Transformer, abstract_model
 from quark_jax.training import checkpoint as ckpt
 from quark_jax.training import metrics as qm
 from quark_jax.training.objectives.base import OBJECTIVE_FILE, RunContext, lm_validation
@@ -182,7 +182,7 @@ class Trainer:
         log.info("mesh %s; logical axis rules:\n%s", dict(self.mesh.shape), sh.describe_rules())
 
         # Abstract model → graph definition, parameter shardings, optimizer.
-        abstract_model = nnx.eval_shape(lambda: Transformer(cfg.model, rngs=nnx.Rngs(0)))
+        abstract_model = abstract_model(cfg.model)
         self.graphdef, abstract_state = nnx.split(abstract_model)
         self.param_shardings = nnx.to_pure_dict(sh.state_shardings(abstract_state, self.mesh))
         decay_mask = weight_decay_mask(abstract_state)

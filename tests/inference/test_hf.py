@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from quark_jax.inference import hf  # noqa: E402
-from quark_jax.models.transformer import Transformer  # noqa: E402
+from quark_jax.models.transformer import Transformer, abstract_model  # noqa: E402
 
 TOLERANCE = 1e-4
 
@@ -44,7 +44,7 @@ def hf_logits(model, tokens: np.ndarray) -> np.ndarray:
 
 
 def quark_logits(config, params, tokens: np.ndarray) -> np.ndarray:
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(abstract_model(config))
     model = nnx.merge(graphdef, params)
     positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
     logits, _ = model(jnp.asarray(tokens), jnp.asarray(positions), jnp.ones(tokens.shape, jnp.int32))
@@ -107,7 +107,7 @@ def test_greedy_generation_matches_transformers(tmp_path):
     model.config._attn_implementation = "eager"
     model.save_pretrained(tmp_path)
     config, params = hf.load_hf(str(tmp_path))
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(abstract_model(config))
     prompt = [5, 17, 33, 2, 8]
     with torch.no_grad():
         theirs = model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False, eos_token_id=None,

@@ -13,7 +13,7 @@ from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.layers import MLP
 from quark_jax.models.moe import MoE, expert_capacity
-from quark_jax.models.transformer import KVCache, Transformer
+from quark_jax.models.transformer import KVCache, Transformer, abstract_model
 from quark_jax.training.compiled import make_sharded_training, synthetic_batch
 from quark_jax.training.optim import OptimizerConfig
 
@@ -111,7 +111,7 @@ def test_balancing_loss_gradient_moves_the_router_toward_balance():
 
 def test_parameter_counts_total_and_active():
     for config in (SMALL, dataclasses.replace(SMALL, num_layers=4, moe_every=2, num_shared_experts=2, expert_mlp_dim=24)):
-        model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+        model = abstract_model(config)
         built = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
         assert built == config.num_params()
     mixtral = ModelConfig(vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
@@ -157,7 +157,7 @@ def test_train_step_adds_and_logs_the_aux_losses():
 
 def test_every_moe_parameter_has_logical_axes_covered_by_the_rules():
     config = dataclasses.replace(SMALL, num_layers=4, moe_every=2, num_shared_experts=1)
-    state = nnx.state(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))), nnx.Param)
+    state = nnx.state(abstract_model(config), nnx.Param)
     for path, variable in jax.tree_util.tree_leaves_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
         names = variable.get_metadata().get("out_sharding")
         assert names is not None and len(names) == variable.get_value().ndim, path

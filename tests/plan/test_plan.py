@@ -13,7 +13,7 @@ from flax import nnx
 
 from conftest import REPO
 from quark_jax import cli, gin_utils
-from quark_jax.models.transformer import Transformer
+from quark_jax.models.transformer import Transformer, abstract_model
 from quark_jax.plan import plan
 
 HELPER = os.path.join(os.path.dirname(__file__), "memory_run.py")
@@ -29,7 +29,7 @@ def model_config(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_parameter_count_is_exact(name):
     config = model_config(name)
-    abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    abstract = abstract_model(config)
     built = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     result = plan(config, "data=1", 1)
     assert result.total_params == built

@@ -35,7 +35,7 @@ from flax import nnx
 
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
-from quark_jax.models.transformer import Transformer
+from quark_jax.models.transformer import Transformer, abstract_model
 
 Batch = dict[str, jax.Array]
 OBJECTIVE_FILE = "objective.json"  # beside model_config.json: what `qj.load` needs to rebuild the model
@@ -107,7 +107,7 @@ def resolve_run_dir(run_dir: str | None, what: str) -> str:
 
 def model_abstract(config: ModelConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, Any, Any]:
     """``(graphdef, abstract params, param shardings)`` of a model config on a mesh (nothing allocated)."""
-    abstract_model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+    abstract_model = abstract_model(config)
     graphdef, state = nnx.split(abstract_model)
     return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(sh.state_shardings(state, mesh))
 
