@@ -248,7 +248,7 @@ def init_model(config: ModelConfig, seed: int = 0) -> Transformer:
 def abstract_model(config: ModelConfig) -> Transformer:
     """The model with ``jax.ShapeDtypeStruct`` leaves (nothing allocated): for graph definitions, parameter
     shapes and shardings. The one place the project evaluates a model's shapes."""
-    return abstract_model(config)
+    return nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
 
 
 def abstract_params(config: ModelConfig) -> tuple[nnx.GraphDef, dict]:
