@@ -4,7 +4,7 @@
     python bench/scale_out.py moe_throughput # MoE vs dense with the same active parameters, tokens/s
     python bench/scale_out.py remat_memory   # peak bytes per remat policy from compiled.memory_analysis()
 
-All use the framework's own sharded train step (``quark_jax.training.compiled``) on one device.
+All use the framework's own sharded train step (``quark_jax.training.sharded``) on one device.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import jax
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
 from quark_jax.plan import plan
-from quark_jax.training.compiled import make_sharded_training, synthetic_batch
+from quark_jax.training.sharded import make_sharded_training, synthetic_batch
 
 DENSE = ModelConfig(vocab_size=4096, d_model=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=704)
 # Same active parameters per token: 8 experts of half the dense hidden size, top-2, in every layer.

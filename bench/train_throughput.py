@@ -33,7 +33,8 @@ from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.transformer import Transformer, abstract_model
 from quark_jax.training.metrics import measure_matmul_flops
-from quark_jax.training.optim import OptimizerConfig, make_optimizer, weight_decay_mask
+from quark_jax.training.config import OptimizerConfig
+from quark_jax.training.optim import make_optimizer, weight_decay_mask
 from quark_jax.training.state import TrainState
 from quark_jax.training.steps import make_train_step
 

@@ -1,30 +1,31 @@
-"""The notebook API: ``qj.load(model_dir)`` and ``qj.Trainer``."""
+"""The notebook API: ``qj.load(model_dir)`` (any run directory, through :mod:`quark_jax.runs`) and ``qj.Trainer``."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-import jax
 from flax import nnx
 
+from quark_jax import runs
 from quark_jax.inference.generate import Generator
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.transformer import Transformer, abstract_model
-from quark_jax.training.checkpoint import Checkpointer
 
 
 class LoadedModel:
     """A trained model ready to generate: ``.config``, ``.params``, ``.tokenizer``, ``.step``, ``.generate()``."""
 
-    def __init__(self, config: ModelConfig, params: Any, tokenizer: Any, step: int):
+    def __init__(self, config: ModelConfig, params: Any, tokenizer: Any, step: int,
+                 trained_context: int | None = None):
         self.config = config
         self.params = params
         self.tokenizer = tokenizer
         self.step = step
+        self.trained_context = trained_context  # tokens per training sequence (None: not recorded)
         self.graphdef = nnx.graphdef(abstract_model(config))
-        self._generator = Generator(self.graphdef, params, tokenizer)
+        self._generator = Generator(self.graphdef, params, tokenizer, max_context=trained_context)
         self.quantization: dict | None = None  # {"mode", "group_size"} for quantized parameters
+        self.lora: dict | None = None  # a LoRA run: {"config", "adapters", "base_dir", "merged"}
 
     @property
     def model(self) -> Transformer:
@@ -58,7 +59,8 @@ class LoadedModel:
         """A copy with weight-only quantized parameters (``"int8"`` per-channel or ``"int4"`` grouped)."""
         from quark_jax.inference.quantize import quantize_params
 
-        model = LoadedModel(self.config, quantize_params(self.params, mode, group_size), self.tokenizer, self.step)
+        model = LoadedModel(self.config, quantize_params(self.params, mode, group_size), self.tokenizer, self.step,
+                            self.trained_context)
         model.quantization = {"mode": mode, "group_size": group_size}
         return model
 
@@ -68,42 +70,16 @@ class LoadedModel:
         return self._generator
 
 
-def load(model_dir: str, step: int | None = None, merge_adapters: bool = True) -> LoadedModel:
-    """Loads the newest (or the given) checkpoint of a run directory written by ``quark train``, or a quantized
-    checkpoint written by :func:`quark_jax.inference.quantize.save_quantized`.
+def load(model_dir: str, step: int | None = None, merge_adapters: bool = True, beyond_context: str = "error"
+         ) -> LoadedModel:
+    """Loads the newest readable (or the given) checkpoint of a run directory written by ``quark train``, a
+    quantized directory (``quark quantize``) or a LoRA run (its base with the adapters merged into the weights,
+    or applied at run time with ``merge_adapters=False``). See :mod:`quark_jax.runs` for the format.
 
-    A LoRA run (``objective.json`` kind ``"lora"``) loads its base run and the adapters, merged into the
-    weights, or with ``merge_adapters=False`` applied at run time (see :mod:`quark_jax.models.lora`)."""
-    from quark_jax.data.vocab import get_vocabulary
-    from quark_jax.training.objectives.base import read_objective_info
-
-    if read_objective_info(model_dir).get("kind") == "lora":
-        from quark_jax.models.lora import load_lora_model
-
-        return load_lora_model(model_dir, step, merge_adapters)
-    config_path = os.path.join(model_dir, "model_config.json")
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path} not found: is {model_dir!r} a directory written by `quark train`?")
-    with open(config_path) as f:
-        config = ModelConfig.from_json(f.read())
-    tokenizer_path = os.path.join(model_dir, "tokenizer.model")
-    tokenizer = get_vocabulary(tokenizer_path if os.path.exists(tokenizer_path) else None)
-
-    from quark_jax.inference import quantize
-
-    if quantize.is_quantized_dir(model_dir):  # written by quantize.save_quantized
-        params, info = quantize.read_quantized(model_dir, config)
-        model = LoadedModel(config, params, tokenizer, int(info.get("step", 0)))
-        model.quantization = {"mode": info["mode"], "group_size": info["group_size"]}
-        return model
-
-    abstract = nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-    checkpointer = Checkpointer(model_dir, async_save=False)
-    try:
-        # An objective's heads (reward, PPO value) are dropped: this is the plain language model.
-        restored_step, params, _ = checkpointer.restore_model_params(abstract, device, step)
-    finally:
-        checkpointer.close()
-    return LoadedModel(config, params, tokenizer, restored_step)
+    A request longer than the context the run was trained on is refused; ``beyond_context="warn"`` allows
+    it with a warning."""
+    run = runs.load(model_dir, step, merge_adapters)
+    model = LoadedModel(run.config, run.params, run.tokenizer, run.step, run.trained_context)
+    model.generator.beyond_context = beyond_context
+    model.quantization, model.lora = run.quantization, run.lora
+    return model

@@ -153,7 +153,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _merge_lora(args: argparse.Namespace) -> int:
-    from quark_jax.models.lora import save_merged
+    from quark_jax.runs import save_merged_lora as save_merged
 
     try:
         out = save_merged(args.model_dir, args.out_dir, step=args.step)
@@ -166,7 +166,7 @@ def _merge_lora(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from quark_jax.inference.quantize import save_quantized
+    from quark_jax.runs import save_quantized
 
     try:
         out = save_quantized(args.model_dir, args.out_dir, args.mode, args.group_size, step=args.step)

@@ -15,8 +15,7 @@ import gin
 
 from quark_jax.models.config import ModelConfig
 from quark_jax.resources import search_root
-from quark_jax.training.optim import OptimizerConfig
-from quark_jax.training.trainer import CheckpointConfig, DataConfig, TrainConfig
+from quark_jax.training.config import CheckpointConfig, DataConfig, OptimizerConfig, TrainConfig
 
 
 class GinConfigError(ValueError):

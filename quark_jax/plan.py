@@ -26,7 +26,7 @@ from flax import nnx
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.moe import expert_capacity
-from quark_jax.models.transformer import Transformer, abstract_model
+from quark_jax.models.transformer import abstract_model
 
 REMAT_POLICIES = ("none", "save_dots", "full")
 

@@ -11,7 +11,7 @@ from flax import nnx
 from conftest import REPO, RUN_CONFIG, run_quark
 from quark_jax import gin_utils
 from quark_jax.models.config import ModelConfig
-from quark_jax.models.transformer import Transformer, abstract_model
+from quark_jax.models.transformer import abstract_model
 
 MODEL_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "models", "*.gin")))
 MESH_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "mesh", "*.gin")))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
 
-from quark_jax.training.steps import make_eval_step
+from quark_jax.training.losses import evaluate_lm, make_eval_step
 
 
 def perplexity(
@@ -35,20 +34,11 @@ def perplexity(
         from tqdm.auto import tqdm
 
         progress = tqdm(desc=f"eval {mixture_or_task_name}/{split}", unit="batch", total=max_batches or None)
-    nll = correct = weight = 0.0
-    count = 0
-    for batch in batches:
-        sums = jax.device_get(eval_step(model.params, batch))
-        nll, correct, weight = nll + float(sums["nll_sum"]), correct + float(sums["correct_sum"]), weight + float(sums["weight_sum"])
-        count += 1
+    try:
+        result = evaluate_lm(eval_step, model.params, batches, max_batches, progress)
+    finally:
         if progress is not None:
-            progress.update(1)
-        if max_batches and count >= max_batches:
-            break
-    if progress is not None:
-        progress.close()
-    if weight == 0:
+            progress.close()
+    if result["tokens"] == 0:
         raise ValueError(f"{mixture_or_task_name!r} split {split!r} produced no tokens to evaluate")
-    loss = nll / weight
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / weight,
-            "tokens": weight, "batches": count}
+    return result

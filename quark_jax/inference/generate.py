@@ -99,9 +99,15 @@ class Generator:
     def __init__(
         self, graphdef: nnx.GraphDef, params: Any, vocabulary: Any = None, *, eos_id: int | None = None,
         pad_id: int = 0, mesh: jax.sharding.Mesh | None = None, compilation_cache: bool = True,
-        min_batch_bucket: int = 1, min_prompt_bucket: int = 16,
+        min_batch_bucket: int = 1, min_prompt_bucket: int = 16, max_context: int | None = None,
+        beyond_context: str = "error",
     ):
+        if beyond_context not in ("error", "warn"):
+            raise ValueError(f"beyond_context={beyond_context!r} must be 'error' or 'warn'")
         self.graphdef = graphdef
+        # The trained context (tokens per training sequence): a request longer than it is refused (or warned
+        # about), rather than silently compiling a huge bucket for a model that never saw such positions.
+        self.max_context, self.beyond_context = max_context, beyond_context
         self.params = params
         self.vocabulary = vocabulary
         if eos_id is None:
@@ -115,6 +121,16 @@ class Generator:
         self.trace_count = [0]  # incremented whenever a generate function is traced (= compiled)
         if compilation_cache:
             enable_compilation_cache()
+
+    def check_context(self, length: int, what: str) -> None:
+        """Refuses (or warns about) a request of ``length`` tokens beyond the trained context."""
+        if self.max_context is None or length <= self.max_context:
+            return
+        message = (f"{what} is {length} tokens, beyond the {self.max_context}-token context the model was trained "
+                   "on; shorten the prompt or max_new_tokens (beyond_context='warn' allows it)")
+        if self.beyond_context == "error":
+            raise ValueError(message)
+        log.warning(message)
 
     # ---- compiled functions ----------------------------------------------------------------------
     def _function(self, key: tuple, build):
@@ -153,6 +169,9 @@ class Generator:
         if not requests:
             raise ValueError("no requests")
         batch = len(requests)
+        prefix_length = 0 if prefix is None else int(prefix.length)
+        self.check_context(prefix_length + max(len(r.prompt) + r.max_new_tokens for r in requests),
+                           "prompt + max_new_tokens" if prefix is None else "prefix + prompt + max_new_tokens")
         batch_bucket = _pow2(batch, self.min_batch_bucket)
         prompt_bucket = _pow2(max(len(r.prompt) for r in requests), self.min_prompt_bucket)
         new_bucket = _pow2(max(r.max_new_tokens for r in requests))
@@ -291,6 +310,7 @@ class Generator:
         """The best beam per prompt: (new token ids without EOS, length-normalised log-probability)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt must have at least one token")
+        self.check_context(max(len(p) for p in prompts) + max_new_tokens, "prompt + max_new_tokens")
         spec = BeamSpec(num_beams, max_new_tokens, self.eos_id, length_penalty, self.pad_id)
         batch_bucket = _pow2(len(prompts), self.min_batch_bucket)
         prompt_bucket = _pow2(max(len(p) for p in prompts), self.min_prompt_bucket)
@@ -318,6 +338,7 @@ class Generator:
         if any(len(p) == 0 for p in prompts) or any(len(c) == 0 for c in continuations):
             raise ValueError("prompts and continuations must each have at least one token")
         full = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+        self.check_context(max(len(f) for f in full), "prompt + continuation")
         batch_bucket = _pow2(len(full), self.min_batch_bucket)
         length_bucket = _pow2(max(len(f) for f in full), self.min_prompt_bucket)
         tokens = np.full((batch_bucket, length_bucket), self.pad_id, np.int32)

@@ -19,9 +19,6 @@ values packed per byte (an int4 weight whose last axis is odd keeps one value pe
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -29,24 +26,9 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jaxtyping import Array, Float
 
-QUANTIZATION_FILE = "quantization.json"
-PARAMS_DIR = "quantized_params"
+from quark_jax.models.layers import CONTRACTION_AXES
+
 MODES = ("int8", "int4")
-
-# Contraction axes (negative: they survive slicing off the leading ``layers`` axis) of each matmul weight,
-# by parameter name. The embedding is both gathered by row and contracted over D in the tied output
-# projection, so its "channel" is the vocabulary row. MoE expert weights (models/moe.py) use the same
-# names with a leading expert axis and need no new entries (the router stays float32: routing decisions
-# are discrete and cheap to keep exact).
-CONTRACTION_AXES: dict[str, tuple[int, ...]] = {
-    "wq": (-3,), "wk": (-3,), "wv": (-3,),  # [L D N H] : D
-    "wo": (-3, -2),  # [L N H D] : N H
-    "w_gate": (-2,), "w_up": (-2,),  # [L D F] : D
-    "w_down": (-2,),  # [L F D] : F
-    "embedding": (-1,),  # [V D] : D
-    "lm_head": (-2,),  # [D V] : D
-}
-
 
 @struct.dataclass
 class QArray:
@@ -160,64 +142,4 @@ def param_bytes(params: Any) -> int:
     return sum(x.nbytes for x in leaves)
 
 
-# ---- quantized checkpoints ---------------------------------------------------------------------------
-def save_quantized(model_dir: str, out_dir: str, mode: str, group_size: int = 32, step: int | None = None) -> str:
-    """Quantizes the checkpoint of a ``quark train`` run and writes a directory that ``qj.load`` reads.
-
-    ``out_dir`` gets ``model_config.json``, the tokenizer (when the run has one), ``quantization.json``
-    and the quantized parameters as an orbax checkpoint in ``quantized_params/``.
-    """
-    from quark_jax.api import load
-
-    model = load(model_dir, step=step)
-    return write_quantized(out_dir, model.config, quantize_params(model.params, mode, group_size), mode,
-                           group_size, step=model.step, tokenizer_dir=model_dir)
-
-
-def write_quantized(out_dir: str, config, qparams: Mapping, mode: str, group_size: int, step: int = 0,
-                    tokenizer_dir: str | None = None) -> str:
-    """Writes already-quantized ``qparams`` of a model with ``config`` to ``out_dir`` (see :func:`save_quantized`)."""
-    import shutil
-
-    import orbax.checkpoint as ocp
-
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "model_config.json"), "w") as f:
-        f.write(config.to_json())
-    if tokenizer_dir and os.path.exists(os.path.join(tokenizer_dir, "tokenizer.model")):
-        shutil.copy(os.path.join(tokenizer_dir, "tokenizer.model"), os.path.join(out_dir, "tokenizer.model"))
-    with open(os.path.join(out_dir, QUANTIZATION_FILE), "w") as f:
-        json.dump({"mode": mode, "group_size": group_size, "step": step}, f)
-    path = os.path.join(out_dir, PARAMS_DIR)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, qparams)
-    return out_dir
-
-
-def is_quantized_dir(model_dir: str) -> bool:
-    return os.path.exists(os.path.join(model_dir, QUANTIZATION_FILE))
-
-
-def read_quantized(model_dir: str, config) -> tuple[dict, dict]:
-    """(quantized params, quantization.json contents) of a directory written by :func:`save_quantized`."""
-    import orbax.checkpoint as ocp
-
-    from quark_jax.models.transformer import abstract_model
-
-    with open(os.path.join(model_dir, QUANTIZATION_FILE)) as f:
-        info = json.load(f)
-    abstract = nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract)
-    target = jax.eval_shape(lambda p: quantize_params(p, info["mode"], info["group_size"]), abstract)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), target)
-    with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(os.path.abspath(os.path.join(model_dir, PARAMS_DIR)), target)
-    return params, info
-
-
-__all__ = ["QArray", "quantize_array", "quantize_params", "dequantize_params", "param_bytes", "save_quantized",
-           "write_quantized", "read_quantized", "is_quantized_dir"]
+__all__ = ["QArray", "quantize_array", "quantize_params", "dequantize_params", "param_bytes"]

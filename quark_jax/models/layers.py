@@ -169,3 +169,18 @@ class MLP(nnx.Module):
         hidden = sh.constrain(jax.nn.silu(gate) * up, (sh.BATCH, sh.LENGTH, sh.ACT_MLP))
         y = project("BTF,FD->BTD", hidden, self.w_down, dtype)
         return sh.constrain(y, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))
+
+
+# Contraction axes (negative: they survive slicing off the leading ``layers`` axis) of each matmul weight,
+# by parameter name. The embedding is both gathered by row and contracted over D in the tied output
+# projection, so its "channel" is the vocabulary row. MoE expert weights (models/moe.py) use the same
+# names with a leading expert axis and need no new entries (the router stays float32: routing decisions
+# are discrete and cheap to keep exact). Read by weight-only quantization and by LoRA (which axes are inputs).
+CONTRACTION_AXES: dict[str, tuple[int, ...]] = {
+    "wq": (-3,), "wk": (-3,), "wv": (-3,),  # [L D N H] : D
+    "wo": (-3, -2),  # [L N H D] : N H
+    "w_gate": (-2,), "w_up": (-2,),  # [L D F] : D
+    "w_down": (-2,),  # [L F D] : F
+    "embedding": (-1,),  # [V D] : D
+    "lm_head": (-2,),  # [D V] : D
+}

@@ -7,14 +7,15 @@ so that the adapted weight is
     W' = W + (alpha / rank) · A·B        e.g. wq [L D N H]:  A [L D r],  B [L r N H],  ΔW = einsum("LDr,LrNH->LDNH")
 
 Which axes are inputs is known by parameter name (the same table as weight-only quantization,
-:data:`quark_jax.inference.quantize.CONTRACTION_AXES`): axes before the contraction axes (``layers``, and
+:data:`quark_jax.models.layers.CONTRACTION_AXES`): axes before the contraction axes (``layers``, and
 ``experts`` for MoE weights) are carried by both factors, axes after them are outputs. ``A`` starts
 N(0, 1/fan_in) and ``B`` at zero, so an adapted model starts exactly at its base.
 
 Two ways to use adapters, which give the same logits (``tests/training/test_lora.py``):
 
 * :func:`merge` folds ``scale·A·B`` into the base weights: a plain parameter tree, no run-time cost
-  (``qj.load`` of a LoRA run directory does this; :func:`save_merged` writes it as a normal run directory);
+  (``qj.load`` of a LoRA run directory does this; :func:`quark_jax.runs.save_merged_lora` writes it as a
+  normal run directory);
 * :func:`apply` leaves the base untouched and puts a :class:`LoRAArray` (base weight + its factors) where
   each targeted weight was. The dense layers project through ``layers.project``, which calls
   :meth:`LoRAArray.project`: ``x·W + scale·(x·A)·B``, never forming ``A·B``; any other reader of the weight
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Float
 
-from quark_jax.inference.quantize import CONTRACTION_AXES
+from quark_jax.models.layers import CONTRACTION_AXES
 
 # Dotted parameter paths matched with re.fullmatch: every attention and MLP projection, dense or MoE.
 DEFAULT_TARGETS: tuple[str, ...] = (r".*attn\.w[qkvo]", r".*(mlp|moe)\.w_(gate|up|down)")
@@ -287,78 +287,3 @@ def apply(params: Any, adapters: Mapping, config: LoRAConfig) -> Any:
 def adapter_bytes(adapters: Any) -> int:
     """Bytes held by an adapter (or any) tree of arrays."""
     return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(adapters))
-
-
-# ---- LoRA run directories ---------------------------------------------------------------------------------
-def read_lora_run(run_dir: str) -> tuple[LoRAConfig, str]:
-    """``(config, base run directory)`` recorded in a LoRA run's ``objective.json``."""
-    from quark_jax.training.objectives.base import read_objective_info
-
-    info = read_objective_info(run_dir)
-    if info.get("kind") != "lora":
-        raise ValueError(f"{run_dir!r} is not a LoRA run (objective.json kind {info.get('kind')!r})")
-    base_dir = info["base_dir"]
-    if not os.path.isabs(base_dir):
-        base_dir = os.path.join(run_dir, base_dir)
-    return LoRAConfig.from_dict(info), base_dir
-
-
-def load_adapters(run_dir: str, base_params: Any, config: LoRAConfig, step: int | None = None) -> tuple[dict, int]:
-    """``(adapters, step)`` of a LoRA run's newest (or given) checkpoint, on ``base_params``' devices."""
-    from quark_jax.training.checkpoint import Checkpointer
-
-    abstract = jax.eval_shape(lambda p: init_adapters(p, config, jax.random.key(0)), base_params)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-    checkpointer = Checkpointer(run_dir, async_save=False)
-    try:
-        restored_step, adapters, _ = checkpointer.restore_params(abstract, step)
-    finally:
-        checkpointer.close()
-    return adapters, restored_step
-
-
-def load_lora_model(run_dir: str, step: int | None = None, merge_adapters: bool = True):
-    """A :class:`quark_jax.api.LoadedModel` of a LoRA run: its base run plus the adapters, merged into the
-    weights (default) or applied at run time (:class:`LoRAArray` values; ``.lora`` holds the adapters)."""
-    from quark_jax.api import LoadedModel, load
-
-    config, base_dir = read_lora_run(run_dir)
-    base = load(base_dir)
-    with open(os.path.join(run_dir, "model_config.json")) as f:
-        run_config = f.read()
-    if run_config != base.config.to_json():
-        raise ValueError(f"LoRA run {run_dir!r} was trained for another model config than its base {base_dir!r}")
-    adapters, restored_step = load_adapters(run_dir, base.params, config, step)
-    params = merge(base.params, adapters, config) if merge_adapters else apply(base.params, adapters, config)
-    model = LoadedModel(base.config, params, base.tokenizer, restored_step)
-    model.lora = {"config": config, "adapters": adapters, "base_dir": base_dir, "merged": merge_adapters}
-    return model
-
-
-def save_merged(lora_run_dir: str, out_dir: str, step: int | None = None) -> str:
-    """Writes the base model with the LoRA run's adapters merged as a normal run directory (``model_config.json``,
-    ``tokenizer.model``, ``checkpoints/``) that ``qj.load``, ``INIT_FROM`` and teachers/reference models read."""
-    import json
-    import shutil
-
-    from quark_jax.training.checkpoint import Checkpointer
-
-    model = load_lora_model(lora_run_dir, step, merge_adapters=True)
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "model_config.json"), "w") as f:
-        f.write(model.config.to_json())
-    tokenizer = os.path.join(lora_run_dir, "tokenizer.model")
-    if os.path.exists(tokenizer):
-        shutil.copyfile(tokenizer, os.path.join(out_dir, "tokenizer.model"))
-    with open(os.path.join(out_dir, "merged_from.json"), "w") as f:
-        json.dump({"lora_run": os.path.abspath(lora_run_dir), "step": model.step, **model.lora["config"].to_dict(),
-                   "base_dir": model.lora["base_dir"]}, f, indent=2)
-    checkpointer = Checkpointer(out_dir, async_save=False)
-    try:
-        checkpointer.save(model.step, model.params, {"empty": jnp.zeros(())},
-                          {"step": model.step, "data_position": 0, "merged_lora": True}, force=True)
-    finally:
-        checkpointer.close()
-    return out_dir

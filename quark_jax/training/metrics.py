@@ -83,8 +83,19 @@ def read_metrics(model_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def ema(values, span: int = 20) -> list[float]:
+    """Exponential moving average with the weight of a ``span``-point window, bias-corrected at the start."""
+    alpha, average, weight, out = 2.0 / (span + 1), 0.0, 0.0, []
+    for v in values:
+        average = (1 - alpha) * average + alpha * v
+        weight = (1 - alpha) * weight + alpha
+        out.append(average / weight)
+    return out
+
+
 def plot_loss_curve(model_dir: str, filename: str = "loss_curve.png") -> str | None:
-    """Draws training loss (and validation loss where logged) against step into ``model_dir/filename``."""
+    """Draws the training loss -- each logged batch faintly, and an exponential moving average over them --
+    and the validation loss (from step 0 where it was measured) against step into ``model_dir/filename``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -96,7 +107,9 @@ def plot_loss_curve(model_dir: str, filename: str = "loss_curve.png") -> str | N
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(*zip(*train), label="train loss")
+    steps, losses = zip(*train)
+    ax.plot(steps, losses, color="tab:blue", alpha=0.25, linewidth=0.8, label="train loss (per batch)")
+    ax.plot(steps, ema(losses), color="tab:blue", label="train loss (moving average)")
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss")
     ax.set_xlabel("step")

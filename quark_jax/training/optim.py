@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import optax
 from flax import nnx
 
 from quark_jax import sharding as sh
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    """Optimizer and schedule hyper-parameters (bound in gin)."""
-
-    learning_rate: float = 3e-3
-    warmup_steps: int = 50
-    decay_steps: int | None = None  # None: decay over the whole run
-    end_learning_rate_ratio: float = 0.1
-    weight_decay: float = 0.1
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    clip_norm: float | None = 1.0
-    grad_accum_steps: int = 1
-
-    def __post_init__(self):
-        if self.grad_accum_steps < 1:
-            raise ValueError(f"OptimizerConfig.grad_accum_steps={self.grad_accum_steps} must be >= 1")
-        if self.learning_rate <= 0:
-            raise ValueError(f"OptimizerConfig.learning_rate={self.learning_rate} must be > 0")
+from quark_jax.training.config import OptimizerConfig
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:

@@ -1,6 +1,6 @@
-"""Pure train and eval steps for the language-modelling objective.
+"""Pure train steps: language modelling (with gradient accumulation) and any objective's loss.
 
-Both are plain functions of ``(state, batch)``; the trainer jits each exactly once with explicit shardings.
+Both are plain functions of their inputs; :mod:`quark_jax.training.sharded` jits them with explicit shardings.
 """
 
 from __future__ import annotations
@@ -13,42 +13,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from quark_jax.models.moe import AUX_SCALARS
-from quark_jax.training.losses import cross_entropy_sums
+from quark_jax.training.losses import lm_loss_sums
 from quark_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-
-
-def lm_loss_sums(params: Any, graphdef: nnx.GraphDef, batch: Batch, z_loss: float) -> dict[str, jax.Array]:
-    """Runs the model on a packed seqio decoder batch and returns the summed losses."""
-    model = nnx.merge(graphdef, params)
-    logits, _, aux = model(
-        batch["decoder_input_tokens"], batch["decoder_positions"], batch["decoder_segment_ids"], return_aux=True
-    )
-    sums = cross_entropy_sums(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"], z_loss)
-    return {**sums, **moe_aux_sums(aux, model.config, sums["weight_sum"])}
-
-
-def moe_aux_sums(aux: dict[str, jax.Array], config: Any, weight_sum: jax.Array) -> dict[str, jax.Array]:
-    """MoE auxiliary values as token-weighted sums (like the losses), so that micro-batches and the final
-    division by the batch's total weight average them exactly as the cross-entropy.
-
-    ``moe_loss_sum`` is the weighted objective term; the ``moe/*`` entries are logged as metrics (the
-    per-expert load as ``moe/expert_load_<e>``).
-    """
-    if not aux:
-        return {}
-    sums = {
-        "moe_loss_sum": weight_sum * (config.load_balance_loss_weight * aux["load_balance_loss"]
-                                      + config.router_z_loss_weight * aux["router_z_loss"]),
-    }
-    for name in AUX_SCALARS:
-        sums[f"moe/{name}"] = weight_sum * aux[name]
-    for e in range(aux["expert_load"].shape[0]):
-        sums[f"moe/expert_load_{e}"] = weight_sum * aux["expert_load"][e]
-    return sums
 
 
 def lm_objective(sums: dict[str, jax.Array], denom: jax.Array) -> jax.Array:
@@ -148,16 +117,6 @@ def make_train_step(
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
-
-
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable[[Any, Batch], Metrics]:
-    """Builds ``eval_step(params, batch) -> sums`` (nll, correct, weight); the host accumulates them."""
-
-    def eval_step(params: Any, batch: Batch) -> Metrics:
-        sums = lm_loss_sums(params, graphdef, batch, 0.0)
-        return {k: sums[k] for k in ("nll_sum", "correct_sum", "weight_sum")}
-
-    return eval_step
 
 
 def make_objective_train_step(

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from quark_jax.inference import hf  # noqa: E402
-from quark_jax.models.transformer import Transformer, abstract_model  # noqa: E402
+from quark_jax.models.transformer import abstract_model  # noqa: E402
 
 TOLERANCE = 1e-4
 

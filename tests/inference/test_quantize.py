@@ -10,13 +10,13 @@ import pytest
 
 from inference_helpers import EOS, tiny_model
 from quark_jax.inference.generate import Generator, Request
+from quark_jax.runs import save_quantized
 from quark_jax.inference.quantize import (
     QArray,
     dequantize_params,
     param_bytes,
     quantize_array,
     quantize_params,
-    save_quantized,
 )
 
 

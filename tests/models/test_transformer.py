@@ -10,7 +10,7 @@ from flax import nnx
 
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
-from quark_jax.models.transformer import KVCache, Transformer, init_model, abstract_model
+from quark_jax.models.transformer import KVCache, abstract_model, init_model
 
 SMALL = ModelConfig(vocab_size=97, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
                     tie_embeddings=False)

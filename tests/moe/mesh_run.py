@@ -14,8 +14,8 @@ import numpy as np
 
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
-from quark_jax.training.compiled import make_sharded_training, synthetic_batch
-from quark_jax.training.optim import OptimizerConfig
+from quark_jax.training.sharded import make_sharded_training, synthetic_batch
+from quark_jax.training.config import OptimizerConfig
 
 # moe_tiny's layout (every 2nd layer 8 experts top-2), narrower so that ten compilations stay quick.
 CONFIG = ModelConfig(vocab_size=512, d_model=64, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=16,

@@ -14,8 +14,8 @@ from quark_jax.models.config import ModelConfig
 from quark_jax.models.layers import MLP
 from quark_jax.models.moe import MoE, expert_capacity
 from quark_jax.models.transformer import KVCache, Transformer, abstract_model
-from quark_jax.training.compiled import make_sharded_training, synthetic_batch
-from quark_jax.training.optim import OptimizerConfig
+from quark_jax.training.sharded import make_sharded_training, synthetic_batch
+from quark_jax.training.config import OptimizerConfig
 
 SMALL = ModelConfig(vocab_size=256, d_model=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=48,
                     num_experts=4, experts_per_token=2, moe_every=1)

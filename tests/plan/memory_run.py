@@ -9,7 +9,7 @@ import jax
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
 from quark_jax.plan import plan
-from quark_jax.training.compiled import make_sharded_training
+from quark_jax.training.sharded import make_sharded_training
 
 TINY = ModelConfig(vocab_size=4096, d_model=256, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=64, mlp_dim=704)
 MOE = dataclasses.replace(TINY, num_experts=8, moe_every=2, expert_mlp_dim=352)

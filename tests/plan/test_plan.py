@@ -13,7 +13,7 @@ from flax import nnx
 
 from conftest import REPO
 from quark_jax import cli, gin_utils
-from quark_jax.models.transformer import Transformer, abstract_model
+from quark_jax.models.transformer import abstract_model
 from quark_jax.plan import plan
 
 HELPER = os.path.join(os.path.dirname(__file__), "memory_run.py")

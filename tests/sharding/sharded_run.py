@@ -20,8 +20,9 @@ def main(model_dir: str, mesh_shape: str) -> None:
         "quark_jax.TrainConfig.eval_batches": 0, "quark_jax.TrainConfig.sample_prompts": "()",
         "quark_jax.CheckpointConfig.async_save": False,
     })
-    summary = qj.Trainer.from_gin(RUN_CONFIG, overrides).run()
-    params = jax.tree.leaves(summary["params"])
+    trainer = qj.Trainer.from_gin(RUN_CONFIG, overrides)
+    trainer.run()
+    params = jax.tree.leaves(trainer.params)
     total = sum(x.nbytes for x in params)
     per_device = {}
     for x in params:

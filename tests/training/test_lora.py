@@ -15,6 +15,7 @@ from flax import nnx
 import quark_jax as qj
 from conftest import REPO, read_metrics, run_quark, tiny_overrides, train_losses
 from quark_jax.evaluation.perplexity import perplexity
+from quark_jax import runs
 from quark_jax.models import lora
 from quark_jax.training.checkpoint import Checkpointer
 
@@ -118,12 +119,12 @@ def test_merged_equals_unmerged_logits(lora_run, tmp_path):
     compiled = jax.jit(lambda p: nnx.merge(merged.graphdef, p)(tokens, positions, np.ones_like(tokens))[0])
     jitted_diff = float(np.abs(np.asarray(compiled(merged.params)) - np.asarray(compiled(unmerged.params))).max())
     diff = max(float(np.abs(a - b).max()), jitted_diff)
-    # `quark merge_lora` (lora.save_merged) writes a plain run directory that loads to the same logits.
+    # `quark merge_lora` (runs.save_merged_lora) writes a plain run directory that loads to the same logits.
     out = str(tmp_path / "merged")
     result = run_quark("merge_lora", f"--model_dir={lora_run['model_dir']}", f"--out_dir={out}")
     assert result.returncode == 0 and "written to" in result.stdout, result.stderr[-2000:]
     with pytest.raises(ValueError, match="is not a LoRA run"):
-        lora.save_merged(lora_run["base_dir"], str(tmp_path / "not_lora"))
+        runs.save_merged_lora(lora_run["base_dir"], str(tmp_path / "not_lora"))
     assert not os.path.exists(os.path.join(out, "objective.json"))
     saved_diff = float(np.abs(forward(qj.load(out)) - a).max())
     adapter_effect = float(np.abs(a - c).max())

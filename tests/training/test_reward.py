@@ -108,12 +108,12 @@ def reward_run(trained_run, tmp_path_factory):
 
 
 def test_reward_model_learns_held_out_preferences(reward_run):
-    model_dir, trainer, summary = reward_run["model_dir"], reward_run["trainer"], reward_run["summary"]
+    model_dir, trainer = reward_run["model_dir"], reward_run["trainer"]
     assert "warm-started" in reward_run["log"] and "heads.reward" in reward_run["log"]  # the head keeps its init
     evals = [r for r in read_metrics(model_dir) if "val_accuracy" in r]
     train = [r for r in read_metrics(model_dir) if "accuracy" in r]
     # The PPO entry point: a pure scorer of (params with heads) on plain token arrays.
-    params = summary["params"]
+    params = trainer.params
     batch = next(preferences.pair_batches(preferences.tokenized_pairs(
         preferences.split_path("data/preferences", "validation"), 32), 64, seed=0, shuffle=False))
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items() if k != "valid"}

@@ -9,7 +9,8 @@ from flax import nnx
 from quark_jax.data import pipeline
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.transformer import Transformer
-from quark_jax.training.optim import OptimizerConfig, make_optimizer, make_schedule, weight_decay_mask
+from quark_jax.training.config import OptimizerConfig
+from quark_jax.training.optim import make_optimizer, make_schedule, weight_decay_mask
 from quark_jax.training.state import TrainState
 from quark_jax.training.steps import make_train_step
 

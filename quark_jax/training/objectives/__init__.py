@@ -1,4 +1,4 @@
-"""Post-training objectives run by the same Trainer as pre-training (see ``base.py``).
+"""What a run trains: language modelling (the default) and the post-training objectives (see ``base.py``).
 
 Each is a gin-configurable dataclass bound to ``TrainConfig.objective`` by a ``configs/runs/*.gin`` file.
 """
@@ -9,7 +9,8 @@ from quark_jax.training.objectives.ppo import PPO
 from quark_jax.training.objectives.dpo import DPO
 from quark_jax.training.objectives.reward import RewardModel
 from quark_jax.training.objectives.lora import LoRA
+from quark_jax.training.objectives.lm import LanguageModel
 
-ALL = (Distill, LoRA, RewardModel, DPO, PPO)
+ALL = (LanguageModel, Distill, LoRA, RewardModel, DPO, PPO)
 
-__all__ = ["ALL", "Distill", "PPO", "Objective", "RunContext", "DPO", "RewardModel"]
+__all__ = ["ALL", "LanguageModel", "LoRA", "Distill", "PPO", "Objective", "RunContext", "DPO", "RewardModel"]

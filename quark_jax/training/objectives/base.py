@@ -1,9 +1,11 @@
 """What a post-training objective is: its data, its trainable and frozen parameters, its loss.
 
-Pre-training (``TrainConfig.objective = None``) runs the language-modelling step of ``steps.py``. Every other
-run binds an :class:`Objective` in gin (``configs/runs/{distill,reward,dpo,ppo}.gin``, LoRA as a switch on
-finetune/sft) and the same :class:`~quark_jax.training.trainer.Trainer` runs it: same mesh and sharding
-rules, same optimizer, orbax checkpoints, metrics, progress bar, SIGTERM handling and exact resume.
+Every run trains an :class:`Objective`: language modelling (``lm.py``: pre-training, fine-tuning, SFT; what
+``TrainConfig.objective = None`` means) or a post-training objective bound in gin
+(``configs/runs/{distill,reward,dpo,ppo}.gin``, LoRA as a switch on finetune/sft). The one
+:class:`~quark_jax.training.trainer.Trainer` runs them all through :func:`quark_jax.training.sharded.build`:
+same mesh and sharding rules, optimizer, orbax checkpoints, metrics, progress bar, SIGTERM handling and exact
+resume.
 
 An objective sees the run through a :class:`RunContext` (the model, the mesh, the vocabulary and a loader for
 other runs' parameters) and supplies:
@@ -23,8 +25,6 @@ The step is jitted once with explicit shardings for all three inputs; state is d
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -33,12 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from quark_jax import runs
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
-from quark_jax.models.transformer import Transformer, abstract_model
 
 Batch = dict[str, jax.Array]
-OBJECTIVE_FILE = "objective.json"  # beside model_config.json: what `qj.load` needs to rebuild the model
 
 
 @dataclasses.dataclass
@@ -57,59 +56,10 @@ class RunContext:
         return self.config.model
 
     def load_run(self, run_dir: str, what: str, with_heads: bool = False) -> tuple[ModelConfig, nnx.GraphDef, Any, Any]:
-        """``(config, graphdef, params, shardings)`` of another run's newest checkpoint, sharded on this mesh
-        with the same logical rules. ``what`` names the role (``"teacher"``...) in errors. With
-        ``with_heads`` the run's extra heads (e.g. a reward head) come along under ``params["heads"]``."""
-        from quark_jax.training.checkpoint import Checkpointer
-
-        run_dir = resolve_run_dir(run_dir, what)
-        with open(os.path.join(run_dir, "model_config.json")) as f:
-            config = ModelConfig.from_json(f.read())
-        if read_objective_info(run_dir).get("kind") == "lora":
-            raise ValueError(f"the {what} {run_dir} holds LoRA adapters only; merge them into a full run first "
-                             "(`quark merge_lora`, i.e. quark_jax.models.lora.save_merged) and point at the merged directory")
-        graphdef, params_abstract, shardings = model_abstract(config, self.mesh)
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params_abstract, shardings)
-        checkpointer = Checkpointer(run_dir, async_save=False)
-        try:
-            _, params, heads = checkpointer.restore_model_params(abstract, sh.replicated(self.mesh))
-        finally:
-            checkpointer.close()
-        if with_heads:
-            if heads is None:
-                raise ValueError(f"the {what} {run_dir} has no heads (is it a reward-model run?)")
-            params["heads"] = heads
-            shardings = {**shardings, "heads": jax.tree.map(lambda _: sh.replicated(self.mesh), heads)}
-        return config, graphdef, params, shardings
-
-
-def read_objective_info(run_dir: str) -> dict:
-    """The ``objective.json`` of a run directory (``{}`` for a pre-training run)."""
-    path = os.path.join(run_dir, OBJECTIVE_FILE)
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def resolve_run_dir(run_dir: str | None, what: str) -> str:
-    """A run directory (also accepts its ``checkpoints/``), checked to hold a model and checkpoints."""
-    if not run_dir:
-        raise ValueError(f"no {what} run directory is set")
-    run_dir = run_dir.rstrip("/")
-    if os.path.basename(run_dir) == "checkpoints":
-        run_dir = os.path.dirname(run_dir)
-    for needed in ("model_config.json", "checkpoints"):
-        if not os.path.exists(os.path.join(run_dir, needed)):
-            raise FileNotFoundError(f"{what} {run_dir!r}: no {needed} there (is it a directory written by `quark train`?)")
-    return run_dir
-
-
-def model_abstract(config: ModelConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, Any, Any]:
-    """``(graphdef, abstract params, param shardings)`` of a model config on a mesh (nothing allocated)."""
-    abstract_model = abstract_model(config)
-    graphdef, state = nnx.split(abstract_model)
-    return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(sh.state_shardings(state, mesh))
+        """``(config, graphdef, params, shardings)`` of another run's newest checkpoint, sharded on this run's
+        mesh with the same logical rules (:func:`quark_jax.runs.load_sharded`); ``what`` names the role
+        (``"teacher"`` ...) in errors."""
+        return runs.load_sharded(run_dir, self.mesh, what, with_heads)
 
 
 def split_heads(params: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -187,8 +137,13 @@ class Objective:
 
     # ---- data and loss ---------------------------------------------------------------------------
     def make_train_step(self, tx, schedule, skip_nonfinite: bool):
-        """``train_step(state, frozen, batch) -> (state, metrics)``; PPO overrides it (several updates)."""
+        """``train_step(state, frozen, batch) -> (state, metrics)``; language modelling (gradient accumulation)
+        and PPO (several updates) override it."""
         from quark_jax.training.steps import make_objective_train_step
+
+        if self.run.config.optimizer.grad_accum_steps != 1:
+            raise ValueError(f"OptimizerConfig.grad_accum_steps > 1 is supported by language modelling only, not "
+                             f"by {type(self).__name__}; lower BATCH_SIZE instead")
 
         return make_objective_train_step(self, tx, schedule, skip_nonfinite=skip_nonfinite)
 
@@ -224,9 +179,7 @@ def lm_batches(run: RunContext, split: str, start_batch: int, shuffle: bool, rep
 
 def lm_validation(run: RunContext, model_params: Any) -> dict[str, float]:
     """Validation loss / perplexity / accuracy of plain model parameters on the run's data (``eval_batches``)."""
-    import math
-
-    from quark_jax.training.steps import make_eval_step
+    from quark_jax.training.losses import evaluate_lm, make_eval_step
 
     cfg = run.config
     if cfg.eval_batches <= 0:
@@ -234,15 +187,7 @@ def lm_validation(run: RunContext, model_params: Any) -> dict[str, float]:
     sharding = sh.batch_sharding(run.mesh)
     if not hasattr(run, "_lm_eval_step"):  # compiled once per run
         run._lm_eval_step = jax.jit(make_eval_step(run.graphdef), out_shardings=sh.replicated(run.mesh))
-    step = run._lm_eval_step
-    totals = {"nll_sum": 0.0, "correct_sum": 0.0, "weight_sum": 0.0}
-    batches = lm_batches(run, cfg.data.eval_split, 0, shuffle=False)
-    for _, batch in zip(range(cfg.eval_batches), batches):
-        device_batch = {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-        sums = jax.device_get(step(model_params, device_batch))
-        for k in totals:
-            totals[k] += float(sums[k])
-    weight = max(totals["weight_sum"], 1.0)
-    val_loss = totals["nll_sum"] / weight
-    return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)),
-            "val_accuracy": totals["correct_sum"] / weight}
+    batches = ({k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+               for batch in lm_batches(run, cfg.data.eval_split, 0, shuffle=False))
+    result = evaluate_lm(run._lm_eval_step, model_params, batches, cfg.eval_batches)
+    return {"val_loss": result["loss"], "val_perplexity": result["perplexity"], "val_accuracy": result["accuracy"]}

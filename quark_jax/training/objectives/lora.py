@@ -16,10 +16,11 @@ import os
 from typing import Any, ClassVar
 
 import jax
-import jax.numpy as jnp
 
 from quark_jax.models import lora
-from quark_jax.training.objectives.base import Objective, RunContext, lm_batches, lm_validation, resolve_run_dir
+from quark_jax import runs
+from quark_jax.training.objectives.base import Objective, RunContext, lm_batches, lm_validation
+from quark_jax.training.objectives.lm import lm_loss
 
 
 @dataclasses.dataclass
@@ -41,7 +42,7 @@ class LoRA(Objective):
         base = self.base_dir or run.config.init_from
         if not base:
             raise ValueError("LoRA needs a base run: set INIT_FROM (TrainConfig.init_from) or LoRA.base_dir")
-        self.resolved_base_dir = os.path.abspath(resolve_run_dir(base, "LoRA base"))
+        self.resolved_base_dir = os.path.abspath(runs.resolve(base, "LoRA base"))
         config, _, params, shardings = run.load_run(self.resolved_base_dir, "LoRA base")
         ours, theirs = dataclasses.asdict(run.model_config), dataclasses.asdict(config)
         changed = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
@@ -83,12 +84,7 @@ class LoRA(Objective):
         return lm_batches(self.run, split, start_batch, shuffle, repeat)
 
     def loss(self, params, frozen, batch):
-        from quark_jax.training.steps import lm_loss_sums, lm_metrics, lm_objective
-
-        sums = lm_loss_sums(lora.apply(frozen["base"], params, self.lora), self.run.graphdef, batch,
-                            self.run.config.z_loss)
-        denom = jnp.maximum(sums["weight_sum"], 1.0)
-        return lm_objective(sums, denom), lm_metrics(sums, denom)
+        return lm_loss(self.run, lora.apply(frozen["base"], params, self.lora), batch)
 
     def evaluate(self, params, frozen):
         return lm_validation(self.run, lora.apply(frozen["base"], params, self.lora))

@@ -360,11 +360,11 @@ class PPO(Objective):
         """The reward model's scalar for each (prompt + completion) sequence, by
         :func:`quark_jax.training.objectives.reward.reward_scores` on its input convention: BOS = 0 first,
         then the sequence, closed by EOS (appended to completions cut by the length limit)."""
-        from quark_jax.training.objectives.base import resolve_run_dir
+        from quark_jax import runs
         from quark_jax.training.objectives.reward import reward_pooling, reward_scores
 
         _, graphdef = self._reward_model
-        pooling = reward_pooling(resolve_run_dir(self.reward_model_dir, "reward model"))  # as it was trained
+        pooling = reward_pooling(runs.resolve(self.reward_model_dir, "reward model"))  # as it was trained
         eos = self.run.vocabulary.eos_id
         n, L = tokens.shape
         inputs = np.zeros((n, L + 2), np.int32)

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from quark_jax.training.objectives.base import read_objective_info, split_heads
+from quark_jax import runs
+from quark_jax.training.objectives.base import split_heads
 from quark_jax.training.objectives.pairs import PairwiseObjective, flatten_pairs, forward, last_hidden
 
 HEAD = "reward"
@@ -53,7 +54,7 @@ def reward_scores(graphdef: nnx.GraphDef, params: Any, tokens: Int[Array, "B T"]
 
 def reward_pooling(run_dir: str) -> str:
     """The pooling a reward-model run was trained with (from its ``objective.json``)."""
-    info = read_objective_info(run_dir)
+    info = runs.read_objective_info(run_dir)
     if info.get("kind") != RewardModel.kind:
         raise ValueError(f"{run_dir} is not a reward-model run (objective.json kind: {info.get('kind')!r})")
     return info.get("pooling", "last")

@@ -1,0 +1,315 @@
+"""The run-directory format, in one place: what ``quark train`` writes and everything else reads.
+
+A run directory holds::
+
+    model_config.json        the ModelConfig (every run kind)
+    tokenizer.model          the SentencePiece model the run was trained with
+    run.json                 facts about the run a reader needs: the trained context length
+    objective.json           what was trained: {"kind": "lm" | "distill" | "reward" | "dpo" | "ppo" | "lora", ...}
+    config.gin               the operative gin bindings
+    checkpoints/<step>/      orbax: params, opt_state, meta (training.checkpoint.Checkpointer)
+    quantization.json + quantized_params/     a quantized model (written by :func:`save_quantized`)
+    merged_from.json         a LoRA run merged into its base (written by :func:`save_merged_lora`)
+
+:func:`load` reads any of them -- a training run, a quantized directory, a LoRA run (base + adapters) -- as a
+:class:`LoadedRun`; ``qj.load`` wraps it with the generate functions. Training objectives read frozen models
+(teachers, references, reward models) with :func:`load_sharded`. The math of quantization and adapters lives
+in :mod:`quark_jax.inference.quantize` and :mod:`quark_jax.models.lora` as pure tree transforms; this module
+only reads and writes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from quark_jax import sharding as sh
+from quark_jax.inference import quantize
+from quark_jax.models import lora
+from quark_jax.models.config import ModelConfig
+from quark_jax.models.transformer import abstract_model, abstract_params
+from quark_jax.training.checkpoint import Checkpointer
+
+MODEL_CONFIG_FILE = "model_config.json"
+TOKENIZER_FILE = "tokenizer.model"
+RUN_INFO_FILE = "run.json"
+OBJECTIVE_FILE = "objective.json"
+GIN_CONFIG_FILE = "config.gin"
+CHECKPOINTS_DIR = "checkpoints"
+QUANTIZATION_FILE = "quantization.json"
+QUANTIZED_PARAMS_DIR = "quantized_params"
+MERGED_FROM_FILE = "merged_from.json"
+
+
+class RunDirError(FileNotFoundError):
+    """A path is not a run directory (or lacks what the caller needs); the message names the path."""
+
+
+# ---- small files ------------------------------------------------------------------------------------------
+def _read_json(run_dir: str, name: str) -> dict:
+    path = os.path.join(run_dir, name)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_json(run_dir: str, name: str, value: dict) -> None:
+    with open(os.path.join(run_dir, name), "w") as f:
+        json.dump(value, f, indent=2)
+
+
+def resolve(run_dir: str | None, what: str = "run") -> str:
+    """A run directory (its ``checkpoints/`` is accepted too) that holds a model config and parameters
+    (checkpoints or quantized parameters); ``what`` names the role ("teacher", ...) in errors."""
+    if not run_dir:
+        raise RunDirError(f"no {what} directory is set")
+    run_dir = str(run_dir).rstrip("/")
+    if os.path.basename(run_dir) == CHECKPOINTS_DIR:
+        run_dir = os.path.dirname(run_dir)
+    if not os.path.isdir(run_dir):
+        raise RunDirError(f"{what} {run_dir!r} does not exist")
+    if not os.path.exists(os.path.join(run_dir, MODEL_CONFIG_FILE)):
+        raise RunDirError(f"{what} {run_dir!r}: no {MODEL_CONFIG_FILE} there (is it a directory written by `quark train`?)")
+    if not any(os.path.exists(os.path.join(run_dir, d)) for d in (CHECKPOINTS_DIR, QUANTIZED_PARAMS_DIR)):
+        raise RunDirError(f"{what} {run_dir!r}: no {CHECKPOINTS_DIR}/ there (has the run saved a checkpoint yet?)")
+    return run_dir
+
+
+def read_model_config(run_dir: str) -> ModelConfig:
+    with open(os.path.join(run_dir, MODEL_CONFIG_FILE)) as f:
+        return ModelConfig.from_json(f.read())
+
+
+def write_model_config(run_dir: str, config: ModelConfig) -> None:
+    """Writes ``model_config.json``; refuses a directory holding checkpoints of a different model."""
+    path = os.path.join(run_dir, MODEL_CONFIG_FILE)
+    if os.path.exists(path) and os.path.isdir(os.path.join(run_dir, CHECKPOINTS_DIR)):
+        previous = _read_json(run_dir, MODEL_CONFIG_FILE)
+        changed = {k: (previous.get(k), v) for k, v in dataclasses.asdict(config).items() if previous.get(k) != v}
+        if changed:
+            raise ValueError(
+                f"MODEL_DIR {run_dir} holds checkpoints of a different model "
+                f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in changed.items())}); "
+                "use a new MODEL_DIR, or INIT_FROM to warm-start from it"
+            )
+    with open(path, "w") as f:
+        f.write(config.to_json())
+
+
+def read_objective_info(run_dir: str) -> dict:
+    """``objective.json`` (``{}`` when absent: a language-modelling run)."""
+    return _read_json(run_dir, OBJECTIVE_FILE)
+
+
+def write_objective_info(run_dir: str, info: dict) -> None:
+    _write_json(run_dir, OBJECTIVE_FILE, info)
+
+
+def read_run_info(run_dir: str) -> dict:
+    """``run.json``: ``trained_context`` (tokens per training sequence) and other facts for readers."""
+    return _read_json(run_dir, RUN_INFO_FILE)
+
+
+def write_run_info(run_dir: str, **fields: Any) -> None:
+    _write_json(run_dir, RUN_INFO_FILE, {**read_run_info(run_dir), **fields})
+
+
+def write_gin_config(run_dir: str, text: str) -> None:
+    with open(os.path.join(run_dir, GIN_CONFIG_FILE), "w") as f:
+        f.write(text)
+
+
+def copy_tokenizer(model_file: str, run_dir: str) -> None:
+    """Puts the tokenizer beside the checkpoints, so that a run directory needs nothing else to be loaded."""
+    shutil.copyfile(model_file, os.path.join(run_dir, TOKENIZER_FILE))
+
+
+def tokenizer(run_dir: str):
+    """The run's tokenizer (seqio vocabulary); the project default for directories without one."""
+    from quark_jax.data.vocab import get_vocabulary
+
+    path = os.path.join(run_dir, TOKENIZER_FILE)
+    return get_vocabulary(path if os.path.exists(path) else None)
+
+
+def _copy_run_files(src_dir: str, out_dir: str) -> None:
+    """The tokenizer and ``run.json`` of ``src_dir``, copied to a derived directory (quantized, merged)."""
+    if os.path.exists(os.path.join(src_dir, TOKENIZER_FILE)):
+        copy_tokenizer(os.path.join(src_dir, TOKENIZER_FILE), out_dir)
+    if read_run_info(src_dir):
+        write_run_info(out_dir, **read_run_info(src_dir))
+
+
+# ---- parameters -------------------------------------------------------------------------------------------
+def _on(abstract: Any, sharding: Any) -> Any:
+    """``ShapeDtypeStruct``s of ``abstract`` placed on one sharding, or a tree of shardings."""
+    if isinstance(sharding, jax.sharding.Sharding):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sharding)
+
+
+def restore_model_params(run_dir: str, config: ModelConfig, shardings: Any, heads_sharding: Any,
+                         step: int | None = None) -> tuple[int, Any, Any]:
+    """``(step, transformer params, heads or None)`` of a training run's newest readable (or given) checkpoint.
+
+    ``shardings`` is one sharding or a tree of them (the logical rules on a mesh). A post-training run keeps
+    scalar heads (reward, value) beside the transformer under ``params["heads"]``; they come back apart."""
+    checkpointer = Checkpointer(run_dir, async_save=False)
+    try:
+        return checkpointer.restore_model_params(_on(abstract_params(config)[1], shardings), heads_sharding, step)
+    finally:
+        checkpointer.close()
+
+
+def load_sharded(run_dir: str, mesh: jax.sharding.Mesh, what: str, with_heads: bool = False
+                 ) -> tuple[ModelConfig, nnx.GraphDef, Any, Any]:
+    """``(config, graphdef, params, shardings)`` of another run's newest checkpoint, sharded on ``mesh`` by the
+    logical rules: how objectives read frozen models. With ``with_heads`` the run's scalar heads come along
+    under ``params["heads"]`` (replicated)."""
+    run_dir = resolve(run_dir, what)
+    if read_objective_info(run_dir).get("kind") == "lora":
+        raise ValueError(f"the {what} {run_dir} holds LoRA adapters only; merge them into a full run first "
+                         "(`quark merge_lora`) and point at the merged directory")
+    config = read_model_config(run_dir)
+    graphdef, state = nnx.split(abstract_model(config))
+    shardings = nnx.to_pure_dict(sh.state_shardings(state, mesh))
+    _, params, heads = restore_model_params(run_dir, config, shardings, sh.replicated(mesh))
+    if with_heads:
+        if heads is None:
+            raise ValueError(f"the {what} {run_dir} has no heads (is it a reward-model run?)")
+        params["heads"] = heads
+        shardings = {**shardings, "heads": jax.tree.map(lambda _: sh.replicated(mesh), heads)}
+    return config, graphdef, params, shardings
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """A model read from a run directory, on one device: what ``qj.load`` builds its generate functions on."""
+
+    config: ModelConfig
+    params: Any
+    tokenizer: Any
+    step: int
+    trained_context: int | None = None  # tokens per training sequence, when the run recorded it
+    quantization: dict | None = None  # {"mode", "group_size"} of quantized parameters
+    lora: dict | None = None  # {"config", "adapters", "base_dir", "merged"} of a LoRA run
+
+
+def load(run_dir: str, step: int | None = None, merge_adapters: bool = True) -> LoadedRun:
+    """Reads the newest readable (or the given) checkpoint of any run directory onto the default device.
+
+    A quantized directory gives its quantized parameters; a LoRA run gives its base with the adapters merged
+    into the weights, or applied at run time with ``merge_adapters=False``; any post-training run gives the
+    plain language model (extra heads dropped)."""
+    run_dir = resolve(run_dir)
+    config = read_model_config(run_dir)
+    trained_context = read_run_info(run_dir).get("trained_context")
+    if os.path.exists(os.path.join(run_dir, QUANTIZATION_FILE)):
+        params, info = _read_quantized(run_dir, config)
+        return LoadedRun(config, params, tokenizer(run_dir), int(info.get("step", 0)), trained_context,
+                         quantization={"mode": info["mode"], "group_size": info["group_size"]})
+    if read_objective_info(run_dir).get("kind") == "lora":
+        return _load_lora(run_dir, config, step, merge_adapters)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    restored_step, params, _ = restore_model_params(run_dir, config, device, device, step)
+    return LoadedRun(config, params, tokenizer(run_dir), restored_step, trained_context)
+
+
+# ---- quantized directories --------------------------------------------------------------------------------
+def save_quantized(run_dir: str, out_dir: str, mode: str, group_size: int = 32, step: int | None = None) -> str:
+    """Quantizes a run's checkpoint (:func:`quark_jax.inference.quantize.quantize_params`) and writes a
+    directory :func:`load` reads: ``model_config.json``, the tokenizer, ``quantization.json`` and the quantized
+    parameters as an orbax checkpoint in ``quantized_params/``."""
+    model = load(run_dir, step=step)
+    out_dir = write_quantized(out_dir, model.config, quantize.quantize_params(model.params, mode, group_size), mode,
+                              group_size, step=model.step)
+    _copy_run_files(resolve(run_dir), out_dir)
+    return out_dir
+
+
+def write_quantized(out_dir: str, config: ModelConfig, qparams: Any, mode: str, group_size: int, step: int = 0) -> str:
+    """Writes already-quantized parameters of a model with ``config`` as a quantized directory."""
+    import orbax.checkpoint as ocp
+
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    write_model_config(out_dir, config)
+    _write_json(out_dir, QUANTIZATION_FILE, {"mode": mode, "group_size": group_size, "step": step})
+    path = os.path.join(out_dir, QUANTIZED_PARAMS_DIR)
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, qparams)
+    return out_dir
+
+
+def _read_quantized(run_dir: str, config: ModelConfig) -> tuple[Any, dict]:
+    import orbax.checkpoint as ocp
+
+    info = _read_json(run_dir, QUANTIZATION_FILE)
+    abstract = abstract_params(config)[1]
+    target = jax.eval_shape(lambda p: quantize.quantize_params(p, info["mode"], info["group_size"]), abstract)
+    target = _on(target, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(os.path.abspath(os.path.join(run_dir, QUANTIZED_PARAMS_DIR)), target)
+    return params, info
+
+
+# ---- LoRA runs --------------------------------------------------------------------------------------------
+def lora_base(run_dir: str) -> tuple[lora.LoRAConfig, str]:
+    """``(adapter config, base run directory)`` recorded in a LoRA run's ``objective.json``."""
+    info = read_objective_info(run_dir)
+    if info.get("kind") != "lora":
+        raise ValueError(f"{run_dir!r} is not a LoRA run (objective.json kind {info.get('kind')!r})")
+    base_dir = info["base_dir"]
+    if not os.path.isabs(base_dir):
+        base_dir = os.path.join(run_dir, base_dir)
+    return lora.LoRAConfig.from_dict(info), base_dir
+
+
+def _load_lora(run_dir: str, config: ModelConfig, step: int | None, merge_adapters: bool) -> LoadedRun:
+    adapter_config, base_dir = lora_base(run_dir)
+    base = load(base_dir)
+    if config != base.config:
+        raise ValueError(f"LoRA run {run_dir!r} was trained for another model config than its base {base_dir!r}")
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.eval_shape(lambda p: lora.init_adapters(p, adapter_config, jax.random.key(0)), base.params)
+    checkpointer = Checkpointer(run_dir, async_save=False)
+    try:
+        restored_step, adapters, _ = checkpointer.restore_params(_on(abstract, device), step)
+    finally:
+        checkpointer.close()
+    combine = lora.merge if merge_adapters else lora.apply
+    return LoadedRun(base.config, combine(base.params, adapters, adapter_config), base.tokenizer, restored_step,
+                     read_run_info(run_dir).get("trained_context", base.trained_context),
+                     lora={"config": adapter_config, "adapters": adapters, "base_dir": base_dir,
+                           "merged": merge_adapters})
+
+
+def save_merged_lora(lora_run_dir: str, out_dir: str, step: int | None = None) -> str:
+    """Writes the base model with a LoRA run's adapters merged as a plain run directory (``model_config.json``,
+    tokenizer, ``checkpoints/``) that ``qj.load``, ``INIT_FROM``, teachers and reference models read."""
+    lora_run_dir = resolve(lora_run_dir, "LoRA run")
+    lora_base(lora_run_dir)  # not a LoRA run: the error names its kind
+    model = load(lora_run_dir, step, merge_adapters=True)
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    write_model_config(out_dir, model.config)
+    _copy_run_files(lora_run_dir, out_dir)
+    _write_json(out_dir, MERGED_FROM_FILE, {"lora_run": os.path.abspath(lora_run_dir), "step": model.step,
+                                            **model.lora["config"].to_dict(), "base_dir": model.lora["base_dir"]})
+    checkpointer = Checkpointer(out_dir, async_save=False)
+    try:
+        checkpointer.save(model.step, model.params, {"empty": jnp.zeros(())},
+                          {"step": model.step, "data_position": 0, "merged_lora": True}, force=True)
+    finally:
+        checkpointer.close()
+    return out_dir
