@@ -24,7 +24,11 @@ def test_run_writes_metrics_config_checkpoints_and_plots(trained_run):
     assert all(LOGGED <= set(r) for r in train)
     assert all(0 < r["mfu"] < 2 and r["tokens_per_s"] > 0 for r in train)
     evals = [r for r in records if "val_loss" in r]
-    assert [r["step"] for r in evals] == [20, 40] and evals[1]["val_loss"] < evals[0]["val_loss"]
+    # A fresh run is validated before its first step too, so the loss curve starts at the initial model.
+    assert [r["step"] for r in evals] == [0, 20, 40]
+    assert evals[2]["val_loss"] < evals[1]["val_loss"] < evals[0]["val_loss"]
+    with open(os.path.join(model_dir, "run.json")) as f:
+        assert json.load(f)["trained_context"] == 128  # what qj.load refuses to go beyond
     assert os.path.getsize(os.path.join(model_dir, "loss_curve.png")) > 1000
     assert glob.glob(os.path.join(model_dir, "tensorboard", "events.out.tfevents.*"))
     with open(os.path.join(model_dir, "config.gin")) as f:
@@ -83,7 +87,7 @@ def test_cli_generate_and_eval(trained_run):
     assert report["loss"] == pytest.approx(trained_run["summary"]["val_loss"], rel=1e-5)
 
     missing = run_quark("generate", "--model_dir=/nonexistent/run")
-    assert missing.returncode == 2 and "model_config.json" in missing.stderr
+    assert missing.returncode == 2 and "/nonexistent/run' does not exist" in missing.stderr, missing.stderr
 
 
 def test_nonfinite_loss_stops_naming_the_step(tmp_path):
