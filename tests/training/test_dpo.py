@@ -7,6 +7,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from conftest import REPO, read_metrics, run_quark, tiny_overrides
 from quark_jax.training.objectives.dpo import dpo_terms
@@ -43,9 +44,12 @@ def test_dpo_run_raises_margins_and_beats_the_reference(trained_run, tmp_path):
                       "val_policy_accuracy": last["val_policy_accuracy"],
                       "val_reference_accuracy": last["val_reference_accuracy"],
                       "val_rewards_accuracy": last["val_rewards/accuracy"], "val_loss": last["val_loss"]}))
-    assert [r["step"] for r in evals] == [30, 60, 90]
+    assert [r["step"] for r in evals] == [0, 30, 60, 90]
     assert late > early + 1.0 and late > 1.0
-    assert evals[-1]["val_rewards/margin"] > evals[0]["val_rewards/margin"] > 0
+    # Before the first update the policy is its reference: every implicit reward, hence the margin, is 0.
+    assert evals[0]["val_rewards/margin"] == pytest.approx(0.0, abs=1e-5)
+    assert evals[0]["val_policy_accuracy"] == evals[0]["val_reference_accuracy"]
+    assert evals[-1]["val_rewards/margin"] > evals[1]["val_rewards/margin"] > 0
     assert last["val_policy_accuracy"] > last["val_reference_accuracy"] + 0.1
     assert last["val_reference_accuracy"] == evals[0]["val_reference_accuracy"]  # the reference stays frozen
     with open(os.path.join(model_dir, "objective.json")) as f:

@@ -87,14 +87,14 @@ def test_ppo_raises_the_reward_with_bounded_kl_and_resumes_exactly(trained_run, 
 
     checkpointer = Checkpointer(str(model_dir), async_save=False)
     try:
-        _, params6, _ = checkpointer.restore_params(trainer.abstract_state.params, 6)
+        _, params6, _ = checkpointer.restore_params(trainer.training.abstract_state.params, 6)
     finally:
         checkpointer.close()
     from quark_jax import sharding as sh
 
     with sh.activate(trainer.mesh):
-        batch = objective.prepare(params6, trainer.frozen, first, 7)
-        again = objective.prepare(params6, trainer.frozen, first, 7)
+        batch = objective.prepare(params6, trainer.training.frozen, first, 7)
+        again = objective.prepare(params6, trainer.training.frozen, first, 7)
     assert all(np.array_equal(batch[k], again[k]) for k in batch)
     assert float(np.mean(batch["scores"])) == pytest.approx(rows[6]["reward/mean"], abs=1e-6)
 

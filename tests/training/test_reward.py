@@ -173,7 +173,7 @@ def test_ppo_scores_rollouts_with_the_reward_model(reward_run, trained_run, tmp_
     batch = next(preferences.pair_batches(preferences.tokenized_pairs(
         preferences.split_path("data/preferences", "validation"), 32), 8, seed=0, shuffle=False))
     flat = {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items() if k != "valid"}
-    rm_params = trainer.frozen["reward_model"]
+    rm_params = trainer.training.frozen["reward_model"]
     expected = jax.jit(reward_scores, static_argnums=(0, 6))(
         objective._reward_model[1], rm_params, flat["input_tokens"], flat["positions"], flat["segment_ids"],
         flat["last_index"], reward_pooling(str(reward_run["model_dir"])))
