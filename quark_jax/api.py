@@ -74,7 +74,7 @@ def load(model_dir: str, step: int | None = None, merge_adapters: bool = True) -
 
     A LoRA run (``objective.json`` kind ``"lora"``) loads its base run and the adapters, merged into the
     weights, or with ``merge_adapters=False`` applied at run time (see :mod:`quark_jax.models.lora`)."""
-    from quark_jax.data.vocab import get_vocabulary
+    from quark_jax.data.tokenizer import get_vocabulary
     from quark_jax.training.objectives.base import read_objective_info
 
     if read_objective_info(model_dir).get("kind") == "lora":
