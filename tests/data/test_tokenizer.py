@@ -42,3 +42,15 @@ def test_tokenizer_compresses_code(vocabulary):
 def test_missing_model_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="train_tokenizer.py"):
         tokenizer.get_vocabulary(tmp_path / "nope.model")
+
+
+def test_committed_model_has_the_one_id_layout():
+    specials = tokenizer.special_tokens()
+    first = tokenizer.BOS_ID + 1
+    assert specials == {name: first + i for i, name in enumerate(tokenizer.USER_DEFINED_TOKENS)}
+    processor = tokenizer.sentencepiece_processor()
+    assert [processor.id_to_piece(i) for i in range(first)] == [
+        tokenizer.PAD_PIECE, tokenizer.EOS_PIECE, tokenizer.UNK_PIECE, tokenizer.BOS_PIECE]
+    from quark_jax.data import chat
+
+    assert set(chat.ROLE_MARKERS.values()) | {chat.END} <= set(tokenizer.CHAT_TOKENS)

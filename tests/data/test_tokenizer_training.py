@@ -1,12 +1,15 @@
 """`quark tokenizer train`: a new SentencePiece model from a mixture, fertility per source, special tokens via seqio."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import seqio
 
 from quark_jax.data import sources, tasks, tokenizer, tokenizer_training
-from tests.conftest import run_quark
+from tests.conftest import REPO, run_quark
 
 CODE = 'def f(x):\n\tif x:\n        return {"a": [1, 2]}  # ok\n'
 
@@ -62,3 +65,14 @@ def test_train_writes_new_model_with_specials_and_fertility(small_mixture, tmp_p
 def test_cli_rejects_unknown_mixture(tmp_path):
     result = run_quark("tokenizer", "train", "--mixture", "nope", "--output", str(tmp_path / "t"))
     assert result.returncode == 2 and "quark data list" in result.stderr
+
+
+# The committed model was trained on this interpreter's stdlib; another patch version has another corpus.
+@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7), reason="the committed model was trained on Python 3.11.7")
+def test_train_tokenizer_script_rebuilds_the_committed_model(tmp_path):
+    result = subprocess.run([sys.executable, os.path.join(REPO, "tokenizers", "train_tokenizer.py"),
+                             "--output", str(tmp_path / "rebuilt")], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "rebuilt.model").read_bytes() == tokenizer.DEFAULT_SPM_PATH.read_bytes()
+    assert (tmp_path / "rebuilt.vocab").read_bytes() == tokenizer.DEFAULT_SPM_PATH.with_suffix(".vocab").read_bytes()
