@@ -5,8 +5,8 @@ A conversation is a list of ``{"role": ..., "content": ...}`` messages with role
 
     <|system|>You are terse.<|end|><|user|>What is 2 + 3?<|end|><|assistant|>5<|end|></s>
 
-Every marker is a single user-defined token of the tokenizer (defined in ``quark_jax.data.tokenizer``), so the template
-is plain text and renders identically whether it is tokenized here, by seqio, or by a server.
+Every marker is a single user-defined token of the tokenizer (defined once, in ``quark_jax.data.tokenizer``),
+so the template is plain text and renders identically whether it is tokenized here, by seqio, or by a server.
 
 For training, :func:`tokenize_conversation` returns the token ids with a loss weight per token: 1 on what
 the assistant says (its content and the ``<|end|>`` that closes its turn, and the final EOS), 0 on
