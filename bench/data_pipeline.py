@@ -65,9 +65,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--train_steps", type=int, default=12)
     args = parser.parse_args()
-    from quark_jax.data import build, tasks  # noqa: F401
+    from quark_jax.data import built_tasks
 
-    name = build.register_built(args.data_dir) if args.data_dir else "quark_demo"
+    name = built_tasks.register_built(args.data_dir) if args.data_dir else "quark_demo"
     rate, eff = pipeline_rate(name, args.batches)
     train = train_rate(args.train_steps) if args.train_steps else 0.0
     print(json.dumps({

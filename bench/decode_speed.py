@@ -204,7 +204,7 @@ def bench_quantized(config, params, bandwidth, prompt_len=16, max_new=64) -> dic
 
 
 def bench_answer64(config, params) -> dict:
-    from quark_jax.data.vocab import get_vocabulary
+    from quark_jax.data.tokenizer import get_vocabulary
     from quark_jax.inference.generate import Generator
 
     graphdef = nnx.graphdef(abstract_model(config))

@@ -237,9 +237,14 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
     import json
 
     if args.data_command == "list":
-        from quark_jax.data import sources, tasks  # noqa: F401 -- registers the tasks and mixtures
+        from quark_jax.data import catalogue
 
-        rows = sources.registry_table()
+        try:
+            catalogue.register_all()
+        except catalogue.DataDirError as e:
+            print(f"quark data list: {e}", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+        rows = catalogue.registry_table()
         width = max(len(r["name"]) for r in rows)
         for r in rows:
             print(f"{r['type']:8} {r['name']:{width}}  {r['source']}  {r['splits']}".rstrip())
@@ -277,14 +282,14 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
 
 
 def _tokenizer(args: argparse.Namespace) -> int:
-    from quark_jax.data import tokenizer
+    from quark_jax.data import tokenizer_training
 
     try:
-        report = tokenizer.train(args.mixture, args.output, args.vocab_size, args.model_type, args.max_chars)
+        report = tokenizer_training.train(args.mixture, args.output, args.vocab_size, args.model_type, args.max_chars)
     except ValueError as e:
         print(f"quark tokenizer train: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    print(tokenizer.main_report(report))
+    print(tokenizer_training.main_report(report))
     return 0
 
 

@@ -134,7 +134,7 @@ def copy_tokenizer(model_file: str, run_dir: str) -> None:
 
 def tokenizer(run_dir: str):
     """The run's tokenizer (seqio vocabulary); the project default for directories without one."""
-    from quark_jax.data.vocab import get_vocabulary
+    from quark_jax.data.tokenizer import get_vocabulary
 
     path = os.path.join(run_dir, TOKENIZER_FILE)
     return get_vocabulary(path if os.path.exists(path) else None)

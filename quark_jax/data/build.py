@@ -16,11 +16,11 @@ The output directory holds ``<task>/<split>.tfrecord-0000i-of-0000N`` shards of 
 (``text``, ``id``, ``meta``), ``dataset.json`` (the manifest), ``report.json`` and ``report.md`` (what each
 filter removed and why, with examples, and every bad input that was skipped), and ``data.gin``.
 
-How ``quark train`` finds the built data (either way):
+How ``quark train`` finds the built data (either way; the format and its reading are ``built_tasks.py``):
 
 * ``QUARK_DATA_DIRS=/tmp/quark_demo_data quark train ... --gin.MIXTURE_OR_TASK_NAME="'quark_demo_clean'"``:
-  every directory in the (``:``-separated) variable is registered when ``quark_jax.data.tasks`` is imported;
-* ``quark train ... --gin_file=/tmp/quark_demo_data/data.gin``: the file imports this module and binds
+  every directory in the (``:``-separated) variable is registered by ``quark_jax.data.catalogue``;
+* ``quark train ... --gin_file=/tmp/quark_demo_data/data.gin``: the file binds
   ``MIXTURE_OR_TASK_NAME = @quark_jax.data.built_dataset()`` with the directory, which registers the
   tasks when the training config is built.
 """
@@ -35,40 +35,17 @@ import pathlib
 import time
 from collections.abc import Mapping, Sequence
 
-import gin
+from quark_jax.data import catalogue, sources
+# The on-disk format; importing built_tasks also keeps `import quark_jax.data.build` in older data.gin files
+# defining @quark_jax.data.built_dataset.
+from quark_jax.data.built_tasks import FEATURE_NAMES, MANIFEST, register_built, shard_paths
 
-MANIFEST = "dataset.json"
-FEATURE_NAMES = ("text", "id", "meta")
-ENV_VAR = "QUARK_DATA_DIRS"
 EXAMPLES_PER_REASON = 3
 EXAMPLE_CHARS = 240
 
 
 def _truncate(text: str, n: int = EXAMPLE_CHARS) -> str:
     return text if len(text) <= n else text[:n] + "…"
-
-
-def _iter_documents(task, split: str):
-    """(documents, problems) of a task's source: DocumentSources directly, other sources through tf.data."""
-    from quark_jax.data import sources
-
-    source = task.source
-    if isinstance(source, sources.DocumentSource):
-        result = source.read(split)
-        return result.documents, result.problems
-    if split not in source.splits:
-        return [], []
-    docs, problems = [], []
-    for i, ex in enumerate(source.get_dataset(split=split, shuffle=False).as_numpy_iterator()):
-        raw = ex.get("text")
-        where = f"{task.name}/{split}/{i}"
-        try:
-            text = raw.decode("utf-8")
-        except (AttributeError, UnicodeDecodeError) as e:
-            problems.append(sources.Problem(where, "invalid_utf8", str(e)))
-            continue
-        docs.append({"text": text, "id": where, "meta": "{}"})
-    return docs, problems
 
 
 class _Cleaner:
@@ -108,10 +85,6 @@ def _example_bytes(doc: Mapping[str, str]) -> bytes:
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-def shard_paths(directory: pathlib.Path, split: str, num_shards: int) -> list[pathlib.Path]:
-    return [directory / f"{split}.tfrecord-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
-
-
 def build(mixture: str, output: str | os.PathLike, name: str | None = None, config=None,
           num_shards: int = 4, splits: Sequence[str] = ("validation", "train"), progress: bool = True,
           packing_length: int = 256) -> dict:
@@ -126,8 +99,9 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
     import tensorflow as tf
     from tqdm.auto import tqdm
 
-    from quark_jax.data import filters, tasks  # noqa: F401 -- registers the built-in tasks and mixtures
+    from quark_jax.data import filters
 
+    catalogue.register_all()
     config = config or filters.cleaning_config()
     if num_shards < 1:
         raise ValueError(f"num_shards={num_shards} must be >= 1 (pass --num_shards N)")
@@ -156,7 +130,7 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
         manifest["tasks"][task.name] = {"rate": rate, "kind": kind, "splits": {}}
         task_report = report["tasks"][task.name] = {"kind": kind, "splits": {}}
         for split in [s for s in splits if s in source.splits]:
-            documents, problems = _iter_documents(task, split)
+            documents, problems = sources.task_documents(task, split)
             stats = collections.Counter()
             removed_examples = collections.defaultdict(list)
             pii = collections.Counter()
@@ -222,7 +196,7 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
     (out / "data.gin").write_text(
         "# Train on this built data: quark train --gin_file=configs/runs/pretrain_tiny.gin "
         f"--gin_file={out / 'data.gin'} --gin.MODEL_DIR=...\n"
-        "import quark_jax.data.build\n\n"
+        "import quark_jax.data.built_tasks\n\n"
         "MIXTURE_OR_TASK_NAME = @quark_jax.data.built_dataset()\n"
         f"quark_jax.data.built_dataset.data_dir = {str(out)!r}\n"
     )
@@ -248,8 +222,6 @@ def packing_report(name: str, length: int, batch_size: int = 8, batches: int = 4
 
 
 def _problem(where, reason, detail):
-    from quark_jax.data import sources
-
     return sources.Problem(where, reason, detail)
 
 
@@ -287,61 +259,3 @@ def markdown_report(report: Mapping) -> str:
                 if len(sr["bad_input"]) > 50:
                     lines.append(f"- … {len(sr['bad_input']) - 50} more in report.json")
     return "\n".join(lines) + "\n"
-
-
-# ---- reading built data back ------------------------------------------------------------------------------
-def register_built(data_dir: str | os.PathLike, vocabulary=None, chunk_overlap: int = 0) -> str:
-    """Registers the tasks and the mixture of a built directory; returns the mixture name.
-
-    Tasks are ``<name>.<task>`` over ``seqio.TFExampleDataSource`` (one file pattern per split, so
-    ``shard_info`` gives each host whole, disjoint shard files); the mixture ``<name>`` keeps the rates.
-    ``chunk_overlap > 0`` makes consecutive chunks of a long document share that many tokens.
-    """
-    import seqio
-    import tensorflow as tf
-
-    from quark_jax.data import tasks
-
-    data_dir = pathlib.Path(data_dir).expanduser().resolve()
-    path = data_dir / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {data_dir} is not a built dataset. Build it with "
-            f"`quark data build --mixture NAME --output {data_dir}`.")
-    manifest = json.loads(path.read_text())
-    name = manifest["name"]
-    rates = {}
-    for task, info in manifest["tasks"].items():
-        task_name = f"{name}.{task}"
-        seqio.TaskRegistry.remove(task_name)
-        seqio.TaskRegistry.add(
-            task_name,
-            source=seqio.TFExampleDataSource(
-                split_to_filepattern={s: v["pattern"] for s, v in info["splits"].items()},
-                feature_description={k: tf.io.FixedLenFeature([], tf.string) for k in FEATURE_NAMES},
-                num_input_examples={s: v["num_examples"] for s, v in info["splits"].items()},
-            ),
-            preprocessors=tasks.text_lm_preprocessors(chunk_overlap),
-            output_features=tasks.output_features(vocabulary),
-        )
-        rates[task_name] = info["rate"]
-    tasks.register_mixture(name, rates)
-    return name
-
-
-@gin.configurable("built_dataset", module="quark_jax.data")
-def built_dataset(data_dir: str = gin.REQUIRED, chunk_overlap: int = 0) -> str:
-    """gin: ``MIXTURE_OR_TASK_NAME = @quark_jax.data.built_dataset()`` registers ``data_dir`` and names its mixture."""
-    return register_built(data_dir, chunk_overlap=chunk_overlap)
-
-
-def register_from_env() -> list[str]:
-    """Registers every built directory listed in ``$QUARK_DATA_DIRS`` (``:``-separated); returns the names."""
-    names = []
-    for d in os.environ.get(ENV_VAR, "").split(os.pathsep):
-        if d.strip():
-            try:
-                names.append(register_built(d))
-            except FileNotFoundError as e:
-                raise FileNotFoundError(f"${ENV_VAR} names {d!r}: {e}") from None
-    return names

@@ -5,8 +5,8 @@ A conversation is a list of ``{"role": ..., "content": ...}`` messages with role
 
     <|system|>You are terse.<|end|><|user|>What is 2 + 3?<|end|><|assistant|>5<|end|></s>
 
-Every marker is a single user-defined token of the tokenizer (see ``quark_jax.data.vocab``), so the template
-is plain text and renders identically whether it is tokenized here, by seqio, or by a server.
+Every marker is a single user-defined token of the tokenizer (defined once, in ``quark_jax.data.tokenizer``),
+so the template is plain text and renders identically whether it is tokenized here, by seqio, or by a server.
 
 For training, :func:`tokenize_conversation` returns the token ids with a loss weight per token: 1 on what
 the assistant says (its content and the ``<|end|>`` that closes its turn, and the final EOS), 0 on
@@ -18,13 +18,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from quark_jax.data import tokenizer
+
 ROLE_MARKERS = {
-    "system": "<|system|>",
-    "user": "<|user|>",
-    "assistant": "<|assistant|>",
-    "tool": "<|tool_result|>",
+    "system": tokenizer.SYSTEM,
+    "user": tokenizer.USER,
+    "assistant": tokenizer.ASSISTANT,
+    "tool": tokenizer.TOOL_RESULT,
 }
-END = "<|end|>"
+END = tokenizer.END
 
 Message = Mapping[str, str]
 

@@ -6,8 +6,8 @@ together, so several conversations share a row, attention stays within each (seg
 assistant tokens carry loss. ``quark_jax.data.pipeline`` picks that converter for any task or mixture whose
 output features include ``loss_weights``.
 
-Registered at import: ``sft_stdlib`` — the project's own instruction set (``data/instructions/``: stdlib
-docstring/signature questions and arithmetic), splits ``train`` and ``validation``.
+Importing this module registers nothing; ``quark_jax.data.catalogue`` registers the project's chat task
+``sft_stdlib`` over :data:`INSTRUCTIONS_DIR` with :func:`register_chat_task`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from collections.abc import Mapping
 import seqio
 import tensorflow as tf
 
-from quark_jax.data import chat, vocab
+from quark_jax.data import chat, tokenizer
 from quark_jax.resources import shipped
 
 LOSS_WEIGHTS = "loss_weights"
+# The project's instruction set (``python -m quark_jax.data.instructions``): {train,validation}.jsonl.
 INSTRUCTIONS_DIR = str(shipped("data/instructions"))
 
 
@@ -69,7 +70,7 @@ def read_jsonl(path: str, check=None,
 
 @functools.lru_cache(maxsize=None)
 def _tokenized(path: str, vocabulary_path: str | None) -> tuple[tuple[list[int], ...], tuple[list[int], ...]]:
-    vocabulary = vocab.get_vocabulary(vocabulary_path)
+    vocabulary = tokenizer.get_vocabulary(vocabulary_path)
     tokens, weights = [], []
     for number, record in enumerate(read_jsonl(path), 1):
         try:
@@ -101,7 +102,7 @@ def register_chat_task(name: str, jsonl_paths: Mapping[str, str], vocabulary_pat
     Each record is ``{"messages": [{"role", "content"}, ...]}`` or ``{"prompt", "response"[, "system"]}``.
     """
     seqio.TaskRegistry.remove(name)
-    vocabulary = vocab.get_vocabulary(vocabulary_path)
+    vocabulary = tokenizer.get_vocabulary(vocabulary_path)
     source = seqio.FunctionDataSource(
         dataset_fn=functools.partial(_conversation_dataset, dict(jsonl_paths), vocabulary_path),
         splits=tuple(jsonl_paths),
@@ -121,5 +122,3 @@ def has_loss_weights(name: str) -> bool:
     """Whether a registered task or mixture carries per-token loss weights."""
     return LOSS_WEIGHTS in seqio.get_mixture_or_task(name).output_features
 
-
-register_chat_task("sft_stdlib", {s: os.path.join(INSTRUCTIONS_DIR, f"{s}.jsonl") for s in ("train", "validation")})

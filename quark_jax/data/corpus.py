@@ -10,8 +10,9 @@ Two document kinds are produced from the same files:
 * ``stdlib_docstrings``: one document per module, joining the module, class and function docstrings,
   each preceded by its qualified name.
 
-Both kinds share one train/validation split, decided per file by a stable hash of its relative path, so
-a validation module's docstrings never leak into training through the other kind.
+Both kinds share one train/validation split, decided per file by its relative path with the rule of
+``splits.py`` (3% validation), so a validation module's docstrings never leak into training through the
+other kind.
 
 Note: the corpus is whatever stdlib the running interpreter ships; different Python versions give
 different (but individually deterministic) corpora.
@@ -22,12 +23,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
-import hashlib
 import pathlib
 import sysconfig
 
+from quark_jax.data.splits import SPLITS, split_of
+
 KINDS = ("stdlib_code", "stdlib_docstrings")
-SPLITS = ("train", "validation")
 
 # Directories that are not "the library": third-party packages, test suites (huge, repetitive, and full
 # of deliberately odd code), and bundled applications or wheels.
@@ -48,8 +49,6 @@ _EXCLUDED_DIRS = frozenset(
 # Generated tables (e.g. pydoc_data/topics.py) and giant reference implementations would dominate a
 # corpus this small; the cap keeps it to hand-written modules.
 MAX_FILE_BYTES = 200_000
-# Basis points of files sent to validation (300 / 10_000 = 3%).
-_VALIDATION_BASIS_POINTS = 300
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,16 +72,6 @@ class _Scan:
 def stdlib_root() -> pathlib.Path:
     """Directory of the running interpreter's standard library."""
     return pathlib.Path(sysconfig.get_paths()["stdlib"])
-
-
-def split_of(relpath: str) -> str:
-    """Returns 'train' or 'validation' for a file, from a hash that is stable across processes.
-
-    Python's built-in ``hash`` is salted per process, so hashlib is used instead.
-    """
-    digest = hashlib.sha256(relpath.encode("utf-8")).digest()
-    bucket = int.from_bytes(digest[:8], "big") % 10_000
-    return "validation" if bucket < _VALIDATION_BASIS_POINTS else "train"
 
 
 def _is_excluded(relpath: pathlib.PurePath) -> bool:

@@ -1,4 +1,4 @@
-"""The demo mixture ``quark_demo``: four local sources, registered at import, nothing downloaded.
+"""The demo mixture ``quark_demo``: four local sources, nothing downloaded (registered by ``catalogue.py``).
 
 | task | source | kind |
 | --- | --- | --- |
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import pathlib
 
-from quark_jax.data import corpus, sources
+from quark_jax.data import corpus, sources, tasks
+from quark_jax.data.splits import split_of
 
 RESOURCES = pathlib.Path(__file__).resolve().parent / "resources"
 API_QA_JSONL = RESOURCES / "stdlib_api_qa.jsonl"
@@ -28,13 +29,11 @@ def python_reference_documents(split: str) -> list[str]:
         from pydoc_data.topics import topics
     except ImportError:  # A stripped interpreter without pydoc_data: the source is simply empty.
         return []
-    return [f"{name}\n\n{text}" for name, text in sorted(topics.items()) if sources.split_of(f"topic/{name}") == split]
+    return [f"{name}\n\n{text}" for name, text in sorted(topics.items()) if split_of(f"topic/{name}") == split]
 
 
 def register_demo(name: str = "quark_demo", code_root: str | pathlib.Path | None = None) -> str:
     """Registers the four demo tasks ``<name>.<source>`` and the mixture ``name``; returns ``name``."""
-    from quark_jax.data import tasks
-
     code = sources.CodeRepoSource(
         code_root or corpus.stdlib_root(), extensions=(".py",),
         # The stdlib's own test suites and bundled apps are excluded like in corpus.py.

@@ -22,7 +22,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from quark_jax.data import chat_tasks, tasks  # noqa: F401 -- register the built-in tasks and mixtures
+from quark_jax.data import catalogue, chat_tasks
 
 FEATURE_KEYS = (
     "decoder_input_tokens",
@@ -34,11 +34,12 @@ FEATURE_KEYS = (
 
 
 def _check_name(name: str) -> None:
+    catalogue.register_all()  # the project's tasks and mixtures, and $QUARK_DATA_DIRS
     known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
     if name not in known:
         raise ValueError(
             f"unknown seqio task or mixture {name!r}; registered: {sorted(known)}. "
-            "Bind MIXTURE_OR_TASK_NAME to one of them or register it (quark_jax.data.tasks.register_text_task)."
+            "Bind MIXTURE_OR_TASK_NAME to one of them or register it (e.g. quark_jax.data.tasks.register_text_task)."
         )
 
 

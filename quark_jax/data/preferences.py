@@ -115,7 +115,7 @@ def split_path(data_dir: str, split: str) -> str:
 
 def read_pairs(path: str) -> list[dict[str, Any]]:
     """Records of a preference JSONL file, checked: a missing file or field raises naming the file and line."""
-    from quark_jax.data import chat_tasks  # lazy: registers seqio tasks and imports TensorFlow
+    from quark_jax.data import chat_tasks  # lazy: imports TensorFlow
 
     def check(record):
         missing = [k for k in FIELDS if not isinstance(record.get(k), str)] if isinstance(record, dict) else FIELDS
@@ -145,9 +145,9 @@ def tokenized_pairs(path: str, length: int, drop_too_long: bool = False,
     A side needs ``tokens + 1`` (the BOS) positions; a longer pair raises naming the file, line and lengths
     (with ``drop_too_long`` it is skipped and counted in a warning instead): truncating would cut the response.
     """
-    from quark_jax.data import vocab
+    from quark_jax.data import tokenizer
 
-    vocabulary = vocab.get_vocabulary(vocabulary_path)
+    vocabulary = tokenizer.get_vocabulary(vocabulary_path)
     records = read_pairs(path)
     rows: list[list[tuple[list[int], list[int]]]] = []
     too_long = []

@@ -11,8 +11,8 @@ so that tasks, filters and ``quark data build`` treat all sources alike. Sources
 binary or generated files, bad JSON lines — so nothing is dropped silently: ``problems(split)`` says
 what was skipped and why, and ``quark data build`` copies them into its report.
 
-Splits: each document goes to ``train`` or ``validation`` by a stable hash of its id (3% validation by
-default), the same rule ``corpus.py`` uses for the stdlib, so a split never depends on file order.
+Splits: each document goes to ``train`` or ``validation`` by its id under the one rule of ``splits.py``
+(3% validation by default; the stdlib corpus uses the same rule), so a split never depends on file order.
 
 Nothing here downloads: TFDS datasets are read from a ``data_dir`` that already holds them.
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import glob as globlib
-import hashlib
 import json
 import os
 import pathlib
@@ -32,9 +31,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import seqio
 import tensorflow as tf
 
-SPLITS = ("train", "validation")
+from quark_jax.data import tasks
+from quark_jax.data.splits import SPLITS, VALIDATION_FRACTION, split_of
+
 FEATURES = ("text", "id", "meta")
-DEFAULT_VALIDATION_FRACTION = 0.03
+DEFAULT_VALIDATION_FRACTION = VALIDATION_FRACTION
 # Documents longer than this are skipped and reported: one multi-megabyte log or data dump would
 # dominate a small corpus, and the tokenizer/packer gain nothing from it.
 DEFAULT_MAX_CHARS = 1_000_000
@@ -80,12 +81,6 @@ class ReadResult:
 
     documents: list[dict[str, str]]
     problems: list[Problem]
-
-
-def split_of(key: str, validation_fraction: float = DEFAULT_VALIDATION_FRACTION) -> str:
-    """'train' or 'validation' for a document id, from a hash that is stable across processes and hosts."""
-    bucket = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
-    return "validation" if bucket < validation_fraction else "train"
 
 
 def expand_patterns(patterns: str | Sequence[str]) -> list[str]:
@@ -405,8 +400,6 @@ def register_source_task(name: str, source: DocumentSource, vocabulary: seqio.Vo
     like ``tasks.register_text_task``; ``extra_preprocessors`` (e.g. filters from ``filters.py``) run on the
     raw text first. ``chunk_overlap > 0`` repeats that many tokens between consecutive chunks.
     """
-    from quark_jax.data import tasks
-
     SOURCES[name] = source
     seqio.TaskRegistry.remove(name)
     return seqio.TaskRegistry.add(
@@ -417,18 +410,29 @@ def register_source_task(name: str, source: DocumentSource, vocabulary: seqio.Vo
     )
 
 
-def registry_table() -> list[dict[str, str]]:
-    """One row per registered task and mixture (name, kind, what it reads) for ``quark data list``."""
-    rows = []
-    for name in sorted(seqio.TaskRegistry.names()):
-        source = seqio.TaskRegistry.get(name).source
-        rows.append({"name": name, "type": "task", "source": type(source).__name__,
-                     "splits": ",".join(source.splits)})
-    for name in sorted(seqio.MixtureRegistry.names()):
-        mixture = seqio.MixtureRegistry.get(name)
-        rates = ", ".join(f"{t.name}:{mixture.get_rate(t):g}" for t in mixture.tasks)
-        rows.append({"name": name, "type": "mixture", "source": rates, "splits": ""})
-    return rows
+def task_documents(task: seqio.Task, split: str) -> tuple[list[dict[str, str]], list[Problem]]:
+    """(documents, problems) of ``split`` of a registered task's source.
+
+    A :class:`DocumentSource` is read directly (with its problems); any other seqio source through tf.data,
+    each example's ``text`` becoming a document with the id ``<task>/<split>/<index>``.
+    """
+    source = task.source
+    if isinstance(source, DocumentSource):
+        result = source.read(split)
+        return result.documents, result.problems
+    if split not in source.splits:
+        return [], []
+    docs, problems = [], []
+    for i, ex in enumerate(source.get_dataset(split=split, shuffle=False).as_numpy_iterator()):
+        raw = ex.get("text")
+        where = f"{task.name}/{split}/{i}"
+        try:
+            text = raw.decode("utf-8")
+        except (AttributeError, UnicodeDecodeError) as e:
+            problems.append(Problem(where, "invalid_utf8", str(e)))
+            continue
+        docs.append({"text": text, "id": where, "meta": "{}"})
+    return docs, problems
 
 
 # ---- gin ---------------------------------------------------------------------------------------------------
@@ -458,8 +462,6 @@ def source_mixture(name: str, sources: Mapping[str, DocumentSource], rates: Mapp
 
     ``quark data build --gin_file=that.gin --output DIR`` (no ``--mixture``) builds it.
     """
-    from quark_jax.data import tasks
-
     if not sources:
         raise ValueError("quark_jax.data.source_mixture.sources is empty: bind a dict of name -> source")
     rates = dict(rates or {key: 1.0 for key in sources})

@@ -94,8 +94,7 @@ class Trainer:
 
     # ---- set-up ------------------------------------------------------------------------------------
     def _setup(self) -> None:
-        from quark_jax.data import tasks  # noqa: F401 -- registers the seqio tasks
-        from quark_jax.data.vocab import get_vocabulary
+        from quark_jax.data.tokenizer import get_vocabulary
 
         cfg = self.config
         self.vocabulary = get_vocabulary()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import seqio
 
-from quark_jax.data import build, corpus, filters, mixtures, pipeline, sources, tasks
+from quark_jax.data import build, built_tasks, catalogue, corpus, filters, mixtures, pipeline, sources, tasks
 from tests.conftest import run_quark, tiny_overrides, train_args, train_losses
 
 PROSE = ("The committee met on Tuesday to discuss the budget for the coming year. Several members argued that "
@@ -82,7 +82,7 @@ def test_build_is_deterministic(messy, tmp_path):
 
 def test_shards_read_back_through_seqio(messy):
     out, report = messy
-    name = build.register_built(out)
+    name = built_tasks.register_built(out)
     assert name == "messy_clean" and "messy_clean.messy.text" in seqio.TaskRegistry.names()
     ds = seqio.get_mixture_or_task("messy_clean.messy.text").source.get_dataset("train", shuffle=False)
     texts = sorted(ex["text"].decode() for ex in ds.as_numpy_iterator())
@@ -107,13 +107,13 @@ def test_demo_mixture_builds_from_four_sources(demo_built):
     assert set(report["tasks"]) == {f"demo_small.{t}" for t in mixtures.DEMO_RATES}
     for task, tr in report["tasks"].items():
         assert tr["splits"]["train"]["counts"]["output_documents"] > 0, task
-    manifest = json.loads((out / build.MANIFEST).read_text())
+    manifest = json.loads((out / built_tasks.MANIFEST).read_text())
     assert manifest["name"] == "demo_small_clean" and len(manifest["tasks"]) == 4
 
 
 def test_built_data_is_deterministic_and_host_shards_are_disjoint(demo_built):
     out, _ = demo_built
-    build.register_built(out)
+    built_tasks.register_built(out)
     name = "demo_small_clean.demo_small.api_qa"  # one task of the built mixture keeps the test fast
     take = lambda **kw: next(pipeline.batch_iterator(name, {"targets": 128}, 4, **kw))["decoder_target_tokens"]
     a, b = take(seed=7), take(seed=7)
@@ -163,7 +163,7 @@ def test_build_then_train_tiny_model(cli_built, tmp_path):
     out, _ = cli_built
     model_dir = tmp_path / "run"
     result = run_quark(*train_args(tiny_overrides(model_dir, 12, MIXTURE_OR_TASK_NAME="'quark_demo_clean'")),
-                       env={build.ENV_VAR: str(out)})
+                       env={catalogue.DATA_DIRS_ENV: str(out)})
     assert result.returncode == 0, result.stderr[-3000:]
     losses = train_losses(model_dir)
     assert len(losses) == 12

@@ -25,3 +25,22 @@ def test_bad_overlap_names_the_limit():
     ds = tf.data.Dataset.from_tensors({"targets": tf.range(5)})
     with pytest.raises(ValueError, match="smaller than the chunk of 8 tokens"):
         chunking.split_with_overlap(8)(ds, {"targets": 9}, FEATURES)
+
+
+def test_text_tasks_chunk_with_this_module():
+    from quark_jax.data import tasks
+
+    assert chunking.split_to_feature_lengths in tasks.text_lm_preprocessors()
+    assert [p.__name__ for p in tasks.text_lm_preprocessors(chunk_overlap=3) if hasattr(p, "__name__")][-2:] == [
+        "split_with_overlap_3", "append_eos_after_trim"]
+
+
+def test_back_to_back_chunks_copy_other_features():
+    ds = tf.data.Dataset.from_tensors({"targets": tf.range(1, 21, dtype=tf.int32), "id": tf.constant("doc")})
+    out = list(chunking.split_to_feature_lengths(ds, {"targets": 9}, FEATURES).as_numpy_iterator())
+    assert [ex["targets"].tolist() for ex in out] == [list(range(1, 9)), list(range(9, 17)), list(range(17, 21))]
+    assert [ex["id"] for ex in out] == [b"doc"] * 3
+    two = {**FEATURES, "inputs": FEATURES["targets"]}
+    pair = tf.data.Dataset.from_tensors({"targets": tf.range(5), "inputs": tf.range(5)})
+    with pytest.raises(ValueError, match="one token feature"):
+        chunking.split_to_feature_lengths(pair, {"targets": 9, "inputs": 9}, two)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import seqio
 
-from quark_jax.data import sources
+from quark_jax.data import catalogue, sources
 
 
 def write(path, data):
@@ -75,7 +75,8 @@ def test_registered_task_reads_through_seqio(tmp_path):
     ds = seqio.get_mixture_or_task("test_jsonl_task").get_dataset({"targets": 16}, split="train", shuffle=False)
     examples = list(ds.as_numpy_iterator())
     assert len(examples) >= 20 and all(0 < len(e["targets"]) <= 16 for e in examples)
-    rows = {r["name"]: r for r in sources.registry_table()}
+    catalogue.register_all()
+    rows = {r["name"]: r for r in catalogue.registry_table()}
     assert rows["test_jsonl_task"]["source"] == "JsonlSource" and rows["quark_demo"]["type"] == "mixture"
     seqio.TaskRegistry.remove("test_jsonl_task")
 

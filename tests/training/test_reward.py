@@ -10,7 +10,7 @@ import pytest
 import quark_jax as qj
 from conftest import REPO, copy_without_newest_checkpoint, read_metrics, tiny_overrides
 from quark_jax import gin_utils
-from quark_jax.data import preferences, vocab
+from quark_jax.data import preferences, tokenizer
 from quark_jax.training.objectives import DPO, RewardModel
 from quark_jax.training.objectives.reward import response_mask, reward_pooling, reward_scores
 
@@ -38,7 +38,7 @@ def test_shipped_set_is_the_builder_output(tmp_path):
 
 
 def test_pair_arrays_and_errors(tmp_path):
-    vocabulary = vocab.get_vocabulary()
+    vocabulary = tokenizer.get_vocabulary()
     pairs = preferences.tokenized_pairs(SHIPPED, 32)
     record = preferences.read_pairs(SHIPPED)[0]
     for side, key in enumerate(("chosen", "rejected")):
@@ -52,7 +52,7 @@ def test_pair_arrays_and_errors(tmp_path):
         assert vocabulary.decode(learned[:-1]) == record[key] + "<|end|>"  # the response only
     # Mean pooling reads the reply: from the <|assistant|> marker to the EOS.
     mask = np.asarray(response_mask(pairs["input_tokens"][:1, 0], pairs["segment_ids"][:1, 0],
-                                    vocab.special_tokens()["<|assistant|>"]))[0]
+                                    tokenizer.special_tokens()["<|assistant|>"]))[0]
     assert vocabulary.decode([int(t) for t, m in zip(pairs["input_tokens"][0, 0], mask) if m]) == (
         "<|assistant|>" + record["chosen"] + "<|end|>")
     with pytest.raises(ValueError, match=r"pair\(s\) do not fit in 16 positions \(first: pair 1"):

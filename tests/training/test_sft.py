@@ -8,14 +8,14 @@ import pytest
 
 import quark_jax as qj
 from conftest import REPO, tiny_overrides
-from quark_jax.data import chat, pipeline, vocab
+from quark_jax.data import chat, pipeline, tokenizer
 from quark_jax.evaluation.perplexity import perplexity
 
 SFT_CONFIG = f"{REPO}/configs/runs/sft.gin"
 
 
 def test_template_and_loss_weights():
-    vocabulary = vocab.get_vocabulary()
+    vocabulary = tokenizer.get_vocabulary()
     messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2 + 3?"},
                 {"role": "assistant", "content": "5"}, {"role": "user", "content": "And 2 * 3?"},
                 {"role": "assistant", "content": "6"}]
@@ -32,7 +32,7 @@ def test_template_and_loss_weights():
 
 
 def test_packed_batches_weight_only_assistant_tokens():
-    vocabulary = vocab.get_vocabulary()
+    vocabulary = tokenizer.get_vocabulary()
     batch = next(pipeline.batch_iterator("sft_stdlib", {"targets": 128}, 4, seed=0))
     assert batch["decoder_segment_ids"].max() > 2  # several conversations per row
     for row in range(4):
@@ -70,7 +70,7 @@ def test_sft_lowers_held_out_response_loss_and_learns_the_format(trained_run, tm
     assert all(out[:1].isdigit() for out in outputs), outputs
     # ... and after a complete answer the model closes its turn with <|end|> and then ends the sequence.
     vocabulary = model.tokenizer
-    end_id = vocab.special_tokens()["<|end|>"]
+    end_id = tokenizer.special_tokens()["<|end|>"]
     module = model.model
     for (a, b), prompt in zip(problems, prompts):
         tokens = vocabulary.encode(prompt + f"{a} + {b} = {a + b}.<|end|>")

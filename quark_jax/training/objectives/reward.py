@@ -75,9 +75,9 @@ def pool(hidden: Float[Array, "N T D"], tokens: Int[Array, "N T"], segment_ids: 
         return last_hidden(hidden, last_index)
     if pooling == "mean":
         if marker_id is None:
-            from quark_jax.data import chat, vocab
+            from quark_jax.data import chat, tokenizer
 
-            marker_id = vocab.special_tokens()[chat.ROLE_MARKERS["assistant"]]
+            marker_id = tokenizer.special_tokens()[chat.ROLE_MARKERS["assistant"]]
         w = response_mask(tokens, segment_ids, marker_id)
         return jnp.einsum("ntd,nt->nd", hidden.astype(jnp.float32), w) / jnp.maximum(w.sum(-1, keepdims=True), 1.0)
     raise ValueError(f"pooling={pooling!r} must be 'last' or 'mean'")
@@ -112,10 +112,10 @@ class RewardModel(PairwiseObjective):
 
     def setup(self, run) -> None:
         super().setup(run)
-        from quark_jax.data import chat, vocab
+        from quark_jax.data import chat, tokenizer
 
         path = getattr(run.vocabulary, "sentencepiece_model_file", None)
-        self.marker_id = vocab.special_tokens(path)[chat.ROLE_MARKERS["assistant"]]
+        self.marker_id = tokenizer.special_tokens(path)[chat.ROLE_MARKERS["assistant"]]
 
     def objective_info(self) -> dict:
         return {**super().objective_info(), "pooling": self.pooling}
