@@ -145,7 +145,8 @@ def _configure_output(verbose: int) -> None:
 # ---- argument checks (before anything heavy is imported or loaded) ---------------------------------------
 def _check_run_dir(model_dir: str) -> None:
     if not os.path.exists(model_dir):
-        raise UsageError(f"--model_dir {model_dir}: no such directory; pass the MODEL_DIR of a `quark train` run")
+        raise UsageError(f"--model_dir {model_dir}: no such directory; pass the MODEL_DIR of a `quark train` run "
+                         "(the directory with model_config.json and checkpoints/)")
     if not os.path.isdir(model_dir):
         raise UsageError(f"--model_dir {model_dir} is a file; pass the MODEL_DIR directory of a `quark train` run")
     if not os.path.exists(os.path.join(model_dir, "model_config.json")):
@@ -203,7 +204,7 @@ def _read_requests(path: str) -> list[dict]:
             raise UsageError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be one object "
                              'such as {"prompt": "def fib(n):"}') from None
         if not isinstance(request, dict) or not isinstance(request.get("prompt"), str):
-            raise UsageError(f'{where}: needs a string "prompt", e.g. {{"prompt": "def fib(n):"}}')
+            raise UsageError(f'{where}: requests need a string "prompt", e.g. {{"prompt": "def fib(n):"}}')
         if not request["prompt"]:
             raise UsageError(f'{where}: the "prompt" is empty')
         for key, minimum in (("max_new_tokens", 1), ("seed", 0)):
