@@ -10,7 +10,10 @@ Notebook API::
 
 import os as _os
 
-# TensorFlow (used by seqio for data only) logs a banner of C++ INFO lines on import; keep errors.
+# TensorFlow (used by seqio for data only) logs C++ INFO and WARNING lines once it is running; keep errors.
+# (The lines it prints while loading come earlier than this setting; the `quark` command filters those, and
+# `quark -v` turns this default back to 0.)
+_TF_LOG_LEVEL_DEFAULTED = "TF_CPP_MIN_LOG_LEVEL" not in _os.environ
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"

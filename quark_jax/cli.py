@@ -21,12 +21,196 @@ comma-separated) adds directories where gin files and their ``include``s are loo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import json
 import logging
+import os
+import re
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 
 EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, so schedulers see the job as interrupted and can requeue it
+
+
+class UsageError(Exception):
+    """An ordinary mistake on the command line (a bad value, a missing file): :func:`main` prints it as one
+    line, ``quark <command>: <message>``, and exits with :data:`EXIT_CONFIG_ERROR`, without a traceback."""
+
+
+# ---- output: quiet by default, -v for INFO logs ----------------------------------------------------------
+# Lines that native libraries write straight to file descriptor 2 while TensorFlow (seqio's data backend)
+# starts: absl's "before InitializeLog" notice and INFO lines (oneDNN, "Could not find cuda drivers", CPU
+# features), and the CUDA driver probe that fails on a machine without a GPU. TF_CPP_MIN_LOG_LEVEL does not
+# reach them (they are written before TensorFlow reads it, or at ERROR level).
+_NATIVE_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|I\d{4} [\d:.]+ +\d+ [\w./-]+:\d+\] "  # absl INFO
+    r"|To enable the following instructions: .*rebuild TensorFlow"
+    r"|E\d{4} [\d:.]+ +\d+ [\w./-]+:\d+\] (failed call to cuInit|Unable to register cu\w+ factory)"
+)
+
+
+@contextlib.contextmanager
+def _native_stderr_filtered() -> Iterator[None]:
+    """Collects what anything (C++ included) writes to file descriptor 2 inside the block, then writes it back
+    without the start-up lines of :data:`_NATIVE_NOISE`. Only short start-up steps run inside it."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _NATIVE_NOISE.match(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def _start_tensorflow(verbose: int) -> None:
+    """Imports TensorFlow (if installed) before the command does, hiding its GPUs, and unless ``verbose``
+    drops its start-up lines.
+
+    TensorFlow only feeds data here (seqio), so it must not take GPUs from JAX; hiding them is also what
+    keeps it from probing CUDA (the ``failed call to cuInit`` line on a machine without a GPU, printed by
+    TensorFlow's CUDA platform, not by JAX). JAX's own platform choice is left alone (no JAX_PLATFORMS), so
+    GPU and TPU runs are unaffected."""
+    if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
+        return
+    with contextlib.nullcontext() if verbose else _native_stderr_filtered():
+        import tensorflow as tf
+
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except (RuntimeError, ValueError):  # devices already initialised by someone else: leave them
+            pass
+
+
+class _FirstLineOnly(logging.Filter):
+    """Quiet mode: an INFO record of ours that spans several lines (the logical-axis-rules table, samples
+    after a validation loss) is shortened to its first line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.INFO and record.name.startswith("quark_jax"):
+            message = record.getMessage()
+            if "\n" in message:
+                record.msg, record.args = message.split("\n", 1)[0].rstrip(" :;") + " (more with -v)", None
+        return True
+
+
+class _DropOrbaxMetadataWarning(logging.Filter):
+    """Quiet mode: orbax warns that ``<step>/params/_CHECKPOINT_METADATA`` does not exist on every restore of
+    a run's parameters; nothing is wrong (the metadata lives one level up), so the warning is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.getMessage().startswith("Metadata file does not exist")
+                    and "_CHECKPOINT_METADATA" in record.getMessage())
+
+
+def _configure_output(verbose: int) -> None:
+    """Quiet (``verbose=0``): warnings, quark_jax's one-line progress and results; ``-v``: every library's
+    INFO logs and native start-up lines; ``-vv``: DEBUG."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    root = logging.getLogger()
+    if verbose:
+        import quark_jax
+
+        if quark_jax._TF_LOG_LEVEL_DEFAULTED:  # the user did not choose one: show TensorFlow's C++ INFO too
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        for library in ("absl", "jax._src", "orbax", "tensorflow"):  # their DEBUG output is huge
+            logging.getLogger(library).setLevel(logging.INFO)
+        return
+    root.setLevel(logging.WARNING)
+    logging.getLogger("quark_jax").setLevel(logging.INFO)
+    logging.getLogger("quark_jax.inference").setLevel(logging.WARNING)  # "compiling <bucket key>" lines
+    for handler in root.handlers:
+        handler.addFilter(_FirstLineOnly())
+    logging.getLogger("absl").addFilter(_DropOrbaxMetadataWarning())
+    try:
+        import sentencepiece
+
+        sentencepiece.set_min_log_level(1)  # "precompiled_charsmap is empty" on every tokenizer load
+    except (ImportError, AttributeError):
+        pass
+
+
+# ---- argument checks (before anything heavy is imported or loaded) ---------------------------------------
+def _check_run_dir(model_dir: str) -> None:
+    from quark_jax import runs
+
+    try:
+        runs.resolve(model_dir, "--model_dir")
+    except runs.RunDirError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise UsageError(f"--{name}={value}: must be >= {minimum}")
+
+
+def _check_generate_args(args: argparse.Namespace) -> None:
+    from quark_jax.inference.generate import check_generation_args
+
+    if args.prompt and args.input_jsonl:
+        raise UsageError("--prompt and --input_jsonl both given; pass prompts one way")
+    for prompt in args.prompt or []:
+        if not prompt:
+            raise UsageError("--prompt '' is empty; give some text to continue, e.g. --prompt 'def fib(n):'")
+    try:
+        check_generation_args(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.num_beams)
+    except ValueError as e:
+        raise UsageError(f"--{e}") from e
+    _check_at_least(args, 1, "batch_size")
+    _check_at_least(args, 0, "step")
+
+
+def _read_requests(path: str) -> list[dict]:
+    """The ``--input_jsonl`` requests, every line checked; errors name the file and the 1-based line."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise UsageError(f"--input_jsonl {path}: no such file") from None
+    except OSError as e:
+        raise UsageError(f"--input_jsonl {path}: {e.strerror}") from None
+    requests = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise UsageError(f"--input_jsonl {path} line {number}: not UTF-8 text (bad byte at column {e.start + 1}); "
+                             "save the file as UTF-8") from None
+        if not line.strip():
+            continue
+        where = f"--input_jsonl {path} line {number}"
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be one object "
+                             'such as {"prompt": "def fib(n):"}') from None
+        if not isinstance(request, dict) or not isinstance(request.get("prompt"), str):
+            raise UsageError(f'{where}: requests need a string "prompt", e.g. {{"prompt": "def fib(n):"}}')
+        if not request["prompt"]:
+            raise UsageError(f'{where}: the "prompt" is empty')
+        for key, minimum in (("max_new_tokens", 1), ("seed", 0)):
+            value = request.get(key, minimum)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise UsageError(f'{where}: "{key}" must be a whole number >= {minimum}, not {value!r}')
+        requests.append(request)
+    if not requests:
+        raise UsageError(f"--input_jsonl {path}: no requests in the file")
+    return requests
 
 
 def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -40,7 +224,7 @@ def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
             name_value = arg[len("--gin."):]
             if "=" not in name_value:
                 if i + 1 >= len(args):
-                    raise SystemExit(f"quark: {arg} needs a value: {arg}=VALUE")
+                    raise UsageError(f"{arg} needs a value: {arg}=VALUE")
                 name_value = f"{name_value}={args[i + 1]}"
                 i += 1
             bindings.append(name_value)
@@ -60,6 +244,7 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     except gin_utils.GinConfigError as e:
         print(f"quark train: gin configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    _start_tensorflow(args.verbose)
     from quark_jax import distributed
 
     try:
@@ -99,24 +284,19 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import json
-
+    # Everything a user can get wrong is checked before the (slow) model load.
+    _check_generate_args(args)
+    requests = _read_requests(args.input_jsonl) if args.input_jsonl else []
+    _check_run_dir(args.model_dir)
+    _start_tensorflow(args.verbose)
     import quark_jax as qj
 
-    requests = []
-    if args.input_jsonl:  # checked before the (slow) model load
-        # One request per line: {"prompt": ..., optional "max_new_tokens", "seed"}; one JSON result per line.
-        with open(args.input_jsonl) as f:
-            requests = [json.loads(line) for line in f if line.strip()]
-        bad = [i + 1 for i, r in enumerate(requests) if not isinstance(r, dict) or not isinstance(r.get("prompt"), str)]
-        if bad:
-            print(f"quark generate: {args.input_jsonl} lines {bad[:5]} need a string \"prompt\"", file=sys.stderr)
-            return EXIT_CONFIG_ERROR
     try:
         model = qj.load(args.model_dir, step=args.step)
-    except FileNotFoundError as e:
-        print(f"quark generate: {e}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
+    except (FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise
+        raise UsageError(str(e)) from e
     if args.quantize:
         model = model.quantize(args.quantize)
     if args.input_jsonl:
@@ -153,6 +333,9 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _merge_lora(args: argparse.Namespace) -> int:
+    _check_at_least(args, 0, "step")
+    _check_run_dir(args.model_dir)
+    _start_tensorflow(args.verbose)
     from quark_jax.runs import save_merged_lora as save_merged
 
     try:
@@ -166,6 +349,10 @@ def _merge_lora(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
+    _check_at_least(args, 1, "group_size")
+    _check_at_least(args, 0, "step")
+    _check_run_dir(args.model_dir)
+    _start_tensorflow(args.verbose)
     from quark_jax.runs import save_quantized
 
     try:
@@ -178,26 +365,40 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import json
+    _check_at_least(args, 1, "batch_size")
+    _check_at_least(args, 2, "sequence_length")
+    _check_at_least(args, 0, "batches", "step")
+    _check_run_dir(args.model_dir)
+    _start_tensorflow(args.verbose)
+    import seqio
 
+    from quark_jax.data import tasks  # noqa: F401 -- registers the tasks and mixtures
+
+    names = sorted({*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()})
+    if args.mixture_or_task_name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(args.mixture_or_task_name, names, n=1)
+        hint = f"did you mean {close[0]}?" if close else "`quark data list` shows the registered names"
+        raise UsageError(f"--mixture_or_task_name {args.mixture_or_task_name!r} is not a registered task or "
+                         f"mixture; {hint}")
     import quark_jax as qj
     from quark_jax.evaluation.perplexity import perplexity
 
     try:
         model = qj.load(args.model_dir, step=args.step)
-    except FileNotFoundError as e:
-        print(f"quark eval: {e}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    result = perplexity(
-        model, args.mixture_or_task_name, args.split, args.sequence_length, args.batch_size, args.batches
-    )
+        result = perplexity(
+            model, args.mixture_or_task_name, args.split, args.sequence_length, args.batch_size, args.batches
+        )
+    except (FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise
+        raise UsageError(str(e)) from e
     print(json.dumps({"model_dir": args.model_dir, "step": model.step, **result}))
     return 0
 
 
 def _plan(args: argparse.Namespace, bindings: list[str]) -> int:
-    import json
-
     from quark_jax import gin_utils
     from quark_jax.plan import plan
 
@@ -206,7 +407,7 @@ def _plan(args: argparse.Namespace, bindings: list[str]) -> int:
     defaults = [b for b in ("MODEL_DIR='/tmp/quark_plan'", "TRAIN_STEPS=1")
                 if not any(x.split("=")[0].strip() == b.split("=")[0] for x in bindings)]
     try:
-        gin_utils.parse(args.gin_file, [*defaults, *bindings], search_paths)
+        gin_utils.parse(args.gin_file, bindings, search_paths, defaults=defaults)
         config = gin_utils.build_train_config()
     except gin_utils.GinConfigError as e:
         print(f"quark plan: gin configuration error: {e}", file=sys.stderr)
@@ -234,8 +435,7 @@ def _plan(args: argparse.Namespace, bindings: list[str]) -> int:
 
 
 def _data(args: argparse.Namespace, bindings: list[str]) -> int:
-    import json
-
+    _start_tensorflow(args.verbose)
     if args.data_command == "list":
         from quark_jax.data import catalogue
 
@@ -282,6 +482,7 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
 
 
 def _tokenizer(args: argparse.Namespace) -> int:
+    _start_tensorflow(args.verbose)
     from quark_jax.data import tokenizer_training
 
     try:
@@ -293,20 +494,69 @@ def _tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``quark generate: the following arguments are required: --model_dir
+    (see quark generate --help)``, exit status 2, instead of the usage block."""
 
-    train = sub.add_parser("train", help="train from gin files (plus --gin.NAME=VALUE bindings)")
-    train.add_argument("--gin_file", action="append", required=True, help="gin file; repeatable")
+    def error(self, message: str):
+        self.exit(EXIT_CONFIG_ERROR, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+TRAIN_EPILOG = """\
+gin flags:
+  --gin_file=FILE       a gin file (repeatable; later files override earlier ones), e.g.
+                        configs/runs/pretrain_tiny.gin; `include`s are looked up in the working directory,
+                        the repository and --gin_search_paths
+  --gin.NAME=VALUE      a binding applied after all files (repeatable): a macro (--gin.TRAIN_STEPS=200) or a
+                        parameter (--gin.quark_jax.OptimizerConfig.learning_rate=1e-3). VALUE is a gin
+                        literal, so strings need inner quotes: --gin.MODEL_DIR="'/tmp/run'"
+                        (--gin.MODEL_DIR=/tmp/run is an error). A macro that no gin file uses is an error.
+
+required macros (configs/runs/pretrain.gin):
+  MODEL_DIR             where checkpoints, metrics.jsonl, config.gin and plots go (a quoted string)
+  TRAIN_STEPS           number of optimizer steps
+
+example:
+  quark train --gin_file=configs/runs/pretrain_tiny.gin --gin.MODEL_DIR="'/tmp/run'" --gin.TRAIN_STEPS=200
+"""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from quark_jax import __version__
+
+    parser = _Parser(prog="quark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    try:
+        from importlib.metadata import version
+
+        jax_version = f"jax {version('jax')}, "
+    except Exception:  # noqa: BLE001 -- not installed as a distribution: the version line stays useful
+        jax_version = ""
+    python = ".".join(map(str, sys.version_info[:3]))
+    parser.add_argument("--version", action="version", version=f"quark {__version__} ({jax_version}Python {python})")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="INFO logs of every library and native start-up messages; -vv: DEBUG")
+    # -v also after the subcommand (`quark train -v ...`); a separate dest, since a subparser's default would
+    # overwrite the value the main parser read.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", dest="sub_verbose", action="count", default=0,
+                        help="INFO logs of every library and native start-up messages; -vv: DEBUG")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    train = add("train", help="train from gin files (plus --gin.NAME=VALUE bindings)",
+                description="Train a model from gin files and --gin.NAME=VALUE bindings.", epilog=TRAIN_EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    train.add_argument("--gin_file", action="append", required=True,
+                       help="gin file; repeatable (see 'gin flags' below)")
     train.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated dirs; repeatable")
     train.add_argument("--coordinator_address", default=None,
                        help="multi-host: HOST:PORT of process 0 (or env QUARK_COORDINATOR_ADDRESS)")
     train.add_argument("--num_processes", type=int, default=None, help="multi-host: processes in the job")
     train.add_argument("--process_id", type=int, default=None, help="multi-host: this process, 0..N-1")
 
-    pl = sub.add_parser("plan", help="parameters, FLOPs, per-device memory and step time of a config on a mesh")
+    pl = add("plan", help="parameters, FLOPs, per-device memory and step time of a config on a mesh")
     pl.add_argument("--gin_file", action="append", required=True, help="gin file; repeatable")
     pl.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated dirs; repeatable")
     pl.add_argument("--mesh_shape", default=None, help="e.g. 'fsdp=-1,tensor=4' (default: the config's MESH_SHAPE)")
@@ -317,7 +567,7 @@ def _build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the step time")
     pl.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
-    gen = sub.add_parser("generate", help="continue prompts with a trained run")
+    gen = add("generate", help="continue prompts with a trained run")
     gen.add_argument("--model_dir", required=True)
     gen.add_argument("--prompt", action="append", help="prompt text; repeatable")
     gen.add_argument("--max_new_tokens", type=int, default=64)
@@ -335,19 +585,19 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quantize", choices=("int8", "int4"), help="weight-only quantization before generating")
     gen.add_argument("--logprobs", action="store_true", help="with --input_jsonl: add chosen-token logprobs")
 
-    qz = sub.add_parser("quantize", help="write a weight-only int8/int4 copy of a trained run")
+    qz = add("quantize", help="write a weight-only int8/int4 copy of a trained run")
     qz.add_argument("--model_dir", required=True)
     qz.add_argument("--out_dir", required=True)
     qz.add_argument("--mode", choices=("int8", "int4"), default="int8")
     qz.add_argument("--group_size", type=int, default=32, help="int4 group size along the contraction axis")
     qz.add_argument("--step", type=int, default=None)
 
-    ml = sub.add_parser("merge_lora", help="merge a LoRA run's adapters into its base: a plain run directory")
+    ml = add("merge_lora", help="merge a LoRA run's adapters into its base: a plain run directory")
     ml.add_argument("--model_dir", required=True, help="the LoRA run (configs/runs/lora.gin)")
     ml.add_argument("--out_dir", required=True)
     ml.add_argument("--step", type=int, default=None, help="adapter checkpoint step (default: newest)")
 
-    ev = sub.add_parser("eval", help="validation loss and perplexity of a trained run")
+    ev = add("eval", help="validation loss and perplexity of a trained run")
     ev.add_argument("--model_dir", required=True)
     ev.add_argument("--mixture_or_task_name", default="stdlib")
     ev.add_argument("--split", default="validation")
@@ -357,9 +607,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--step", type=int, default=None)
 
     data = sub.add_parser("data", help="list registered tasks and mixtures; build cleaned shards")
-    data_sub = data.add_subparsers(dest="data_command", required=True)
-    data_sub.add_parser("list", help="registered seqio tasks and mixtures")
-    build = data_sub.add_parser("build", help="clean a mixture offline into TFRecord shards and a report")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    data_sub.add_parser("list", parents=[common], help="registered seqio tasks and mixtures")
+    build = data_sub.add_parser("build", parents=[common], help="clean a mixture offline into TFRecord shards and a report")
     build.add_argument("--mixture", default=None,
                        help="registered mixture or task (see `quark data list`); default: the one a --gin_file "
                             "declares with quark_jax.data.source_mixture")
@@ -372,8 +622,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="report the packing efficiency at this sequence length (0: skip)")
 
     tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a mixture")
-    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
-    tok_train = tok_sub.add_parser("train", help="train and write <output>.model / .vocab; prints fertility")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)
+    tok_train = tok_sub.add_parser("train", parents=[common], help="train and write <output>.model / .vocab; prints fertility")
     tok_train.add_argument("--mixture", default="quark_demo")
     tok_train.add_argument("--output", required=True, help="path prefix, e.g. tokenizers/quark_demo_4k")
     tok_train.add_argument("--vocab_size", type=int, default=4096)
@@ -382,36 +632,35 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    sub = getattr(args, "data_command", None) or getattr(args, "tokenizer_command", None)
+    return f"quark {args.command}" + (f" {sub}" if sub else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quark`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    bindings, rest = _split_gin_flags(argv)
+    try:
+        bindings, rest = _split_gin_flags(argv)
+    except UsageError as e:
+        print(f"quark: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     args = _build_parser().parse_args(rest)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-    )
-    for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args.verbose += args.sub_verbose
+    _configure_output(args.verbose)
     if bindings and args.command not in ("train", "data", "plan"):
         print(f"quark {args.command}: --gin.* flags only apply to `quark train`, `quark data` and `quark plan`",
               file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    if args.command == "train":
-        return _train(args, bindings)
-    if args.command == "plan":
-        return _plan(args, bindings)
-    if args.command == "generate":
-        return _generate(args)
-    if args.command == "quantize":
-        return _quantize(args)
-    if args.command == "merge_lora":
-        return _merge_lora(args)
-    if args.command == "data":
-        return _data(args, bindings)
-    if args.command == "tokenizer":
-        return _tokenizer(args)
-    return _eval(args)
+    commands = {"train": lambda: _train(args, bindings), "plan": lambda: _plan(args, bindings),
+                "generate": lambda: _generate(args), "quantize": lambda: _quantize(args),
+                "merge_lora": lambda: _merge_lora(args), "data": lambda: _data(args, bindings),
+                "tokenizer": lambda: _tokenizer(args), "eval": lambda: _eval(args)}
+    try:
+        return commands[args.command]()
+    except UsageError as e:
+        print(f"{_command_name(args)}: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
 
 
 if __name__ == "__main__":

@@ -68,18 +68,24 @@ def _write_json(run_dir: str, name: str, value: dict) -> None:
 
 def resolve(run_dir: str | None, what: str = "run") -> str:
     """A run directory (its ``checkpoints/`` is accepted too) that holds a model config and parameters
-    (checkpoints or quantized parameters); ``what`` names the role ("teacher", ...) in errors."""
+    (checkpoints or quantized parameters); ``what`` names the role ("teacher", "--model_dir" ...) in errors."""
     if not run_dir:
         raise RunDirError(f"no {what} directory is set")
     run_dir = str(run_dir).rstrip("/")
     if os.path.basename(run_dir) == CHECKPOINTS_DIR:
         run_dir = os.path.dirname(run_dir)
+    usage = f"pass the MODEL_DIR of a `quark train` run (the directory with {MODEL_CONFIG_FILE} and {CHECKPOINTS_DIR}/)"
+    if not os.path.exists(run_dir):
+        raise RunDirError(f"{what} {run_dir}: no such directory; {usage}")
     if not os.path.isdir(run_dir):
-        raise RunDirError(f"{what} {run_dir!r} does not exist")
+        raise RunDirError(f"{what} {run_dir} is a file; {usage}")
     if not os.path.exists(os.path.join(run_dir, MODEL_CONFIG_FILE)):
-        raise RunDirError(f"{what} {run_dir!r}: no {MODEL_CONFIG_FILE} there (is it a directory written by `quark train`?)")
+        parent = os.path.dirname(os.path.abspath(run_dir))
+        hint = (f"pass the run directory {parent}" if os.path.exists(os.path.join(parent, MODEL_CONFIG_FILE))
+                else usage)
+        raise RunDirError(f"{what} {run_dir} is not a run directory (no {MODEL_CONFIG_FILE} in it); {hint}")
     if not any(os.path.exists(os.path.join(run_dir, d)) for d in (CHECKPOINTS_DIR, QUANTIZED_PARAMS_DIR)):
-        raise RunDirError(f"{what} {run_dir!r}: no {CHECKPOINTS_DIR}/ there (has the run saved a checkpoint yet?)")
+        raise RunDirError(f"{what} {run_dir} has no {CHECKPOINTS_DIR}/ (has the run saved a checkpoint yet?)")
     return run_dir
 
 

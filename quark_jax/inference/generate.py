@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import operator
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +51,65 @@ def enable_compilation_cache(path: str | None = None) -> str:
     if jax.config.jax_compilation_cache_dir != path:
         jax.config.update("jax_compilation_cache_dir", path)
     return path
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as an int if it is a whole number (Python or NumPy integer, not a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _real(value: Any) -> float | None:
+    """``value`` as a float if it is a real number (not NaN), else None."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+def check_generation_args(
+    max_new_tokens: int | Sequence[int] = 1, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+    num_beams: int = 1,
+) -> None:
+    """Raises ``ValueError`` naming the first bad argument, as ``name=value: what it must be``.
+
+    Checked before anything is tokenized or compiled (the ``quark generate`` command runs the same check
+    before it loads the model, and prints the message as ``--name=value: ...``)."""
+    limits = [max_new_tokens] if _whole(max_new_tokens) is not None else max_new_tokens
+    if isinstance(limits, (str, bytes)) or not isinstance(limits, Sequence):
+        limits = [max_new_tokens]
+    for limit in limits:
+        if _whole(limit) is None or limit < 1:
+            raise ValueError(f"max_new_tokens={limit!r}: must be a whole number >= 1")
+    t = _real(temperature)
+    if t is None or t < 0:
+        raise ValueError(f"temperature={temperature!r}: must be >= 0 (0 = greedy)")
+    if _whole(top_k) is None or top_k < 0:
+        raise ValueError(f"top_k={top_k!r}: must be a whole number >= 0 (0 = off)")
+    p = _real(top_p)
+    if p is None or not 0.0 < p <= 1.0:
+        raise ValueError(f"top_p={top_p!r}: must be in (0, 1] (1 = off)")
+    if _whole(num_beams) is None or num_beams < 1:
+        raise ValueError(f"num_beams={num_beams!r}: must be a whole number >= 1 (1 = no beam search)")
+    if num_beams > 1 and t > 0:
+        raise ValueError(f"num_beams={num_beams} with temperature={temperature}: beam search does not sample; "
+                         "use temperature 0 or num_beams 1")
+
+
+def check_prompts(prompts: Sequence[str]) -> None:
+    """Raises ``ValueError`` unless ``prompts`` is a non-empty list of non-empty strings."""
+    if len(prompts) == 0:
+        raise ValueError("prompts=[]: give at least one prompt")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise ValueError(f"prompts[{i}]={p!r}: must be a string")
+        if not p:
+            raise ValueError(f"prompts[{i}]='': must not be empty (there is nothing to continue)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +315,8 @@ class Generator:
         """
         if isinstance(prompts, str):
             prompts = [prompts]
+        check_prompts(prompts)
+        check_generation_args(max_new_tokens, temperature, top_k, top_p)
         n = len(prompts)
         limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
         seeds = [seed + i for i in range(n)] if isinstance(seed, int) else list(seed)
@@ -292,11 +355,13 @@ class Generator:
     ) -> list[str]:
         """Continuations of ``prompts`` (the prompt itself not included); ``num_beams > 1`` runs beam search
         (greedy ranking by ``length_penalty``-normalised log-probability; no prefix, no sampling)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        check_prompts(prompts)
+        check_generation_args(max_new_tokens, temperature, top_k, top_p, num_beams)
         if num_beams > 1:
-            if prefix is not None or temperature > 0:
-                raise ValueError("beam search (num_beams > 1) takes neither a prefix nor sampling options")
-            if isinstance(prompts, str):
-                prompts = [prompts]
+            if prefix is not None:
+                raise ValueError("beam search (num_beams > 1) takes no prefix")
             limit = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens)
             texts = [self.vocabulary.decode(t) for t, _ in self.beam_search(
                 [self._encode(p) for p in prompts], num_beams, limit, length_penalty)]
@@ -367,4 +432,5 @@ def _cut(text: str, stop: Sequence[str]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
-__all__ = ["Generator", "Request", "Completion", "enable_compilation_cache", "PrefixCache"]
+__all__ = ["Generator", "Request", "Completion", "enable_compilation_cache", "PrefixCache", "check_generation_args",
+           "check_prompts"]

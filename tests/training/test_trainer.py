@@ -87,7 +87,7 @@ def test_cli_generate_and_eval(trained_run):
     assert report["loss"] == pytest.approx(trained_run["summary"]["val_loss"], rel=1e-5)
 
     missing = run_quark("generate", "--model_dir=/nonexistent/run")
-    assert missing.returncode == 2 and "/nonexistent/run' does not exist" in missing.stderr, missing.stderr
+    assert missing.returncode == 2 and "/nonexistent/run: no such directory" in missing.stderr, missing.stderr
 
 
 def test_nonfinite_loss_stops_naming_the_step(tmp_path):
