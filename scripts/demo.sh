@@ -4,7 +4,7 @@
 # prints sample generations. Re-running resumes (or, when finished, only generates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh runtime  # requirements.txt only: no torch, transformers or pytest
 RUN_DIR="${RUN_DIR:-runs/tiny_demo}"
 VENV="${VENV:-.venv}"
 start=$(date +%s)

@@ -85,3 +85,32 @@ def trained_run(tmp_path_factory):
     )
     summary = trainer.run()
     return {"model_dir": str(model_dir), "summary": summary, "trainer": trainer}
+
+
+def assert_greedy_completion(model, prompt: str, completion, max_new_tokens: int) -> None:
+    """Checks a greedy ``Completion`` of ``prompt`` from a loaded model (``qj.load``) against one full forward
+    pass of the model, without the KV cache or the compiled decode loop: every new token is the arg-max of the
+    logits at the position before it (up to float noise), its log-probability is the log-softmax there, a row
+    that stopped early stopped on EOS being the arg-max, and the text is the decoded tokens."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    generator = model.generator
+    prompt_ids = list(model.tokenizer.encode(prompt))
+    new = list(completion.tokens)
+    assert len(new) <= max_new_tokens and len(completion.logprobs) == len(new)
+    assert completion.text == model.tokenizer.decode(new)
+    ended_on_eos = len(new) < max_new_tokens
+    assert completion.finish_reason == ("eos" if ended_on_eos else "length")
+    sequence = prompt_ids + new + ([generator.eos_id] if ended_on_eos else [])
+    tokens = jnp.asarray([sequence], jnp.int32)
+    positions = jnp.arange(len(sequence), dtype=jnp.int32)[None]
+    logits, _ = nnx.merge(model.graphdef, model.params)(tokens, positions, jnp.ones_like(tokens))
+    logprobs = np.asarray(jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1))
+    for i, token in enumerate(sequence[len(prompt_ids):]):
+        row = logprobs[len(prompt_ids) + i - 1]
+        assert row[token] >= row.max() - 1e-4, (i, token, int(row.argmax()))
+        if i < len(new):
+            assert abs(row[token] - completion.logprobs[i]) < 1e-3, (i, row[token], completion.logprobs[i])

@@ -26,8 +26,16 @@ def test_every_model_config_builds(model_gin):
     abstract = abstract_model(config.model)
     built = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     assert built == config.model.num_params()
-    if os.path.basename(model_gin) == "7b.gin":
-        assert 6.6e9 < built < 6.8e9  # shaped like Llama-2-7B (6.74B)
+    low, high = SIZE_RANGES.get(os.path.basename(model_gin), (0, float("inf")))
+    assert low < built < high
+
+
+# Configs shaped like published models: their parameter counts.
+SIZE_RANGES = {"7b.gin": (6.6e9, 6.8e9), "mixtral_8x7b.gin": (46.6e9, 46.8e9)}  # Llama-2-7B 6.74B; Mixtral 46.7B
+
+
+def test_the_published_shapes_are_among_the_configs():
+    assert set(SIZE_RANGES) <= {os.path.basename(path) for path in MODEL_CONFIGS}
 
 
 @pytest.mark.parametrize("mesh_gin", MESH_CONFIGS, ids=os.path.basename)

@@ -41,6 +41,8 @@ def test_per_request_max_tokens_and_finish_reasons(generator):
     for c, f, n in zip(out, full, [1, 3, 7, 12]):
         if f.finish_reason == "length" or len(f.tokens) >= n:
             assert c.tokens == f.tokens[:n] and c.finish_reason == "length"
+        else:  # the full run ended on EOS before this row's limit: so does this row
+            assert f.finish_reason == "eos" and c.tokens == f.tokens and c.finish_reason == "eos"
 
 
 def test_eos_and_stop_sequences_end_a_row():

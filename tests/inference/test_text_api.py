@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_quark
+from conftest import assert_greedy_completion, run_quark
 
 
 @pytest.fixture(scope="module")
@@ -19,21 +19,31 @@ def model(trained_run):
 def test_text_generation_options(model):
     prompts = ["def add(a, b):", "import os\n"]
     base = model.complete(prompts, max_new_tokens=12)
-    assert [c.text for c in base] == model.generate(prompts, max_new_tokens=12)
-    assert all(c.finish_reason in ("eos", "length", "stop") for c in base)
-    assert all(len(c.logprobs) == len(c.tokens) for c in base)
+    # Greedy completions are the arg-max continuations of a plain full forward pass, with its log-probabilities.
+    for prompt, completion in zip(prompts, base):
+        assert_greedy_completion(model, prompt, completion, 12)
     # A stop string taken from the greedy output ends the text just before it.
     text = base[0].text
-    stop = text[3:5] if len(text) >= 5 else None
-    if stop and stop.strip():
-        cut = model.complete(prompts[:1], max_new_tokens=12, stop=[stop])[0]
-        assert cut.text == text[: text.find(stop)] and cut.finish_reason == "stop"
+    stop = next((text[i:i + 2] for i in range(1, len(text) - 1) if text[i:i + 2].strip()), None)
+    assert stop is not None, f"greedy output {text!r} has no two-character non-blank stop string"
+    cut = model.complete(prompts[:1], max_new_tokens=12, stop=[stop])[0]
+    assert cut.text == text[: text.find(stop)] and cut.finish_reason == "stop"
     # Shared prefix, prefilled once: same text as writing it into every prompt.
     system = "# utilities\n"
     assert model.generate(["x = 1\n"], 8, prefix=system) == model.generate([system + "x = 1\n"], 8)
-    # Beam search returns text; seeds make sampling reproducible.
-    assert isinstance(model.generate(prompts, 6, num_beams=3)[0], str)
-    assert model.generate(prompts, 8, temperature=1.0, seed=5) == model.generate(prompts, 8, temperature=1.0, seed=5)
+    # Beam search: the returned text is the best beam, whose reported score is its length-normalised
+    # log-probability as the scoring function computes it (EOS included when the beam ended on it).
+    generator = model.generator
+    limit = 6
+    (beam_tokens, beam_score), = generator.beam_search([list(model.tokenizer.encode(prompts[0]))], 3, limit)
+    assert model.generate(prompts[:1], limit, num_beams=3) == [model.tokenizer.decode(beam_tokens)]
+    scored = beam_tokens + ([generator.eos_id] if len(beam_tokens) < limit else [])
+    logprob = sum(generator.score_tokens([list(model.tokenizer.encode(prompts[0]))], [scored])[0])
+    assert beam_score == pytest.approx(logprob / len(scored), abs=1e-4)
+    # Seeds make sampling reproducible, and different seeds give different samples.
+    sampled = model.generate(prompts, 8, temperature=1.0, seed=5)
+    assert sampled == model.generate(prompts, 8, temperature=1.0, seed=5)
+    assert any(model.generate(prompts, 8, temperature=1.0, seed=s) != sampled for s in (6, 7, 8))
 
 
 def test_score_ranks_the_models_own_continuation_higher(model):

@@ -69,8 +69,7 @@ def check_jobset(doc, hosts, topology=None):
     spec = job["template"]["spec"]
     assert spec["parallelism"] == spec["completions"] == hosts and spec["completionMode"] == "Indexed"
     pod = spec["template"]["spec"]
-    if topology:
-        assert pod["nodeSelector"]["cloud.google.com/gke-tpu-topology"] == topology
+    assert pod.get("nodeSelector", {}).get("cloud.google.com/gke-tpu-topology") == topology
     (container,) = pod["containers"]
     env = {e["name"]: e for e in container["env"]}
     assert env["QUARK_NUM_PROCESSES"]["value"] == str(hosts)

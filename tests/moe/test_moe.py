@@ -14,8 +14,9 @@ from quark_jax.models.config import ModelConfig
 from quark_jax.models.layers import MLP
 from quark_jax.models.moe import MoE, expert_capacity
 from quark_jax.models.transformer import KVCache, Transformer, abstract_model
-from quark_jax.training.sharded import make_sharded_training, synthetic_batch
 from quark_jax.training.config import OptimizerConfig
+from quark_jax.training.losses import lm_loss_sums
+from quark_jax.training.sharded import make_sharded_training, synthetic_batch
 
 SMALL = ModelConfig(vocab_size=256, d_model=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=48,
                     num_experts=4, experts_per_token=2, moe_every=1)
@@ -143,6 +144,7 @@ def test_train_step_adds_and_logs_the_aux_losses():
     batch = synthetic_batch(config.vocab_size, 4, 16)
     with sh.activate(mesh):
         state = run.init(jax.random.key(0))
+        initial = jax.device_get(state.params)  # copied: the step donates the state
         state, metrics = run.step(state, batch)
     metrics = jax.device_get(metrics)
     loads = [float(metrics[f"moe/expert_load_{e}"]) for e in range(config.num_experts)]
@@ -150,9 +152,24 @@ def test_train_step_adds_and_logs_the_aux_losses():
     assert float(metrics["moe/load_balance_loss"]) >= 0.99  # >= 1 up to the top-k vs probability mismatch
     assert float(metrics["moe/router_z_loss"]) > 0.0
     assert 0.0 <= float(metrics["moe/dropped_fraction"]) < 1.0
-    # The router receives gradient from the main loss and the aux losses.
-    router_grad_moved = state.params["moe_blocks"]["moe"]["router"]
-    assert np.isfinite(np.asarray(router_grad_moved)).all()
+    # The router receives gradient from the main loss and from the aux losses, and the step moves it.
+    def loss_terms(router):
+        params = {**initial, "moe_blocks": {**initial["moe_blocks"],
+                                            "moe": {**initial["moe_blocks"]["moe"], "router": router}}}
+        sums = lm_loss_sums(params, run.graphdef, {k: jnp.asarray(v) for k, v in batch.items()}, 0.0)
+        return sums["nll_sum"], sums["moe_loss_sum"]
+
+    router = jnp.asarray(initial["moe_blocks"]["moe"]["router"])
+    for term in (0, 1):
+        grad = jax.grad(lambda r: loss_terms(r)[term])(router)
+        assert np.isfinite(np.asarray(grad)).all() and float(jnp.linalg.norm(grad)) > 1e-6, term
+    # The first update runs at the warm-up's learning rate 0; the second moves the router by about the
+    # learning rate (Adam), far more than weight decay alone would.
+    with sh.activate(mesh):
+        state, second = run.step(state, batch)
+    assert float(jax.device_get(second)["learning_rate"]) > 0
+    moved = np.asarray(jax.device_get(state.params["moe_blocks"]["moe"]["router"])) - np.asarray(router)
+    assert np.abs(moved).max() > 1e-3
 
 
 def test_every_moe_parameter_has_logical_axes_covered_by_the_rules():

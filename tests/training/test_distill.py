@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import quark_jax as qj
-from conftest import REPO, RUN_CONFIG, quark_command, run_quark, tiny_overrides, train_losses
+from conftest import (REPO, RUN_CONFIG, assert_greedy_completion, quark_command, run_quark, tiny_overrides,
+                      train_losses)
 from quark_jax.training.objectives.distill import distill_sums
 
 DISTILL_CONFIG = f"{REPO}/configs/runs/distill.gin"
@@ -57,16 +58,21 @@ def test_chunked_distillation_loss_equals_the_direct_computation():
 
 
 def test_distilled_student_beats_the_student_trained_without_the_teacher(teacher, tmp_path):
-    results = {}
+    results, summaries = {}, {}
     for name, alpha in (("distilled", 0.9), ("no_teacher", 0.0)):
         summary = qj.Trainer.from_gin(DISTILL_CONFIG, student_bindings(
             tmp_path / name, teacher["model_dir"], STUDENT_STEPS, ALPHA=alpha, TEMPERATURE=1.0)).run()
-        results[name] = summary["val_loss"]
+        results[name], summaries[name] = summary["val_loss"], summary
     print(json.dumps({"teacher_val_loss": teacher["val_loss"], "student_val_loss": results,
                       "student_steps": STUDENT_STEPS}))
     assert results["distilled"] < results["no_teacher"] - 0.1
     model = qj.load(str(tmp_path / "distilled"))  # the student loads like any run (its own, smaller config)
-    assert model.config.d_model == 128 and model.generate(["def "], max_new_tokens=4)
+    assert model.config.d_model == 128 and model.step == STUDENT_STEPS
+    trained = summaries["distilled"]["params"]
+    assert jax.tree.structure(model.params) == jax.tree.structure(trained)
+    for loaded, final in zip(jax.tree.leaves(model.params), jax.tree.leaves(trained)):
+        np.testing.assert_array_equal(np.asarray(loaded), np.asarray(final))
+    assert_greedy_completion(model, "def ", model.complete(["def "], max_new_tokens=4)[0], 4)
 
 
 def test_killed_distillation_run_resumes_with_exactly_the_same_losses(teacher, tmp_path):

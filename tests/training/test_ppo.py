@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import quark_jax as qj
-from conftest import REPO, copy_without_newest_checkpoint, read_metrics, tiny_overrides
+from conftest import REPO, assert_greedy_completion, copy_without_newest_checkpoint, read_metrics, tiny_overrides
 from quark_jax.training.objectives import ppo
 
 PPO_CONFIG = f"{REPO}/configs/runs/ppo.gin"
@@ -110,8 +110,8 @@ def test_ppo_raises_the_reward_with_bounded_kl_and_resumes_exactly(trained_run, 
     # qj.load gives the policy (value head dropped) and generates greedily.
     model = qj.load(str(model_dir))
     assert model.step == STEPS and "heads" not in model.params
-    outputs = model.generate(["def ", "x = "], max_new_tokens=8)
-    assert len(outputs) == 2 and all(isinstance(o, str) and o for o in outputs)
+    for prompt, completion in zip(["def ", "x = "], model.complete(["def ", "x = "], max_new_tokens=8)):
+        assert_greedy_completion(model, prompt, completion, 8)
 
 
 def test_grpo_raises_the_reward(trained_run, tmp_path):
