@@ -34,11 +34,8 @@ CHECK = textwrap.dedent("""
 
     from quark_jax import gin_utils, resources
 
-    # The default tokenizer. (The module may be renamed from quark_jax.data.vocab to quark_jax.data.tokenizer.)
-    try:
-        from quark_jax.data.vocab import get_vocabulary
-    except ImportError:
-        from quark_jax.data.tokenizer import get_vocabulary
+    # The default tokenizer.
+    from quark_jax.data.tokenizer import get_vocabulary
     vocabulary = get_vocabulary()
     text = "def fib(n):\\n    return n"
     ids = list(vocabulary.encode(text))

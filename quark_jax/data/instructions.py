@@ -57,6 +57,8 @@ def stdlib_examples(split: str) -> list[dict[str, str]]:
         except (SyntaxError, ValueError):
             continue
         module = corpus._module_name(source.relpath)
+        if not all(part.isidentifier() for part in module.split(".")):
+            continue  # not importable under that name (e.g. config-3.11-<platform>/python-config.py)
         for node in tree.body:
             if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):
                 continue

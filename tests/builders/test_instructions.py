@@ -128,9 +128,6 @@ def test_the_committed_set_has_the_builders_arithmetic():
         assert sorted(map(json.dumps, arithmetic)) == sorted(map(json.dumps, expected[split]))
 
 
-@pytest.mark.xfail(strict=True, reason="known builder bug: the stdlib's config-3.11-<platform>/python-config.py "
-                   "becomes the 'module' config-3.11-x86_64-linux-gnu.python-config (not importable); "
-                   "stdlib_examples should skip paths that are not module names")
 def test_questions_name_importable_modules(stdlib):
     names = {qualname_of(r["prompt"]) for split in stdlib for r in stdlib[split]}
     assert all(re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", name) for name in names), \
