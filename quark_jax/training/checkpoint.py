@@ -132,8 +132,11 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        metadata = ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "params"))
-        return step, getattr(metadata, "item_metadata", metadata)
+        # The handler reads the item's own tree metadata; the Checkpointer-level call would also look for a
+        # step-level _CHECKPOINT_METADATA inside the item directory and warn on every load that it is missing.
+        from etils import epath
+
+        return step, ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory) / str(step) / "params")
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are committed."""

@@ -8,7 +8,7 @@ from quark_jax.training.objectives.distill import Distill
 from quark_jax.training.objectives.ppo import PPO
 from quark_jax.training.objectives.dpo import DPO
 from quark_jax.training.objectives.reward import RewardModel
-from quark_jax.training.objectives.lora import LoRA
+from quark_jax.training.objectives.lora_finetune import LoRA
 from quark_jax.training.objectives.lm import LanguageModel
 
 ALL = (LanguageModel, Distill, LoRA, RewardModel, DPO, PPO)
