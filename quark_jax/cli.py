@@ -292,13 +292,22 @@ def _generate(args: argparse.Namespace) -> int:
     import quark_jax as qj
 
     try:
-        model = qj.load(args.model_dir, step=args.step)
+        model = qj.load(args.model_dir, step=args.step, beyond_context=args.beyond_context)
     except (FileNotFoundError, ValueError) as e:
         if args.verbose:
             raise
         raise UsageError(str(e)) from e
     if args.quantize:
         model = model.quantize(args.quantize)
+    try:
+        return _print_generations(args, model, requests)
+    except ValueError as e:  # what only the tokenized request shows: e.g. longer than the trained context
+        if args.verbose:
+            raise
+        raise UsageError(str(e)) from e
+
+
+def _print_generations(args: argparse.Namespace, model, requests: list[dict]) -> int:
     if args.input_jsonl:
         for start in range(0, len(requests), args.batch_size):
             chunk = requests[start:start + args.batch_size]
@@ -583,6 +592,8 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--num_beams", type=int, default=1, help=">1 = beam search")
     gen.add_argument("--length_penalty", type=float, default=1.0, help="beam score = logp / length**this")
     gen.add_argument("--quantize", choices=("int8", "int4"), help="weight-only quantization before generating")
+    gen.add_argument("--beyond_context", choices=("error", "warn"), default="error",
+                     help="a prompt + max_new_tokens longer than the run's trained context: refuse (default) or warn")
     gen.add_argument("--logprobs", action="store_true", help="with --input_jsonl: add chosen-token logprobs")
 
     qz = add("quantize", help="write a weight-only int8/int4 copy of a trained run")
