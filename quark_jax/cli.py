@@ -105,15 +105,6 @@ class _FirstLineOnly(logging.Filter):
         return True
 
 
-class _DropOrbaxMetadataWarning(logging.Filter):
-    """Quiet mode: orbax warns that ``<step>/params/_CHECKPOINT_METADATA`` does not exist on every restore of
-    a run's parameters; nothing is wrong (the metadata lives one level up), so the warning is dropped."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.getMessage().startswith("Metadata file does not exist")
-                    and "_CHECKPOINT_METADATA" in record.getMessage())
-
-
 def _configure_output(verbose: int) -> None:
     """Quiet (``verbose=0``): warnings, quark_jax's one-line progress and results; ``-v``: every library's
     INFO logs and native start-up lines; ``-vv``: DEBUG."""
@@ -133,7 +124,6 @@ def _configure_output(verbose: int) -> None:
     logging.getLogger("quark_jax.inference").setLevel(logging.WARNING)  # "compiling <bucket key>" lines
     for handler in root.handlers:
         handler.addFilter(_FirstLineOnly())
-    logging.getLogger("absl").addFilter(_DropOrbaxMetadataWarning())
     try:
         import sentencepiece
 
@@ -381,8 +371,12 @@ def _eval(args: argparse.Namespace) -> int:
     _start_tensorflow(args.verbose)
     import seqio
 
-    from quark_jax.data import tasks  # noqa: F401 -- registers the tasks and mixtures
+    from quark_jax.data import catalogue
 
+    try:
+        catalogue.register_all()
+    except catalogue.DataDirError as e:
+        raise UsageError(str(e)) from None
     names = sorted({*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()})
     if args.mixture_or_task_name not in names:
         import difflib

@@ -59,6 +59,9 @@ def split_to_feature_lengths(
                          f"(feature {key!r}, length {sequence_length[key]}).")
     stride = chunk - overlap
 
+    # Plain tensor code with no Python control flow on tensors: traced as written (autograph would run a
+    # converted copy, which also hides these lines from coverage).
+    @tf.autograph.experimental.do_not_convert
     def to_rows(example):
         tokens = example[key]
         count = tf.size(tokens)
@@ -73,6 +76,7 @@ def split_to_feature_lengths(
         out["_chunk_length"] = tf.minimum(chunk, count - starts)
         return out
 
+    @tf.autograph.experimental.do_not_convert
     def strip_padding(example):
         length = example.pop("_chunk_length")
         example[key] = example[key][:length]

@@ -224,11 +224,12 @@ class Trainer:
             with open(os.path.join(self.config.model_dir, "samples.txt"), "a") as f:
                 f.write(f"--- step {step}\n{text}\n")
         if "val_perplexity" in values:
-            log.info("step %d: validation loss %.4f (perplexity %.2f)%s", step, values["val_loss"],
-                     values["val_perplexity"], "\n" + text if samples else "")
+            log.info("step %d: validation loss %.4f (perplexity %.2f)", step, values["val_loss"],
+                     values["val_perplexity"])
         else:
-            log.info("step %d: %s%s", step, ", ".join(f"{k} {v:.4f}" for k, v in values.items()),
-                     "\n" + text if samples else "")
+            log.info("step %d: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        if samples:  # also in samples.txt and TensorBoard
+            log.debug("step %d samples:\n%s", step, text)
         self.last_samples = samples
         return values
 

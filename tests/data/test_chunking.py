@@ -44,3 +44,17 @@ def test_back_to_back_chunks_copy_other_features():
     pair = tf.data.Dataset.from_tensors({"targets": tf.range(5), "inputs": tf.range(5)})
     with pytest.raises(ValueError, match="one token feature"):
         chunking.split_to_feature_lengths(pair, {"targets": 9, "inputs": 9}, two)
+
+
+def test_lengths_and_features_that_cannot_be_chunked():
+    ds = tf.data.Dataset.from_tensors({"targets": tf.range(5), "inputs": tf.range(3)})
+    two = {**FEATURES, "inputs": FEATURES["targets"]}
+    with pytest.raises(ValueError, match="overlap=-1 must be >= 0"):
+        chunking.split_to_feature_lengths(ds, {"targets": 9}, FEATURES, overlap=-1)
+    with pytest.raises(ValueError, match="one token feature"):  # inputs and targets would be cut out of step
+        chunking.split_to_feature_lengths(ds, {"targets": 9, "inputs": 9}, two)
+    with pytest.raises(ValueError, match="leaves no room for tokens"):  # length 1 is only the EOS slot
+        chunking.split_to_feature_lengths(ds, {"targets": 1}, FEATURES)
+    # No lengths (inspection) or no length for a token feature: the dataset passes through unchanged.
+    assert chunking.split_to_feature_lengths(ds, None, FEATURES) is ds
+    assert chunking.split_to_feature_lengths(ds, {"other": 4}, FEATURES) is ds

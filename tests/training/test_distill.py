@@ -58,17 +58,17 @@ def test_chunked_distillation_loss_equals_the_direct_computation():
 
 
 def test_distilled_student_beats_the_student_trained_without_the_teacher(teacher, tmp_path):
-    results, summaries = {}, {}
+    results, trainers = {}, {}
     for name, alpha in (("distilled", 0.9), ("no_teacher", 0.0)):
-        summary = qj.Trainer.from_gin(DISTILL_CONFIG, student_bindings(
-            tmp_path / name, teacher["model_dir"], STUDENT_STEPS, ALPHA=alpha, TEMPERATURE=1.0)).run()
-        results[name], summaries[name] = summary["val_loss"], summary
+        trainers[name] = qj.Trainer.from_gin(DISTILL_CONFIG, student_bindings(
+            tmp_path / name, teacher["model_dir"], STUDENT_STEPS, ALPHA=alpha, TEMPERATURE=1.0))
+        results[name] = trainers[name].run()["val_loss"]
     print(json.dumps({"teacher_val_loss": teacher["val_loss"], "student_val_loss": results,
                       "student_steps": STUDENT_STEPS}))
     assert results["distilled"] < results["no_teacher"] - 0.1
     model = qj.load(str(tmp_path / "distilled"))  # the student loads like any run (its own, smaller config)
     assert model.config.d_model == 128 and model.step == STUDENT_STEPS
-    trained = summaries["distilled"]["params"]
+    trained = trainers["distilled"].params
     assert jax.tree.structure(model.params) == jax.tree.structure(trained)
     for loaded, final in zip(jax.tree.leaves(model.params), jax.tree.leaves(trained)):
         np.testing.assert_array_equal(np.asarray(loaded), np.asarray(final))

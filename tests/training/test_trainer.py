@@ -27,7 +27,7 @@ def test_run_writes_metrics_config_checkpoints_and_plots(trained_run):
     # 6 × every weight that multiplies a token's activations (all arrays but the RMSNorm scales; the tied
     # embedding counts once, as the output projection) + 6·L·T·N·H for causal attention scores and values.
     model = trained_run["trainer"].config.model
-    params = trained_run["summary"]["params"]
+    params = trained_run["trainer"].params
     matmul_weights = sum(int(np.prod(leaf.shape)) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
                          if "scale" not in jax.tree_util.keystr(path))
     assert model.tie_embeddings and "lm_head" not in params
