@@ -94,8 +94,9 @@ def read_model_config(run_dir: str) -> ModelConfig:
         return ModelConfig.from_json(f.read())
 
 
-def write_model_config(run_dir: str, config: ModelConfig) -> None:
-    """Writes ``model_config.json``; refuses a directory holding checkpoints of a different model."""
+def check_model_config(run_dir: str, config: ModelConfig) -> None:
+    """Read-only: refuses a directory whose ``model_config.json`` describes a different model than ``config``
+    while it holds checkpoints (naming every differing field)."""
     path = os.path.join(run_dir, MODEL_CONFIG_FILE)
     if os.path.exists(path) and os.path.isdir(os.path.join(run_dir, CHECKPOINTS_DIR)):
         previous = _read_json(run_dir, MODEL_CONFIG_FILE)
@@ -106,7 +107,12 @@ def write_model_config(run_dir: str, config: ModelConfig) -> None:
                 f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in changed.items())}); "
                 "use a new MODEL_DIR, or INIT_FROM to warm-start from it"
             )
-    with open(path, "w") as f:
+
+
+def write_model_config(run_dir: str, config: ModelConfig) -> None:
+    """Writes ``model_config.json``; refuses a directory holding checkpoints of a different model."""
+    check_model_config(run_dir, config)
+    with open(os.path.join(run_dir, MODEL_CONFIG_FILE), "w") as f:
         f.write(config.to_json())
 
 

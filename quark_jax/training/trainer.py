@@ -121,6 +121,28 @@ class Trainer:
             runs.write_gin_config(cfg.model_dir, self.gin_config_text)
         runs.copy_tokenizer(self.vocabulary.sentencepiece_model_file, cfg.model_dir)
 
+    def _check_checkpoint_shapes(self) -> None:
+        """Refuses checkpoints whose parameter shapes differ from this run's (from the checkpoint's own metadata,
+        so it holds when ``model_config.json`` is missing), before a restore would call every one unreadable."""
+        if self.checkpointer.latest_step() is None:
+            return
+        try:
+            step, metadata = self.checkpointer.param_metadata()
+        except Exception:  # noqa: BLE001 -- unreadable metadata: the restore's fallback deals with that step
+            return
+        expected = dict(_flatten(self.training.abstract_state.params))
+        found = dict(_flatten(metadata))
+        differ = [f"{name}: checkpoint {tuple(found[name].shape) if name in found else 'absent'} vs this run "
+                  f"{tuple(expected[name].shape) if name in expected else 'absent'}"
+                  for name in sorted(set(expected) | set(found))
+                  if name not in found or name not in expected or tuple(found[name].shape) != tuple(expected[name].shape)]
+        if differ:
+            raise ValueError(
+                f"MODEL_DIR {self.config.model_dir} holds checkpoints (step {step}) of a different model; "
+                f"{len(differ)} parameter(s) differ: {'; '.join(differ[:5])}{' ...' if len(differ) > 5 else ''}. "
+                "Use the run's own model config, a new MODEL_DIR, or INIT_FROM to warm-start from it"
+            )
+
     def _init_or_restore(self) -> tuple[TrainState, int]:
         """Restores the newest readable checkpoint, or initialises sharded parameters from the seed."""
         step = self.checkpointer.latest_step()
@@ -244,13 +266,17 @@ class Trainer:
         last metrics, validation); the final state stays on the trainer (``trainer.params``)."""
         cfg = self.config
         self._setup()
-        self._write_run_files()
+        # Nothing of the run's own files is written until the directory is known to hold this model: a failed
+        # attempt with another config must not overwrite the run files that the right command needs.
+        runs.check_model_config(cfg.model_dir, cfg.model)
         self.checkpointer = ckpt.Checkpointer(cfg.model_dir, cfg.checkpoint.max_to_keep, cfg.checkpoint.async_save)
+        self._check_checkpoint_shapes()
         peak = cfg.peak_flops_per_s or qm.measure_matmul_flops()
         flops_per_token = cfg.model.flops_per_token(cfg.data.task_feature_lengths["targets"])
 
         with sh.activate(self.mesh):
             state, data_position = self._init_or_restore()
+        self._write_run_files()
         start_step = int(jax.device_get(state.step))
         self.writer = qm.MetricsWriter(cfg.model_dir, resume_step=start_step)
         summary: dict[str, Any] = {"start_step": start_step, "model_dir": cfg.model_dir}

@@ -116,3 +116,25 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path):
     records = [r for r in read_metrics(tmp_path / "skip") if "loss" in r]
     assert [r.get("skipped", 0.0) for r in records] == [0.0, 1.0, 1.0]
     assert summary["final_step"] == 3
+
+
+def test_a_failed_attempt_with_another_model_writes_nothing(trained_run, tmp_path):
+    """With model_config.json gone, a command with another model is refused from the checkpoint's own shapes,
+    before anything in the run directory is written; the right command still resumes afterwards."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["model_dir"], run)
+    os.remove(run / "model_config.json")
+    before = {p: (run / p).read_bytes() for p in ("config.gin", "run.json", "objective.json")}
+    wrong = run_quark("train", f"--gin_file={RUN_CONFIG}",
+                      *[f"--gin.{b}" for b in tiny_overrides(run, 41, **{"quark_jax.ModelConfig.num_layers": 2})])
+    assert wrong.returncode == 2, wrong.stderr[-2000:]
+    assert "holds checkpoints (step 40) of a different model" in wrong.stderr and "blocks." in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    assert not (run / "model_config.json").exists()
+    assert {p: (run / p).read_bytes() for p in before} == before
+    assert sorted(os.listdir(run / "checkpoints")) == ["20", "40"] and not (run / "checkpoints_unreadable").exists()
+    trainer = Trainer.from_gin(RUN_CONFIG, tiny_overrides(run, 40))
+    assert trainer.run()["start_step"] == 40
+    assert json.loads((run / "model_config.json").read_text())["num_layers"] == trained_run["trainer"].config.model.num_layers
