@@ -110,9 +110,10 @@ def check_tree(run_dir: str, relative: str = "") -> None:
         for name in sorted(dirs) + sorted(files):
             path = os.path.join(root, name)
             try:
-                _refuse(path, os.lstat(path).st_mode)
+                mode = os.lstat(path).st_mode
             except FileNotFoundError:  # removed meanwhile (orbax deleting an old step)
                 continue
+            _refuse(path, mode)  # outside the try: UnsafeRunDirError is a FileNotFoundError too
 
 
 # ---- small files ------------------------------------------------------------------------------------------
