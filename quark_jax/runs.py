@@ -11,6 +11,11 @@ A run directory holds::
     quantization.json + quantized_params/     a quantized model (written by :func:`save_quantized`)
     merged_from.json         a LoRA run merged into its base (written by :func:`save_merged_lora`)
 
+Nothing inside a run directory is followed or opened unless it is a regular file or directory: readers and
+writers go through :func:`safe_path` and :func:`check_tree`, which refuse symbolic links and FIFOs, sockets and
+devices (:class:`UnsafeRunDirError`, naming the path). Checkpoints carry per-shard checksums
+(:mod:`quark_jax.training.checkpoint`).
+
 :func:`load` reads any of them -- a training run, a quantized directory, a LoRA run (base + adapters) -- as a
 :class:`LoadedRun`; ``qj.load`` wraps it with the generate functions. Training objectives read frozen models
 (teachers, references, reward models) with :func:`load_sharded`. The math of quantization and adapters lives

@@ -150,7 +150,9 @@ def plot_loss_curve(model_dir: str, filename: str = "loss_curve.png") -> str | N
     ax.set_title(os.path.basename(os.path.abspath(model_dir)))
     ax.grid(alpha=0.3)
     ax.legend()
-    path = os.path.join(model_dir, filename)
+    from quark_jax import runs
+
+    path = runs.safe_path(model_dir, filename)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
