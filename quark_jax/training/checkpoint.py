@@ -31,8 +31,9 @@ CHECKSUMS_ITEM = "checksums"
 _CHECKSUM_FORMAT = 1
 
 
-class ChecksumMismatchError(RuntimeError):
-    """A restored array differs from what was saved (the checkpoint's data changed on disk)."""
+class ChecksumMismatchError(ValueError):
+    """A restored array differs from what was saved (the checkpoint's data changed on disk). A ``ValueError``,
+    so that ``quark generate --step N`` of a damaged step is one line on stderr and exit status 2."""
 
 
 # ---- checksums ----------------------------------------------------------------------------------------------

@@ -65,6 +65,15 @@ def test_eight_changed_bytes_in_a_parameter_file_fall_back_to_the_previous_check
         assert parameter in f.read()
 
 
+def test_asking_for_a_damaged_step_by_number_is_an_error_naming_the_parameter(run_copy):
+    flip_8_bytes(largest_param_file(run_copy, 40))
+    result = run_quark("generate", f"--model_dir={run_copy}", "--step=40", "--prompt=def f():", "--max_new_tokens=2",
+                       timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "params parameter " in result.stderr and "CRC-32" in result.stderr
+    assert sorted(os.listdir(run_copy / "checkpoints")) == ["20", "40"]  # an explicit step is never moved away
+
+
 def test_an_undamaged_checkpoint_verifies_every_saved_array(run_copy, caplog):
     import quark_jax as qj
 
