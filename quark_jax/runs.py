@@ -11,6 +11,11 @@ A run directory holds::
     quantization.json + quantized_params/     a quantized model (written by :func:`save_quantized`)
     merged_from.json         a LoRA run merged into its base (written by :func:`save_merged_lora`)
 
+Nothing inside a run directory is followed or opened unless it is a regular file or directory: readers and
+writers go through :func:`safe_path` and :func:`check_tree`, which refuse symbolic links and FIFOs, sockets and
+devices (:class:`UnsafeRunDirError`, naming the path). Checkpoints carry per-shard checksums
+(:mod:`quark_jax.training.checkpoint`).
+
 :func:`load` reads any of them -- a training run, a quantized directory, a LoRA run (base + adapters) -- as a
 :class:`LoadedRun`; ``qj.load`` wraps it with the generate functions. Training objectives read frozen models
 (teachers, references, reward models) with :func:`load_sharded`. The math of quantization and adapters lives
@@ -24,6 +29,7 @@ import dataclasses
 import json
 import os
 import shutil
+import stat
 from typing import Any
 
 import jax
@@ -46,15 +52,78 @@ CHECKPOINTS_DIR = "checkpoints"
 QUANTIZATION_FILE = "quantization.json"
 QUANTIZED_PARAMS_DIR = "quantized_params"
 MERGED_FROM_FILE = "merged_from.json"
+UNREADABLE_CHECKPOINTS_DIR = "checkpoints_unreadable"
 
 
 class RunDirError(FileNotFoundError):
     """A path is not a run directory (or lacks what the caller needs); the message names the path."""
 
 
+class UnsafeRunDirError(RunDirError):
+    """Something inside a run directory is a symbolic link or a special file (FIFO, socket, device): it is
+    neither followed nor opened, since it would read another run's files, write outside the directory or
+    block forever. The message names the path."""
+
+
+# ---- what may be opened -----------------------------------------------------------------------------------
+def _refuse(path: str, mode: int) -> None:
+    """Raises :class:`UnsafeRunDirError` unless ``mode`` (an ``lstat`` mode) is a regular file or directory."""
+    if stat.S_ISLNK(mode):
+        what = f"a symbolic link (to {os.readlink(path)!r})"
+    elif stat.S_ISFIFO(mode):
+        what = "a FIFO"
+    elif stat.S_ISSOCK(mode):
+        what = "a socket"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        what = "a device file"
+    elif stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return
+    else:
+        what = "not a regular file or directory"
+    raise UnsafeRunDirError(
+        f"{path} is {what}; a run directory may hold only regular files and directories (links are not "
+        "followed: they would read another run's files or write outside the directory). Replace it with a copy "
+        "of what it points to, or remove it"
+    )
+
+
+def safe_path(run_dir: str, relative: str) -> str:
+    """``run_dir/relative``, after checking with ``lstat`` (following nothing) that every component below
+    ``run_dir`` that exists is a regular file or directory; a missing tail is fine (about to be written).
+    The run directory itself may be a link (a user's choice of where to keep it); nothing inside it may be."""
+    path = run_dir
+    for part in [p for p in os.path.normpath(relative).split(os.sep) if p not in ("", ".")]:
+        if part == "..":
+            raise UnsafeRunDirError(f"{os.path.join(run_dir, relative)} leaves the run directory {run_dir}")
+        path = os.path.join(path, part)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            return os.path.join(run_dir, relative)
+        _refuse(path, mode)
+    return path
+
+
+def check_tree(run_dir: str, relative: str = "") -> None:
+    """Checks ``run_dir/relative`` and everything under it (``lstat``, nothing followed): every entry must be a
+    regular file or directory, else :class:`UnsafeRunDirError` names the first offending path. A missing
+    ``relative`` is fine."""
+    top = safe_path(run_dir, relative) if relative else run_dir
+    if not os.path.isdir(top):
+        return
+    for root, dirs, files in os.walk(top, followlinks=False):
+        for name in sorted(dirs) + sorted(files):
+            path = os.path.join(root, name)
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:  # removed meanwhile (orbax deleting an old step)
+                continue
+            _refuse(path, mode)  # outside the try: UnsafeRunDirError is a FileNotFoundError too
+
+
 # ---- small files ------------------------------------------------------------------------------------------
 def _read_json(run_dir: str, name: str) -> dict:
-    path = os.path.join(run_dir, name)
+    path = safe_path(run_dir, name)
     if not os.path.exists(path):
         return {}
     with open(path) as f:
@@ -62,7 +131,7 @@ def _read_json(run_dir: str, name: str) -> dict:
 
 
 def _write_json(run_dir: str, name: str, value: dict) -> None:
-    with open(os.path.join(run_dir, name), "w") as f:
+    with open(safe_path(run_dir, name), "w") as f:
         json.dump(value, f, indent=2)
 
 
@@ -79,6 +148,7 @@ def resolve(run_dir: str | None, what: str = "run") -> str:
         raise RunDirError(f"{what} {run_dir}: no such directory; {usage}")
     if not os.path.isdir(run_dir):
         raise RunDirError(f"{what} {run_dir} is a file; {usage}")
+    check_tree(run_dir)  # before anything in it is read: links and FIFOs are refused, naming the path
     if not os.path.exists(os.path.join(run_dir, MODEL_CONFIG_FILE)):
         parent = os.path.dirname(os.path.abspath(run_dir))
         hint = (f"pass the run directory {parent}" if os.path.exists(os.path.join(parent, MODEL_CONFIG_FILE))
@@ -90,15 +160,15 @@ def resolve(run_dir: str | None, what: str = "run") -> str:
 
 
 def read_model_config(run_dir: str) -> ModelConfig:
-    with open(os.path.join(run_dir, MODEL_CONFIG_FILE)) as f:
+    with open(safe_path(run_dir, MODEL_CONFIG_FILE)) as f:
         return ModelConfig.from_json(f.read())
 
 
 def check_model_config(run_dir: str, config: ModelConfig) -> None:
     """Read-only: refuses a directory whose ``model_config.json`` describes a different model than ``config``
     while it holds checkpoints (naming every differing field)."""
-    path = os.path.join(run_dir, MODEL_CONFIG_FILE)
-    if os.path.exists(path) and os.path.isdir(os.path.join(run_dir, CHECKPOINTS_DIR)):
+    path = safe_path(run_dir, MODEL_CONFIG_FILE)
+    if os.path.exists(path) and os.path.isdir(safe_path(run_dir, CHECKPOINTS_DIR)):
         previous = _read_json(run_dir, MODEL_CONFIG_FILE)
         changed = {k: (previous.get(k), v) for k, v in dataclasses.asdict(config).items() if previous.get(k) != v}
         if changed:
@@ -112,7 +182,7 @@ def check_model_config(run_dir: str, config: ModelConfig) -> None:
 def write_model_config(run_dir: str, config: ModelConfig) -> None:
     """Writes ``model_config.json``; refuses a directory holding checkpoints of a different model."""
     check_model_config(run_dir, config)
-    with open(os.path.join(run_dir, MODEL_CONFIG_FILE), "w") as f:
+    with open(safe_path(run_dir, MODEL_CONFIG_FILE), "w") as f:
         f.write(config.to_json())
 
 
@@ -135,27 +205,27 @@ def write_run_info(run_dir: str, **fields: Any) -> None:
 
 
 def write_gin_config(run_dir: str, text: str) -> None:
-    with open(os.path.join(run_dir, GIN_CONFIG_FILE), "w") as f:
+    with open(safe_path(run_dir, GIN_CONFIG_FILE), "w") as f:
         f.write(text)
 
 
 def copy_tokenizer(model_file: str, run_dir: str) -> None:
     """Puts the tokenizer beside the checkpoints, so that a run directory needs nothing else to be loaded."""
-    shutil.copyfile(model_file, os.path.join(run_dir, TOKENIZER_FILE))
+    shutil.copyfile(model_file, safe_path(run_dir, TOKENIZER_FILE))
 
 
 def tokenizer(run_dir: str):
     """The run's tokenizer (seqio vocabulary); the project default for directories without one."""
     from quark_jax.data.tokenizer import get_vocabulary
 
-    path = os.path.join(run_dir, TOKENIZER_FILE)
+    path = safe_path(run_dir, TOKENIZER_FILE)
     return get_vocabulary(path if os.path.exists(path) else None)
 
 
 def _copy_run_files(src_dir: str, out_dir: str) -> None:
     """The tokenizer and ``run.json`` of ``src_dir``, copied to a derived directory (quantized, merged)."""
-    if os.path.exists(os.path.join(src_dir, TOKENIZER_FILE)):
-        copy_tokenizer(os.path.join(src_dir, TOKENIZER_FILE), out_dir)
+    if os.path.exists(safe_path(src_dir, TOKENIZER_FILE)):
+        copy_tokenizer(safe_path(src_dir, TOKENIZER_FILE), out_dir)
     if read_run_info(src_dir):
         write_run_info(out_dir, **read_run_info(src_dir))
 
@@ -224,7 +294,7 @@ def load(run_dir: str, step: int | None = None, merge_adapters: bool = True) -> 
     run_dir = resolve(run_dir)
     config = read_model_config(run_dir)
     trained_context = read_run_info(run_dir).get("trained_context")
-    if os.path.exists(os.path.join(run_dir, QUANTIZATION_FILE)):
+    if os.path.exists(safe_path(run_dir, QUANTIZATION_FILE)):
         params, info = _read_quantized(run_dir, config)
         return LoadedRun(config, params, tokenizer(run_dir), int(info.get("step", 0)), trained_context,
                          quantization={"mode": info["mode"], "group_size": info["group_size"]})
@@ -255,7 +325,8 @@ def write_quantized(out_dir: str, config: ModelConfig, qparams: Any, mode: str, 
     os.makedirs(out_dir, exist_ok=True)
     write_model_config(out_dir, config)
     _write_json(out_dir, QUANTIZATION_FILE, {"mode": mode, "group_size": group_size, "step": step})
-    path = os.path.join(out_dir, QUANTIZED_PARAMS_DIR)
+    path = safe_path(out_dir, QUANTIZED_PARAMS_DIR)
+    check_tree(out_dir, QUANTIZED_PARAMS_DIR)
     if os.path.exists(path):
         shutil.rmtree(path)
     with ocp.StandardCheckpointer() as checkpointer:
@@ -271,7 +342,8 @@ def _read_quantized(run_dir: str, config: ModelConfig) -> tuple[Any, dict]:
     target = jax.eval_shape(lambda p: quantize.quantize_params(p, info["mode"], info["group_size"]), abstract)
     target = _on(target, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(os.path.abspath(os.path.join(run_dir, QUANTIZED_PARAMS_DIR)), target)
+        check_tree(run_dir, QUANTIZED_PARAMS_DIR)
+        params = checkpointer.restore(os.path.abspath(safe_path(run_dir, QUANTIZED_PARAMS_DIR)), target)
     return params, info
 
 

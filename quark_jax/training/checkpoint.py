@@ -1,27 +1,187 @@
 """Orbax checkpoints: one directory per step, written atomically and asynchronously, the last N kept.
 
-A checkpoint holds three items: ``params``, ``opt_state`` (both sharded arrays) and ``meta`` (JSON: the step,
-the data position, the tokenizer reference, anything else the trainer wants to resume exactly).
+A checkpoint holds ``params``, ``opt_state`` (both sharded arrays), ``meta`` (JSON: the step, the data
+position, the tokenizer reference, anything else the trainer wants to resume exactly) and ``checksums``: a
+CRC-32 of every array shard that was saved, one ``checksums.<process>.json`` per process (each covers the
+shards its process wrote: its addressable shards with ``replica_id`` 0), keyed by item, dotted parameter path
+and shard index. The checksums are computed from the device arrays when the save starts (before the next step
+can change or donate them) and written as an item of the same orbax save, so they are committed exactly when
+the arrays are. A restore checksums what it read and compares; a mismatch makes the checkpoint unreadable
+(quarantined, the previous one used) with the parameter named. A checkpoint without checksums (saved before
+they existed) restores unverified.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import time
+import zlib
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+CHECKSUMS_ITEM = "checksums"
+_CHECKSUM_FORMAT = 1
+
+
+class ChecksumMismatchError(ValueError):
+    """A restored array differs from what was saved (the checkpoint's data changed on disk). A ``ValueError``,
+    so that ``quark generate --step N`` of a damaged step is one line on stderr and exit status 2."""
+
+
+# ---- checksums ----------------------------------------------------------------------------------------------
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _leaves(tree: Any) -> list[tuple[str, Any]]:
+    """(dotted path, leaf) pairs; the same names for a saved tree and the tree restored into its structure."""
+    def name(key: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    return [(".".join(name(k) for k in path), leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree, is_leaf=_is_array)]
+
+
+def _shard_key(index: tuple, shape: tuple) -> str:
+    """``"0:64,0:128"``: where a shard lies in its array (independent of devices and meshes)."""
+    return ",".join(f"{s.indices(n)[0]}:{s.indices(n)[1]}" for s, n in zip(index, shape)) or "scalar"
+
+
+def _key_slices(key: str) -> tuple[slice, ...]:
+    if key == "scalar":
+        return ()
+    return tuple(slice(*map(int, part.split(":"))) for part in key.split(","))
+
+
+def _crc32(value: Any) -> int:
+    data = np.ascontiguousarray(np.asarray(value))
+    return zlib.crc32(data.reshape(-1).view(np.uint8))
+
+
+def compute_checksums(tree: Any) -> dict[str, dict]:
+    """``{dotted path: {"dtype", "shape", "shards": {shard index: crc32}}}`` of the shards this process saves:
+    its addressable shards with ``replica_id`` 0 (non-JAX leaves: process 0 only). Reads the arrays now."""
+    out = {}
+    for path, leaf in _leaves(tree):
+        if isinstance(leaf, jax.Array):
+            shards = {_shard_key(s.index, leaf.shape): _crc32(s.data) for s in leaf.addressable_shards
+                      if s.replica_id == 0}
+        elif jax.process_index() == 0:
+            leaf = np.asarray(leaf)
+            shards = {_shard_key(tuple(slice(None) for _ in leaf.shape), leaf.shape): _crc32(leaf)}
+        else:
+            continue
+        if shards:
+            out[path] = {"dtype": str(leaf.dtype), "shape": list(leaf.shape), "shards": shards}
+    return out
+
+
+def verify_checksums(item: str, tree: Any, recorded: dict[str, dict]) -> int:
+    """Checksums the restored ``tree``'s local data the way :func:`compute_checksums` did at save time and
+    compares with ``recorded``; returns how many shards were compared, raises :class:`ChecksumMismatchError`
+    naming the parameter. Shards of a restore into another layout are compared where a local shard holds them
+    whole (always on one host); leaves restored as another dtype or shape are not compared."""
+    compared = 0
+    for path, leaf in _leaves(tree):
+        record = recorded.get(path)
+        if record is None or str(leaf.dtype) != record["dtype"] or list(leaf.shape) != record["shape"]:
+            continue
+        if not isinstance(leaf, jax.Array) or leaf.is_fully_addressable:
+            whole = np.asarray(leaf)
+            local = [(tuple(slice(0, n) for n in whole.shape), whole)]
+        else:
+            local = [(tuple(slice(*s.indices(n)[:2]) for s, n in zip(sh.index, leaf.shape)), sh.data)
+                     for sh in leaf.addressable_shards]
+        for key, want in record["shards"].items():
+            region = _key_slices(key)
+            for bounds, data in local:
+                if all(b.start <= r.start and r.stop <= b.stop for b, r in zip(bounds, region)):
+                    got = _crc32(np.asarray(data)[tuple(slice(r.start - b.start, r.stop - b.start)
+                                                         for b, r in zip(bounds, region))])
+                    if got != want:
+                        raise ChecksumMismatchError(
+                            f"{item} parameter {path}: shard [{key}] reads with CRC-32 {got:#010x}, the checkpoint "
+                            f"recorded {want:#010x} when it was saved (its data changed on disk)"
+                        )
+                    compared += 1
+                    break
+    return compared
+
+
+def read_checksums(step_dir: str) -> dict[str, dict[str, dict]] | None:
+    """The merged ``checksums.<process>.json`` files of a step directory (``{item: {path: record}}``), or None
+    for a checkpoint saved without them."""
+    from quark_jax import runs
+
+    directory = runs.safe_path(step_dir, CHECKSUMS_ITEM)
+    if not os.path.isdir(directory):
+        return None
+    merged: dict[str, dict[str, dict]] = {}
+    for name in sorted(os.listdir(directory)):
+        if not (name.startswith("checksums.") and name.endswith(".json")):
+            continue
+        with open(runs.safe_path(directory, name)) as f:
+            written = json.load(f)
+        for item, records in written["items"].items():
+            for path, record in records.items():
+                into = merged.setdefault(item, {}).setdefault(path, {**record, "shards": {}})
+                into["shards"].update(record["shards"])
+    return merged
+
+
+class _ChecksumHandler(ocp.CheckpointHandler):
+    """Writes this process's ``checksums.<process>.json`` into the (temporary) item directory of a save, on
+    every process: orbax commits it with the rest of the step."""
+
+    def save(self, directory, args: ChecksumArgs) -> None:
+        directory = str(directory)
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"checksums.{jax.process_index()}.json")
+        with open(path, "w") as f:
+            json.dump({"format": _CHECKSUM_FORMAT, "algorithm": "crc32", "process": jax.process_index(),
+                       "items": args.items}, f)
+
+    def restore(self, directory, args: ChecksumArgs | None = None) -> dict:
+        return read_checksums(os.path.dirname(str(directory))) or {}
+
+    def metadata(self, directory) -> None:
+        return None
+
+    def finalize(self, directory) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(_ChecksumHandler, for_save=True, for_restore=True)
+@dataclasses.dataclass
+class ChecksumArgs(ocp.args.CheckpointArgs):
+    items: dict = dataclasses.field(default_factory=dict)
 
 
 class Checkpointer:
     """A thin layer over ``ocp.CheckpointManager`` that knows quark_jax's items and skips broken steps."""
 
     def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
+        from quark_jax import runs
+
         self.directory = os.path.abspath(os.path.join(directory, "checkpoints"))
+        self.run_dir = os.path.dirname(self.directory)
+        # Before orbax lists (or creates) anything: no link or FIFO in checkpoints/ is followed or opened.
+        runs.check_tree(self.run_dir, runs.CHECKPOINTS_DIR)
+        runs.safe_path(self.run_dir, runs.UNREADABLE_CHECKPOINTS_DIR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         )
@@ -47,44 +207,71 @@ class Checkpointer:
 
     def save(self, step: int, params: Any, opt_state: Any, meta: dict, force: bool = False) -> bool:
         """Starts an (asynchronous) save; returns whether a checkpoint was started."""
+        if not force and not self._manager.should_save(step):
+            return False
+        checksums = ChecksumArgs({"params": compute_checksums(params), "opt_state": compute_checksums(opt_state)})
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave(opt_state),
             meta=ocp.args.JsonSave(meta),
+            **{CHECKSUMS_ITEM: checksums},
         )
         return self._manager.save(step, args=args, force=force)
+
+    def _verify(self, step: int, restored: Any) -> None:
+        recorded = read_checksums(os.path.join(self.directory, str(step)))
+        if recorded is None:
+            log.debug("checkpoint step %d has no checksums (saved before they were written): not verified", step)
+            return
+        compared = sum(verify_checksums(item, restored[item], recorded.get(item, {}))
+                       for item in ("params", "opt_state") if item in restored)
+        log.debug("checkpoint step %d: %d shard checksums verified", step, compared)
 
     def _restore_latest_good(self, make_args, step: int | None) -> tuple[int, Any]:
         steps = [step] if step is not None else list(reversed(self.all_steps()))
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        errors = []
+        from quark_jax import runs
+
+        errors: list[tuple[int, str]] = []
         for candidate in steps:
+            # A link or FIFO in the step is an error naming it, never "unreadable" (not quarantined).
+            runs.check_tree(self.run_dir, os.path.join(runs.CHECKPOINTS_DIR, str(candidate)))
             try:
                 restored = self._manager.restore(candidate, args=make_args())
-                self._quarantine(errors)
-                return candidate, restored
+                self._verify(candidate, restored)
             except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint falls back to the previous one
                 if step is not None:
                     raise
-                log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying the previous one",
-                            candidate, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
-                errors.append(candidate)
-        raise RuntimeError(f"every checkpoint in {self.directory} is unreadable (steps {errors})")
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                log.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one",
+                            candidate, self.directory, reason)
+                errors.append((candidate, reason))
+                continue
+            self._quarantine(errors)
+            return candidate, restored
+        raise RuntimeError(f"every checkpoint in {self.directory} is unreadable (steps {[s for s, _ in errors]})")
 
-    def _quarantine(self, steps: list[int]) -> None:
+    def _quarantine(self, steps: list[tuple[int, str]]) -> None:
         """Moves unreadable checkpoints out of the way, so the resumed run can write those steps again.
 
-        They go to ``MODEL_DIR/checkpoints_unreadable/`` (kept for inspection, never deleted).
+        They go to ``MODEL_DIR/checkpoints_unreadable/<step>-<time>/`` (kept for inspection, never deleted),
+        each with a ``quarantine_reason.txt`` saying why.
         """
+        from quark_jax import runs
+
         if not steps or jax.process_index() != 0:
             return
-        target_root = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable")
+        target_root = runs.safe_path(self.run_dir, runs.UNREADABLE_CHECKPOINTS_DIR)
         os.makedirs(target_root, exist_ok=True)
-        for step in steps:
+        for step, reason in steps:
             target = os.path.join(target_root, f"{step}-{int(time.time())}")
+            while os.path.lexists(target):
+                target += "+"
             os.rename(os.path.join(self.directory, str(step)), target)
-            log.warning("moved unreadable checkpoint step %d to %s", step, target)
+            with open(os.path.join(target, "quarantine_reason.txt"), "x") as f:
+                f.write(reason + "\n")
+            log.warning("moved unreadable checkpoint step %d to %s (%s)", step, target, reason)
         self._manager.reload()
 
     def restore(self, abstract_params: Any, abstract_opt_state: Any, step: int | None = None) -> tuple[int, Any, Any, dict]:
@@ -135,6 +322,10 @@ class Checkpointer:
         # The handler reads the item's own tree metadata; the Checkpointer-level call would also look for a
         # step-level _CHECKPOINT_METADATA inside the item directory and warn on every load that it is missing.
         from etils import epath
+
+        from quark_jax import runs
+
+        runs.check_tree(self.run_dir, os.path.join(runs.CHECKPOINTS_DIR, str(step)))
 
         return step, ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory) / str(step) / "params")
 

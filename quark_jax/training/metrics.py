@@ -12,6 +12,8 @@ import jax.numpy as jnp
 
 log = logging.getLogger(__name__)
 
+METRICS_FILE = "metrics.jsonl"
+
 
 def measure_matmul_flops(size: int = 2048, dtype=jnp.float32, repeats: int = 10) -> float:
     """FLOP/s of a ``size``² matmul on the default device, measured now, in this process.
@@ -35,7 +37,9 @@ class MetricsWriter:
     """Writes ``metrics.jsonl`` (one object per logged step) and TensorBoard summaries under ``model_dir``."""
 
     def __init__(self, model_dir: str, resume_step: int = 0, tensorboard: bool = True):
-        self.path = os.path.join(model_dir, "metrics.jsonl")
+        from quark_jax import runs
+
+        self.path = runs.safe_path(model_dir, METRICS_FILE)
         self._file = self._tb = None
         if jax.process_index() != 0:  # multi-host: every host computes the same metrics; one writes them
             return
@@ -44,16 +48,20 @@ class MetricsWriter:
         if tensorboard:
             from flax.metrics import tensorboard as flax_tb  # imports TensorFlow: keep it off the import path
 
-            self._tb = flax_tb.SummaryWriter(os.path.join(model_dir, "tensorboard"))
+            self._tb = flax_tb.SummaryWriter(runs.safe_path(model_dir, "tensorboard"))
 
     def _drop_after(self, step: int) -> None:
-        """On resume, forget lines logged after the checkpoint: those steps are about to be re-run."""
+        """On resume, forget lines logged after the checkpoint: those steps are about to be re-run. A torn last
+        line (the run died mid-write) is dropped with a warning. The file is replaced atomically."""
         if not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        with open(self.path, "w") as f:
-            f.writelines(kept)
+        kept = [r for r in _parse_metrics(self.path) if r.get("step", 0) <= step]
+        temporary = f"{self.path}.tmp-{os.getpid()}"
+        with open(temporary, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, self.path)
 
     def write(self, step: int, values: dict[str, float]) -> None:
         if self._file is None:
@@ -77,10 +85,35 @@ class MetricsWriter:
             self._tb.close()
 
 
+def _parse_metrics(path: str) -> list[dict]:
+    """The records of a ``metrics.jsonl``; a torn last line (a crash mid-write) is left out with a warning, a
+    damaged line before the end is a ``ValueError`` naming the file and line."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if any(rest.strip() for rest in lines[number:]):
+                raise ValueError(f"{path} line {number} is not a JSON object ({e}); the lines after it are "
+                                 "intact, so this is not a torn last line: fix or delete that line") from None
+            log.warning("%s: dropping its torn last line %d (a run stopped while writing it): %r", path, number,
+                        line[:80])
+            continue
+        records.append(record)
+    return records
+
+
 def read_metrics(model_dir: str) -> list[dict]:
-    """All records of ``metrics.jsonl``, in order."""
-    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All records of ``metrics.jsonl``, in order (a torn last line left out, with a warning)."""
+    from quark_jax import runs
+
+    return _parse_metrics(runs.safe_path(model_dir, METRICS_FILE))
 
 
 def ema(values, span: int = 20) -> list[float]:
@@ -117,7 +150,9 @@ def plot_loss_curve(model_dir: str, filename: str = "loss_curve.png") -> str | N
     ax.set_title(os.path.basename(os.path.abspath(model_dir)))
     ax.grid(alpha=0.3)
     ax.legend()
-    path = os.path.join(model_dir, filename)
+    from quark_jax import runs
+
+    path = runs.safe_path(model_dir, filename)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
