@@ -25,6 +25,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from quark_jax import run_paths
+
 log = logging.getLogger(__name__)
 
 CHECKSUMS_ITEM = "checksums"
@@ -122,16 +124,14 @@ def verify_checksums(item: str, tree: Any, recorded: dict[str, dict]) -> int:
 def read_checksums(step_dir: str) -> dict[str, dict[str, dict]] | None:
     """The merged ``checksums.<process>.json`` files of a step directory (``{item: {path: record}}``), or None
     for a checkpoint saved without them."""
-    from quark_jax import runs
-
-    directory = runs.safe_path(step_dir, CHECKSUMS_ITEM)
+    directory = run_paths.safe_path(step_dir, CHECKSUMS_ITEM)
     if not os.path.isdir(directory):
         return None
     merged: dict[str, dict[str, dict]] = {}
     for name in sorted(os.listdir(directory)):
         if not (name.startswith("checksums.") and name.endswith(".json")):
             continue
-        with open(runs.safe_path(directory, name)) as f:
+        with open(run_paths.safe_path(directory, name)) as f:
             written = json.load(f)
         for item, records in written["items"].items():
             for path, record in records.items():
@@ -175,13 +175,11 @@ class Checkpointer:
     """A thin layer over ``ocp.CheckpointManager`` that knows quark_jax's items and skips broken steps."""
 
     def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
-        from quark_jax import runs
-
         self.directory = os.path.abspath(os.path.join(directory, "checkpoints"))
         self.run_dir = os.path.dirname(self.directory)
         # Before orbax lists (or creates) anything: no link or FIFO in checkpoints/ is followed or opened.
-        runs.check_tree(self.run_dir, runs.CHECKPOINTS_DIR)
-        runs.safe_path(self.run_dir, runs.UNREADABLE_CHECKPOINTS_DIR)
+        run_paths.check_tree(self.run_dir, run_paths.CHECKPOINTS_DIR)
+        run_paths.safe_path(self.run_dir, run_paths.UNREADABLE_CHECKPOINTS_DIR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         )
@@ -231,12 +229,10 @@ class Checkpointer:
         steps = [step] if step is not None else list(reversed(self.all_steps()))
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        from quark_jax import runs
-
         errors: list[tuple[int, str]] = []
         for candidate in steps:
             # A link or FIFO in the step is an error naming it, never "unreadable" (not quarantined).
-            runs.check_tree(self.run_dir, os.path.join(runs.CHECKPOINTS_DIR, str(candidate)))
+            run_paths.check_tree(self.run_dir, os.path.join(run_paths.CHECKPOINTS_DIR, str(candidate)))
             try:
                 restored = self._manager.restore(candidate, args=make_args())
                 self._verify(candidate, restored)
@@ -258,11 +254,9 @@ class Checkpointer:
         They go to ``MODEL_DIR/checkpoints_unreadable/<step>-<time>/`` (kept for inspection, never deleted),
         each with a ``quarantine_reason.txt`` saying why.
         """
-        from quark_jax import runs
-
         if not steps or jax.process_index() != 0:
             return
-        target_root = runs.safe_path(self.run_dir, runs.UNREADABLE_CHECKPOINTS_DIR)
+        target_root = run_paths.safe_path(self.run_dir, run_paths.UNREADABLE_CHECKPOINTS_DIR)
         os.makedirs(target_root, exist_ok=True)
         for step, reason in steps:
             target = os.path.join(target_root, f"{step}-{int(time.time())}")
@@ -323,9 +317,7 @@ class Checkpointer:
         # step-level _CHECKPOINT_METADATA inside the item directory and warn on every load that it is missing.
         from etils import epath
 
-        from quark_jax import runs
-
-        runs.check_tree(self.run_dir, os.path.join(runs.CHECKPOINTS_DIR, str(step)))
+        run_paths.check_tree(self.run_dir, os.path.join(run_paths.CHECKPOINTS_DIR, str(step)))
 
         return step, ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory) / str(step) / "params")
 

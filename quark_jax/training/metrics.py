@@ -10,6 +10,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from quark_jax import run_paths
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -37,9 +39,7 @@ class MetricsWriter:
     """Writes ``metrics.jsonl`` (one object per logged step) and TensorBoard summaries under ``model_dir``."""
 
     def __init__(self, model_dir: str, resume_step: int = 0, tensorboard: bool = True):
-        from quark_jax import runs
-
-        self.path = runs.safe_path(model_dir, METRICS_FILE)
+        self.path = run_paths.safe_path(model_dir, METRICS_FILE)
         self._file = self._tb = None
         if jax.process_index() != 0:  # multi-host: every host computes the same metrics; one writes them
             return
@@ -48,7 +48,7 @@ class MetricsWriter:
         if tensorboard:
             from flax.metrics import tensorboard as flax_tb  # imports TensorFlow: keep it off the import path
 
-            self._tb = flax_tb.SummaryWriter(runs.safe_path(model_dir, "tensorboard"))
+            self._tb = flax_tb.SummaryWriter(run_paths.safe_path(model_dir, "tensorboard"))
 
     def _drop_after(self, step: int) -> None:
         """On resume, forget lines logged after the checkpoint: those steps are about to be re-run. A torn last
@@ -111,9 +111,7 @@ def _parse_metrics(path: str) -> list[dict]:
 
 def read_metrics(model_dir: str) -> list[dict]:
     """All records of ``metrics.jsonl``, in order (a torn last line left out, with a warning)."""
-    from quark_jax import runs
-
-    return _parse_metrics(runs.safe_path(model_dir, METRICS_FILE))
+    return _parse_metrics(run_paths.safe_path(model_dir, METRICS_FILE))
 
 
 def ema(values, span: int = 20) -> list[float]:
@@ -150,9 +148,7 @@ def plot_loss_curve(model_dir: str, filename: str = "loss_curve.png") -> str | N
     ax.set_title(os.path.basename(os.path.abspath(model_dir)))
     ax.grid(alpha=0.3)
     ax.legend()
-    from quark_jax import runs
-
-    path = runs.safe_path(model_dir, filename)
+    path = run_paths.safe_path(model_dir, filename)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
