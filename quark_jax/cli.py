@@ -33,6 +33,9 @@ from collections.abc import Iterator, Sequence
 
 EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, so schedulers see the job as interrupted and can requeue it
+# `quark train` only:
+EXIT_CHECKPOINT_WRITE_ERROR = 74  # EX_IOERR: a checkpoint could not be written (disk full ...); earlier ones kept
+EXIT_RUN_DIR_BUSY = 75  # EX_TEMPFAIL: another live run holds MODEL_DIR's writer lease (or took it over)
 
 
 class UsageError(Exception):
@@ -226,7 +229,8 @@ def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     from quark_jax import gin_utils
-    from quark_jax.training.trainer import NonFiniteLossError, Trainer
+    from quark_jax.training.run_lock import LeaseLostError, RunDirBusyError
+    from quark_jax.training.trainer import CheckpointWriteError, NonFiniteLossError, Trainer
 
     search_paths = [p for group in args.gin_search_paths for p in group.split(",") if p]
     try:
@@ -247,6 +251,14 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     except NonFiniteLossError as e:
         print(f"quark train: {e}", file=sys.stderr)
         return 1
+    except (RunDirBusyError, LeaseLostError) as e:
+        print(f"quark train: {e}", file=sys.stderr)
+        return EXIT_RUN_DIR_BUSY
+    except CheckpointWriteError as e:
+        if args.verbose:
+            raise
+        print(f"quark train: {e.strerror}", file=sys.stderr)
+        return EXIT_CHECKPOINT_WRITE_ERROR
     except (ValueError, FileNotFoundError) as e:  # bad configuration found at set-up (named in the message)
         if args.verbose:
             raise

@@ -138,6 +138,10 @@ class Checkpointer:
 
         return step, ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory) / str(step) / "params")
 
+    def check_for_errors(self) -> None:
+        """Raises the error of a failed asynchronous save (once), if one has finished with an error."""
+        self._manager.check_for_errors()
+
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are committed."""
         self._manager.wait_until_finished()
