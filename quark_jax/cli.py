@@ -228,6 +228,23 @@ def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _train(args: argparse.Namespace, bindings: list[str]) -> int:
+    # SIGTERM before the trainer takes over its handling (start-up), or after it has returned, must not kill the
+    # process by default action: it is recorded here. During Trainer.run its own handler checkpoints and stops.
+    import signal
+    import threading
+
+    sigterms: list[int] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: sigterms.append(signum))
+    try:
+        return _train_guarded(args, bindings, sigterms)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _train_guarded(args: argparse.Namespace, bindings: list[str], sigterms: list[int]) -> int:
     from quark_jax import gin_utils
     from quark_jax.training.run_lock import LeaseLostError, RunDirBusyError
     from quark_jax.training.trainer import CheckpointWriteError, NonFiniteLossError, Trainer
@@ -246,6 +263,10 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     except ValueError as e:
         print(f"quark train: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if sigterms:
+        print("quark train: stopped by SIGTERM while starting (nothing trained); re-run the same command",
+              file=sys.stderr)
+        return EXIT_PREEMPTED
     try:
         summary = trainer.run()
     except NonFiniteLossError as e:

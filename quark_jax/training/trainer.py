@@ -344,12 +344,25 @@ class Trainer:
         directory = self.checkpointer.directory
         kept = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
         newest = max(kept) if kept else None  # orbax renames a step's directory into place once it is complete
+        self._discard_failed_saves()
         return CheckpointWriteError(
             cause.errno if cause is not None else None,
             f"could not write a checkpoint to {self.checkpointer.directory}: {what}; "
             f"the newest complete checkpoint is step {newest}" if newest is not None else
             f"could not write a checkpoint to {self.checkpointer.directory}: {what}; no complete checkpoint yet",
         )
+
+    def _discard_failed_saves(self) -> None:
+        """Removes the temporary directories of saves that failed, so that a re-run does not take them for the
+        leftovers of a killed run (orbax ignores them either way)."""
+        import shutil
+
+        directory = self.checkpointer.directory
+        if jax.process_index() != 0 or not os.path.isdir(directory):
+            return
+        for name in os.listdir(directory):
+            if ".orbax-checkpoint-tmp" in name:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
     def _save_checked(self, state: TrainState, step: int, force: bool = False) -> None:
         try:
