@@ -237,9 +237,18 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, lambda signum, frame: sigterms.append(signum))
+    # Quiet mode: orbax logs a failed background save with its traceback from two threads; the trainer stops
+    # at the next step and reports it in one line (exit 74), so those records are dropped (shown with -v).
+    drop_orbax_tracebacks = lambda record: not (
+        record.levelno >= logging.ERROR and record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+    handlers = [] if args.verbose else list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(drop_orbax_tracebacks)
     try:
         return _train_guarded(args, bindings, sigterms)
     finally:
+        for handler in handlers:
+            handler.removeFilter(drop_orbax_tracebacks)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
