@@ -4,6 +4,7 @@ save, a run killed during its final evaluation, and runs whose updates keep bein
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -114,7 +115,8 @@ def test_a_stale_lease_is_taken_over_with_a_warning(tmp_path):
     write_lease(model_dir, pid=dead_pid(), heartbeat=time.time() - 600)
     result = run_quark(*train_args(tiny_overrides(model_dir, 3, **QUIET)))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "took over the stale lease" in result.stderr and "heartbeat is 600 s old" in result.stderr
+    warning = [line for line in result.stderr.splitlines() if "took over the stale lease" in line]
+    assert len(warning) == 1 and re.search(r"heartbeat is 6\d\d s old \(> 60 s\)", warning[0]), result.stderr
     assert sorted(train_losses(model_dir)) == [1, 2, 3]
     assert not (model_dir / run_lock.LEASE_FILE).exists()
 
@@ -156,7 +158,7 @@ def test_sigterm_during_a_save_and_a_second_sigterm_checkpoint_and_resume_exactl
     assert not (model_dir / run_lock.LEASE_FILE).exists()
     resumed = run_quark(*train_args(sigterm_bindings(model_dir)))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from" in resumed.stderr or stopped_at == 0
+    assert "resumed from" in resumed.stderr
     assert train_losses(model_dir) == train_losses(tmp_path / "unbroken")
 
 
