@@ -138,6 +138,15 @@ def _logged_eval(model_dir: str, step: int) -> bool:
     return any(r.get("step") == step and "loss" not in r for r in _read_records(model_dir))
 
 
+def _sampled(model_dir: str, step: int) -> bool:
+    """Whether samples.txt holds the samples of ``step``."""
+    path = os.path.join(model_dir, "samples.txt")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return f"--- step {step}\n" in f.read()
+
+
 class Trainer:
     """Runs a :class:`TrainConfig`: ``Trainer(config).run()`` or ``Trainer.from_gin(files, overrides).run()``."""
 
@@ -278,12 +287,17 @@ class Trainer:
         outputs = self._generator.generate(list(cfg.sample_prompts), max_new_tokens=cfg.sample_max_new_tokens)
         return list(zip(cfg.sample_prompts, outputs))
 
-    def _evaluate_and_log(self, step: int, params: Any) -> dict[str, float]:
+    def _evaluate_and_log(self, step: int, params: Any, completing: bool = False) -> dict[str, float]:
+        """Evaluates and samples; ``completing``: a re-run completing a final evaluation that a killed run may
+        have partly logged -- what is already in metrics.jsonl / samples.txt for ``step`` is not written again."""
         with sh.activate(self.mesh):
             values = self.evaluate(params)
             samples = self.sample(params)
-        self.writer.write(step, values)
+        if not (completing and _logged_eval(self.config.model_dir, step)):
+            self.writer.write(step, values)
         text = "\n\n".join(f"{prompt!r} → {out!r}" for prompt, out in samples)
+        if completing and samples and _sampled(self.config.model_dir, step):
+            samples = []
         if samples and jax.process_index() == 0:
             self.writer.write_text(step, "samples", text)
             with open(os.path.join(self.config.model_dir, "samples.txt"), "a") as f:
@@ -534,11 +548,7 @@ class Trainer:
         the loss curve and ``summary.json``, written last (atomically): its presence marks a finished run."""
         cfg = self.config
         if cfg.eval_batches > 0:
-            if _logged_eval(cfg.model_dir, step):  # written before the kill: do not log it twice
-                with sh.activate(self.mesh):
-                    summary.update(self.evaluate(state.params))
-            else:
-                summary.update(self._evaluate_and_log(step, state.params))
+            summary.update(self._evaluate_and_log(step, state.params, completing=step == summary["start_step"]))
         self.state = state
         summary.update(final_step=step, last_metrics=last)
         if jax.process_index() == 0:

@@ -187,6 +187,14 @@ def test_a_rerun_completes_the_final_artefacts_of_a_run_killed_during_its_final_
     # A finished run is left alone.
     again = Trainer.from_gin(RUN_CONFIG, bindings).run()
     assert "val_loss" not in again and read_metrics(model_dir) == rewritten
+    # Killed later, after the validation record and the samples, before summary.json: nothing is written twice.
+    os.remove(model_dir / "summary.json")
+    os.remove(model_dir / "loss_curve.png")
+    completed = Trainer.from_gin(RUN_CONFIG, bindings).run()
+    assert completed["val_loss"] == pytest.approx(complete["val_loss"], rel=1e-6)
+    assert read_metrics(model_dir) == rewritten
+    assert open(model_dir / "samples.txt").read().count("--- step 4\n") == 1
+    assert (model_dir / "summary.json").exists() and (model_dir / "loss_curve.png").exists()
 
 
 # ---- skipped updates ------------------------------------------------------------------------------------------
