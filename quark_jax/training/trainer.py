@@ -43,7 +43,6 @@ class _PreemptionGuard:
 
         self._signal = signal
         self.requested = False
-        self.count = 0
         self._installed = False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
@@ -52,7 +51,6 @@ class _PreemptionGuard:
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
-        self.count += 1
 
     def __call__(self) -> bool:
         return self.requested
@@ -509,14 +507,15 @@ class Trainer:
                 is_ckpt = step % cfg.checkpoint.period == 0 or step == cfg.steps
                 is_eval = cfg.eval_batches > 0 and (cfg.eval_every and step % cfg.eval_every == 0) \
                     and step < cfg.steps  # the final evaluation is part of _finish
-                if is_ckpt or is_eval or stop_requested():
+                stopping = stop_requested()  # read once: a SIGTERM may arrive anywhere in this iteration
+                if is_ckpt or is_eval or stopping:
                     handle(*pending)  # a checkpoint never holds a state whose loss we have not checked
                     pending = None
-                if is_ckpt or stop_requested():
+                if is_ckpt or stopping:
                     self._save_checked(state, step, force=step == cfg.steps or not is_ckpt)
                 if is_eval:
                     summary.update(self._evaluate_and_log(step, state.params))
-                if stop_requested():
+                if stopping:
                     # SIGTERM (e.g. a preempted TPU VM or a cluster scheduler): the step is checkpointed; wait
                     # for the commit and leave cleanly (exit 143 from the CLI). A second SIGTERM changes nothing.
                     self._wait_for_saves()
@@ -561,7 +560,15 @@ class Trainer:
 
     @staticmethod
     def _finished(model_dir: str) -> bool:
-        return jax.process_index() != 0 or os.path.exists(os.path.join(model_dir, SUMMARY_FILE))
+        """Whether the run wrote summary.json; process 0 (which writes it) decides for every host, since the
+        final evaluation runs on all of them."""
+        finished = os.path.exists(os.path.join(model_dir, SUMMARY_FILE))
+        if jax.process_count() > 1:
+            import numpy as np
+            from jax.experimental import multihost_utils
+
+            finished = bool(multihost_utils.broadcast_one_to_all(np.int32(finished)))
+        return finished
 
     @property
     def params(self) -> Any:
