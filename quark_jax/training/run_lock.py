@@ -19,9 +19,12 @@ system:
 
 :class:`LocalLeaseStore` implements them with a file, using the token of the content as the generation (the
 compare and the swap are two calls locally; only a writer taking over a stale lease races with another, and
-the rename-aside in :meth:`LocalLeaseStore.replace` makes the loser of that race see ``None``). A
-``gs://`` store would implement the same four calls with generation preconditions and be passed to
-:class:`RunLease` unchanged.
+the rename-aside in :meth:`LocalLeaseStore.replace` makes the loser of that race see ``None``). The local
+heartbeat (:meth:`LocalLeaseStore.refresh`) reads, then replaces the file atomically: if a take-over lands
+between the two, the old holder's beat overwrites the new lease, and the new holder finds its token gone at its
+next beat and stops (:class:`LeaseLostError`) -- either way one writer goes on. A ``gs://`` store would implement the same four calls with generation
+preconditions (its heartbeat is then ``replace``, exactly compare-and-swap) and be passed to :class:`RunLease`
+unchanged. Staleness compares wall clocks across hosts: keep ``stale_after_s`` well above clock skew.
 """
 
 from __future__ import annotations
