@@ -33,6 +33,9 @@ from collections.abc import Iterator, Sequence
 
 EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, so schedulers see the job as interrupted and can requeue it
+# `quark train` only:
+EXIT_CHECKPOINT_WRITE_ERROR = 74  # EX_IOERR: a checkpoint could not be written (disk full ...); earlier ones kept
+EXIT_RUN_DIR_BUSY = 75  # EX_TEMPFAIL: another live run holds MODEL_DIR's writer lease (or took it over)
 
 
 class UsageError(Exception):
@@ -225,8 +228,35 @@ def _split_gin_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _train(args: argparse.Namespace, bindings: list[str]) -> int:
+    # SIGTERM before the trainer takes over its handling (start-up), or after it has returned, must not kill the
+    # process by default action: it is recorded here. During Trainer.run its own handler checkpoints and stops.
+    import signal
+    import threading
+
+    sigterms: list[int] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: sigterms.append(signum))
+    # Quiet mode: orbax logs a failed background save with its traceback from two threads; the trainer stops
+    # at the next step and reports it in one line (exit 74), so those records are dropped (shown with -v).
+    drop_orbax_tracebacks = lambda record: not (
+        record.levelno >= logging.ERROR and record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+    handlers = [] if args.verbose else list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(drop_orbax_tracebacks)
+    try:
+        return _train_guarded(args, bindings, sigterms)
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop_orbax_tracebacks)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _train_guarded(args: argparse.Namespace, bindings: list[str], sigterms: list[int]) -> int:
     from quark_jax import gin_utils
-    from quark_jax.training.trainer import NonFiniteLossError, Trainer
+    from quark_jax.training.run_lock import LeaseLostError, RunDirBusyError
+    from quark_jax.training.trainer import CheckpointWriteError, NonFiniteLossError, Trainer
 
     search_paths = [p for group in args.gin_search_paths for p in group.split(",") if p]
     try:
@@ -242,11 +272,23 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
     except ValueError as e:
         print(f"quark train: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if sigterms:
+        print("quark train: stopped by SIGTERM while starting (nothing trained); re-run the same command",
+              file=sys.stderr)
+        return EXIT_PREEMPTED
     try:
         summary = trainer.run()
     except NonFiniteLossError as e:
         print(f"quark train: {e}", file=sys.stderr)
         return 1
+    except (RunDirBusyError, LeaseLostError) as e:
+        print(f"quark train: {e}", file=sys.stderr)
+        return EXIT_RUN_DIR_BUSY
+    except CheckpointWriteError as e:
+        if args.verbose:
+            raise
+        print(f"quark train: {e.strerror}", file=sys.stderr)
+        return EXIT_CHECKPOINT_WRITE_ERROR
     except (ValueError, FileNotFoundError) as e:  # bad configuration found at set-up (named in the message)
         if args.verbose:
             raise

@@ -321,6 +321,13 @@ class Checkpointer:
 
         return step, ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory) / str(step) / "params")
 
+    def check_for_errors(self) -> None:
+        """Raises the error of a failed asynchronous save (once) if one has finished with an error; never
+        waits for a save in progress."""
+        self._manager.check_for_errors()
+        if not self._manager.is_saving_in_progress():
+            self._manager.wait_until_finished()  # returns at once; re-raises a failed commit's error
+
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are committed."""
         self._manager.wait_until_finished()

@@ -75,6 +75,12 @@ class TrainConfig:
     sample_prompts: Sequence[str] = ("def ", "import os\n", "class ")
     sample_max_new_tokens: int = 32
     on_nonfinite: str = "stop"  # "stop": raise naming the step; "skip": drop that update and go on
+    # With on_nonfinite='skip': this many skipped updates in a row stop the run (NonFiniteLossError): a run
+    # whose every update is NaN is broken, not unlucky.
+    max_consecutive_skips: int = 10
+    # The run directory's writer lease (training/run_lock.py): a lease whose heartbeat is older than this many
+    # seconds is stale and is taken over by the next writer.
+    lease_stale_after_s: float = 60.0
     # Warm start: a run directory (or its checkpoints/) whose newest parameters initialise this run when it
     # has no checkpoint of its own. The optimizer starts fresh; parameters the source lacks keep their
     # initialisation; a shape mismatch is an error naming every mismatching parameter.
@@ -92,6 +98,10 @@ class TrainConfig:
             raise ValueError("TRAIN_STEPS is not set (or not an integer): pass e.g. --gin.TRAIN_STEPS=1000")
         if self.on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"TrainConfig.on_nonfinite={self.on_nonfinite!r} must be 'stop' or 'skip'")
+        if self.max_consecutive_skips < 1:
+            raise ValueError(f"TrainConfig.max_consecutive_skips={self.max_consecutive_skips} must be >= 1")
+        if self.lease_stale_after_s <= 0:
+            raise ValueError(f"TrainConfig.lease_stale_after_s={self.lease_stale_after_s} must be > 0")
         if self.steps < 1:
             raise ValueError(f"TrainConfig.steps={self.steps} must be >= 1")
         if not self.model_dir:

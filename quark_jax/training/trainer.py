@@ -21,6 +21,7 @@ from quark_jax import runs
 from quark_jax import sharding as sh
 from quark_jax.training import checkpoint as ckpt
 from quark_jax.training import metrics as qm
+from quark_jax.training import run_lock
 from quark_jax.training import sharded
 from quark_jax.training.config import TrainConfig
 from quark_jax.training.state import TrainState
@@ -29,7 +30,12 @@ log = logging.getLogger(__name__)
 
 
 class _PreemptionGuard:
-    """Turns SIGTERM into a flag the training loop checks after each step (main thread only)."""
+    """Turns SIGTERM into a flag the training loop checks after each step (main thread only).
+
+    It is installed for the whole of :meth:`Trainer.run` -- set-up, the loop, the final save and the wait for
+    its commit -- so a SIGTERM at any moment, a second one included, only sets the flag: the previous handler
+    (often ``SIG_DFL``, which would kill the process mid-save) is neither called nor reinstated until the run
+    has returned."""
 
     def __init__(self):
         import signal
@@ -37,9 +43,11 @@ class _PreemptionGuard:
 
         self._signal = signal
         self.requested = False
+        self._installed = False
         self._previous = None
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
 
     def _handle(self, signum, frame) -> None:
         self.requested = True
@@ -48,13 +56,32 @@ class _PreemptionGuard:
         return self.requested
 
     def restore(self) -> None:
-        if self._previous is not None:
-            self._signal.signal(self._signal.SIGTERM, self._previous)
-            self._previous = None
+        if self._installed:
+            # signal.signal returns None for a handler not installed from Python: reinstate the default then.
+            previous = self._previous if self._previous is not None else self._signal.SIG_DFL
+            self._signal.signal(self._signal.SIGTERM, previous)
+            self._installed = False
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions, a failing bucket): the run stops at the next
+    step boundary; the message is one line naming the directory and the OS error. Earlier checkpoints are
+    kept."""
 
 
 class NonFiniteLossError(RuntimeError):
-    """Raised when a step produces a NaN or Inf loss and ``on_nonfinite == 'stop'``."""
+    """Raised when a step produces a NaN or Inf loss or gradient norm and ``on_nonfinite == 'stop'``, or when
+    ``on_nonfinite == 'skip'`` has skipped more than ``max_consecutive_skips`` updates in a row."""
+
+
+def _nonfinite_quantity(values: Mapping[str, float]) -> str:
+    """Names what is not finite in a step's metrics: "loss nan", or "gradient norm nan (loss 8.3177)"."""
+    import math
+
+    loss, grad_norm = values.get("loss", float("nan")), values.get("grad_norm", float("nan"))
+    if not math.isfinite(loss):
+        return f"non-finite loss {loss} (gradient norm {grad_norm})"
+    return f"non-finite gradient norm {grad_norm} (loss {loss:.4f})"
 
 
 def _flatten(tree: Any) -> list[tuple[str, Any]]:
@@ -71,6 +98,51 @@ def _unflatten_like(tree: Any, flat: Mapping[str, Any]) -> Any:
     treedef = jax.tree.structure(tree, is_leaf=is_leaf)
     return jax.tree.unflatten(treedef, [flat[p] for p in paths])
 
+
+
+SUMMARY_FILE = "summary.json"
+
+
+def _has_os_error(error: BaseException | None) -> bool:
+    while error is not None:
+        if isinstance(error, OSError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _read_records(model_dir: str) -> list[dict]:
+    path = os.path.join(model_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a torn last line
+                pass
+    return records
+
+
+def _last_logged(model_dir: str) -> dict[str, float]:
+    """The newest training record of metrics.jsonl (a finished run's last metrics, read back on completion)."""
+    train = [r for r in _read_records(model_dir) if "loss" in r]
+    return {k: v for k, v in train[-1].items() if k != "step"} if train else {}
+
+
+def _logged_eval(model_dir: str, step: int) -> bool:
+    """Whether metrics.jsonl holds an evaluation record (one without a training ``loss``) of ``step``."""
+    return any(r.get("step") == step and "loss" not in r for r in _read_records(model_dir))
+
+
+def _sampled(model_dir: str, step: int) -> bool:
+    """Whether samples.txt holds the samples of ``step``."""
+    path = os.path.join(model_dir, "samples.txt")
+    if not os.path.exists(path):
+        return False
+    with open(path) as f:
+        return f"--- step {step}\n" in f.read()
 
 
 class Trainer:
@@ -235,12 +307,17 @@ class Trainer:
         outputs = self._generator.generate(list(cfg.sample_prompts), max_new_tokens=cfg.sample_max_new_tokens)
         return list(zip(cfg.sample_prompts, outputs))
 
-    def _evaluate_and_log(self, step: int, params: Any) -> dict[str, float]:
+    def _evaluate_and_log(self, step: int, params: Any, completing: bool = False) -> dict[str, float]:
+        """Evaluates and samples; ``completing``: a re-run completing a final evaluation that a killed run may
+        have partly logged -- what is already in metrics.jsonl / samples.txt for ``step`` is not written again."""
         with sh.activate(self.mesh):
             values = self.evaluate(params)
             samples = self.sample(params)
-        self.writer.write(step, values)
+        if not (completing and _logged_eval(self.config.model_dir, step)):
+            self.writer.write(step, values)
         text = "\n\n".join(f"{prompt!r} → {out!r}" for prompt, out in samples)
+        if completing and samples and _sampled(self.config.model_dir, step):
+            samples = []
         if samples and jax.process_index() == 0:
             self.writer.write_text(step, "samples", text)
             with open(os.path.join(self.config.model_dir, "samples.txt"), "a") as f:
@@ -263,7 +340,84 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Trains to ``config.steps`` (resuming if checkpoints exist) and returns a summary of figures (steps,
-        last metrics, validation); the final state stays on the trainer (``trainer.params``)."""
+        last metrics, validation); the final state stays on the trainer (``trainer.params``).
+
+        The run holds the directory's writer lease (:mod:`quark_jax.training.run_lock`) from before it writes
+        anything until it returns or raises: a second writer gets :class:`run_lock.RunDirBusyError`."""
+        cfg = self.config
+        guard = _PreemptionGuard()
+        self._lease = None
+        try:
+            os.makedirs(cfg.model_dir, exist_ok=True)
+            if jax.process_index() == 0:  # multi-host: process 0 holds the lease for all hosts
+                self._lease = run_lock.RunLease(cfg.model_dir, stale_after_s=cfg.lease_stale_after_s).acquire()
+            return self._run(guard)
+        finally:
+            writer, self.writer = getattr(self, "writer", None), None
+            if writer is not None:
+                writer.close()
+            if self._lease is not None:
+                self._lease.release()
+            guard.restore()
+
+    def _check_background(self) -> None:
+        """At a step boundary: stop if the lease was lost or an asynchronous save failed."""
+        if self._lease is not None:
+            self._lease.check()
+        try:
+            self.checkpointer.check_for_errors()
+        except Exception as e:  # noqa: BLE001 -- the commit thread's error, whatever orbax wraps it in
+            raise self._write_error(e) from e
+
+    def _write_error(self, error: BaseException) -> CheckpointWriteError:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        what = f"[Errno {cause.errno}] {cause.strerror}" if cause is not None and cause.strerror else \
+            f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+        directory = self.checkpointer.directory
+        kept = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+        newest = max(kept) if kept else None  # orbax renames a step's directory into place once it is complete
+        self._discard_failed_saves()
+        return CheckpointWriteError(
+            cause.errno if cause is not None else None,
+            f"could not write a checkpoint to {self.checkpointer.directory}: {what}; "
+            f"the newest complete checkpoint is step {newest}" if newest is not None else
+            f"could not write a checkpoint to {self.checkpointer.directory}: {what}; no complete checkpoint yet",
+        )
+
+    def _discard_failed_saves(self) -> None:
+        """Removes the temporary directories of saves that failed, so that a re-run does not take them for the
+        leftovers of a killed run (orbax ignores them either way)."""
+        import shutil
+
+        directory = self.checkpointer.directory
+        if jax.process_index() != 0 or not os.path.isdir(directory):
+            return
+        for name in os.listdir(directory):
+            if ".orbax-checkpoint-tmp" in name:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+
+    def _save_checked(self, state: TrainState, step: int, force: bool = False) -> None:
+        try:
+            self._save(state, step, force=force)
+        except OSError as e:
+            raise self._write_error(e) from e
+        except Exception as e:  # noqa: BLE001 -- a previous async save's error surfaces in the next save
+            if _has_os_error(e):
+                raise self._write_error(e) from e
+            raise
+
+    def _wait_for_saves(self) -> None:
+        try:
+            self.checkpointer.wait()
+        except Exception as e:  # noqa: BLE001
+            if _has_os_error(e):
+                raise self._write_error(e) from e
+            raise
+        self._check_background()
+
+    def _run(self, stop_requested: _PreemptionGuard) -> dict[str, Any]:
         cfg = self.config
         self._setup()
         # Nothing of the run's own files is written until the directory is known to hold this model: a failed
@@ -281,12 +435,18 @@ class Trainer:
         self.writer = qm.MetricsWriter(cfg.model_dir, resume_step=start_step)
         summary: dict[str, Any] = {"start_step": start_step, "model_dir": cfg.model_dir}
         if start_step >= cfg.steps:
-            log.info("nothing to do: checkpoint step %d >= steps %d", start_step, cfg.steps)
-            self.writer.close()
-            self.checkpointer.close()
             self.state = state
-            summary.update(final_step=start_step)
-            return summary
+            try:
+                if self._finished(cfg.model_dir):
+                    log.info("nothing to do: checkpoint step %d >= steps %d", start_step, cfg.steps)
+                    summary.update(final_step=start_step)
+                    return summary
+                # The final checkpoint was committed but the run stopped before its final artefacts.
+                log.warning("step %d was checkpointed but the run's final evaluation, summary.json and loss curve "
+                            "are missing: completing them", start_step)
+                return self._finish(state, summary, start_step, _last_logged(cfg.model_dir))
+            finally:
+                self.checkpointer.close()
 
         objective, frozen = self.objective, self.training.frozen
         batches = objective.batches("train", data_position, cfg.data.shuffle)
@@ -295,39 +455,32 @@ class Trainer:
             with sh.activate(self.mesh):
                 return self.training.device_batch(objective.prepare(state.params, frozen, next(batches), step))
 
-        batch = next_batch(start_step + 1)
-        # tokens/s and MFU count the trained model's tokens (an objective says how many its batches hold;
-        # frozen models' forward passes are not counted).
-        tokens_per_step = objective.tokens_in(batch)
-        with sh.activate(self.mesh):
-            train_step = self._compile(state, batch)
-
         progress = None
-        if cfg.progress_bar and jax.process_index() == 0:
-            from tqdm.auto import tqdm
-
-            progress = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
-
-        if start_step == 0 and cfg.eval_batches > 0 and cfg.eval_every:
-            # The loss curve starts from the initial model's validation loss (a fresh run only).
-            with sh.activate(self.mesh):
-                self.writer.write(0, self.evaluate(state.params))
-
-        window_start, window_steps = time.perf_counter(), 0
         pending: tuple[int, Any] | None = None  # metrics of the previous step, fetched one step late
         last: dict[str, float] = {}
+        consecutive_skips = 0
 
         def handle(step: int, device_metrics) -> None:
-            nonlocal window_start, window_steps, last
+            nonlocal window_start, window_steps, last, consecutive_skips
             values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
             if not values.pop("finite") > 0:
+                what = _nonfinite_quantity(values)
                 if cfg.on_nonfinite == "stop":
                     raise NonFiniteLossError(
-                        f"non-finite loss {values['loss']} (grad norm {values['grad_norm']}) at step {step}; "
+                        f"{what} at step {step}; "
                         "lower the learning rate, or bind TrainConfig.on_nonfinite='skip' to drop such updates"
                     )
-                log.warning("step %d: non-finite loss, update skipped", step)
+                consecutive_skips += 1
+                if consecutive_skips > cfg.max_consecutive_skips:
+                    raise NonFiniteLossError(
+                        f"{consecutive_skips} consecutive updates skipped ({what} at step {step}), more than "
+                        f"TrainConfig.max_consecutive_skips={cfg.max_consecutive_skips}; the run is diverging: "
+                        "lower the learning rate and resume from an earlier checkpoint"
+                    )
+                log.warning("step %d: %s, update skipped", step, what)
                 values["skipped"] = 1.0
+            else:
+                consecutive_skips = 0
             last = values
             window_steps += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -340,40 +493,62 @@ class Trainer:
             if progress is not None:  # metrics arrive one step late: say which step the loss belongs to
                 progress.set_postfix_str(f"loss {values['loss']:.3f} (step {step})", refresh=False)
 
-        stop_requested = _PreemptionGuard()
+        def preempted(step: int) -> dict[str, Any]:
+            log.warning("SIGTERM: saved a checkpoint at step %d; re-run the same command to resume", step)
+            self.state = state
+            summary.update(preempted=True, final_step=step, last_metrics=last)
+            return summary
+
         try:
+            if stop_requested():  # SIGTERM during set-up: nothing new to save
+                return preempted(start_step)
+            batch = next_batch(start_step + 1)
+            # tokens/s and MFU count the trained model's tokens (an objective says how many its batches hold;
+            # frozen models' forward passes are not counted).
+            tokens_per_step = objective.tokens_in(batch)
+            with sh.activate(self.mesh):
+                train_step = self._compile(state, batch)
+
+            if cfg.progress_bar and jax.process_index() == 0:
+                from tqdm.auto import tqdm
+
+                progress = tqdm(total=cfg.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+            if start_step == 0 and cfg.eval_batches > 0 and cfg.eval_every:
+                # The loss curve starts from the initial model's validation loss (a fresh run only).
+                with sh.activate(self.mesh):
+                    self.writer.write(0, self.evaluate(state.params))
+
+            window_start, window_steps = time.perf_counter(), 0
             for step in range(start_step + 1, cfg.steps + 1):
                 state, metrics = train_step(state, frozen, batch)
                 if pending is not None:
                     handle(*pending)
                 pending = (step, metrics)
+                self._check_background()
                 if step < cfg.steps:
                     batch = next_batch(step + 1)  # overlaps with the running step
                 if progress is not None:
                     progress.update(1)
                 is_ckpt = step % cfg.checkpoint.period == 0 or step == cfg.steps
-                is_eval = cfg.eval_batches > 0 and (
-                    (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
-                )
-                if is_ckpt or is_eval:
+                is_eval = cfg.eval_batches > 0 and (cfg.eval_every and step % cfg.eval_every == 0) \
+                    and step < cfg.steps  # the final evaluation is part of _finish
+                stopping = stop_requested()  # read once: a SIGTERM may arrive anywhere in this iteration
+                if is_ckpt or is_eval or stopping:
                     handle(*pending)  # a checkpoint never holds a state whose loss we have not checked
                     pending = None
-                if is_ckpt:
-                    self._save(state, step, force=step == cfg.steps)
+                if is_ckpt or stopping:
+                    self._save_checked(state, step, force=step == cfg.steps or not is_ckpt)
                 if is_eval:
                     summary.update(self._evaluate_and_log(step, state.params))
-                if stop_requested() and step < cfg.steps:
-                    # SIGTERM (e.g. a preempted TPU VM or a cluster scheduler): checkpoint and leave cleanly.
-                    handle(*pending)
-                    pending = None
-                    if not is_ckpt:
-                        self._save(state, step, force=True)
-                    log.warning("SIGTERM: saved a checkpoint at step %d; re-run the same command to resume", step)
-                    self.state = state
-                    summary.update(preempted=True, final_step=step, last_metrics=last)
-                    return summary
+                if stopping:
+                    # SIGTERM (e.g. a preempted TPU VM or a cluster scheduler): the step is checkpointed; wait
+                    # for the commit and leave cleanly (exit 143 from the CLI). A second SIGTERM changes nothing.
+                    self._wait_for_saves()
+                    return preempted(step)
             if pending is not None:
                 handle(*pending)
+            self._wait_for_saves()
         except KeyboardInterrupt:
             step = int(jax.device_get(state.step))
             try:
@@ -384,20 +559,42 @@ class Trainer:
                             e, self.checkpointer.latest_step())
             raise
         finally:
-            stop_requested.restore()
             if progress is not None:
                 progress.close()
             self.checkpointer.close()
-            self.writer.close()
 
+        self.state = state
+        if stop_requested():  # SIGTERM after the final checkpoint: a re-run completes the final artefacts
+            return preempted(cfg.steps)
+        return self._finish(state, summary, cfg.steps, last)
+
+    def _finish(self, state: TrainState, summary: dict[str, Any], step: int, last: dict[str, float]) -> dict[str, Any]:
+        """The final artefacts of a run whose last step is checkpointed: the final validation (and samples),
+        the loss curve and ``summary.json``, written last (atomically): its presence marks a finished run."""
+        cfg = self.config
+        if cfg.eval_batches > 0:
+            summary.update(self._evaluate_and_log(step, state.params, completing=step == summary["start_step"]))
+        self.state = state
+        summary.update(final_step=step, last_metrics=last)
         if jax.process_index() == 0:
             summary["loss_curve"] = qm.plot_loss_curve(cfg.model_dir)
-        self.state = state
-        summary.update(final_step=cfg.steps, last_metrics=last)
-        if jax.process_index() == 0:
-            with open(os.path.join(cfg.model_dir, "summary.json"), "w") as f:
+            path = os.path.join(cfg.model_dir, SUMMARY_FILE)
+            with open(path + ".tmp", "w") as f:
                 json.dump(summary, f, indent=2, default=str)
+            os.replace(path + ".tmp", path)
         return summary
+
+    @staticmethod
+    def _finished(model_dir: str) -> bool:
+        """Whether the run wrote summary.json; process 0 (which writes it) decides for every host, since the
+        final evaluation runs on all of them."""
+        finished = os.path.exists(os.path.join(model_dir, SUMMARY_FILE))
+        if jax.process_count() > 1:
+            import numpy as np
+            from jax.experimental import multihost_utils
+
+            finished = bool(multihost_utils.broadcast_one_to_all(np.int32(finished)))
+        return finished
 
     @property
     def params(self) -> Any:
