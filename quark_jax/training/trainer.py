@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from quark_jax import runs
+from quark_jax import run_paths, runs
 from quark_jax import sharding as sh
 from quark_jax.training import checkpoint as ckpt
 from quark_jax.training import metrics as qm
@@ -138,7 +138,7 @@ def _logged_eval(model_dir: str, step: int) -> bool:
 
 def _sampled(model_dir: str, step: int) -> bool:
     """Whether samples.txt holds the samples of ``step``."""
-    path = os.path.join(model_dir, "samples.txt")
+    path = run_paths.safe_path(model_dir, "samples.txt")
     if not os.path.exists(path):
         return False
     with open(path) as f:
@@ -320,7 +320,7 @@ class Trainer:
             samples = []
         if samples and jax.process_index() == 0:
             self.writer.write_text(step, "samples", text)
-            with open(os.path.join(self.config.model_dir, "samples.txt"), "a") as f:
+            with open(run_paths.safe_path(self.config.model_dir, "samples.txt"), "a") as f:
                 f.write(f"--- step {step}\n{text}\n")
         if "val_perplexity" in values:
             log.info("step %d: validation loss %.4f (perplexity %.2f)", step, values["val_loss"],
@@ -349,6 +349,7 @@ class Trainer:
         self._lease = None
         try:
             os.makedirs(cfg.model_dir, exist_ok=True)
+            run_paths.check_tree(cfg.model_dir)  # no link or special file anywhere in it: nothing is followed
             if jax.process_index() == 0:  # multi-host: process 0 holds the lease for all hosts
                 self._lease = run_lock.RunLease(cfg.model_dir, stale_after_s=cfg.lease_stale_after_s).acquire()
             return self._run(guard)
@@ -578,7 +579,7 @@ class Trainer:
         summary.update(final_step=step, last_metrics=last)
         if jax.process_index() == 0:
             summary["loss_curve"] = qm.plot_loss_curve(cfg.model_dir)
-            path = os.path.join(cfg.model_dir, SUMMARY_FILE)
+            path = run_paths.safe_path(cfg.model_dir, SUMMARY_FILE)
             with open(path + ".tmp", "w") as f:
                 json.dump(summary, f, indent=2, default=str)
             os.replace(path + ".tmp", path)
@@ -588,7 +589,7 @@ class Trainer:
     def _finished(model_dir: str) -> bool:
         """Whether the run wrote summary.json; process 0 (which writes it) decides for every host, since the
         final evaluation runs on all of them."""
-        finished = os.path.exists(os.path.join(model_dir, SUMMARY_FILE))
+        finished = os.path.exists(run_paths.safe_path(model_dir, SUMMARY_FILE))
         if jax.process_count() > 1:
             import numpy as np
             from jax.experimental import multihost_utils
