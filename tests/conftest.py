@@ -64,6 +64,15 @@ def train_losses(model_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(model_dir) if "loss" in r}
 
 
+def committed_steps(model_dir) -> list[int]:
+    """The steps whose orbax checkpoint committed (``commit_success.txt`` present), ascending."""
+    directory = os.path.join(model_dir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory)
+                  if n.isdigit() and os.path.exists(os.path.join(directory, n, "commit_success.txt")))
+
+
 def copy_without_newest_checkpoint(model_dir, copy_to) -> int:
     """Copies a finished run as the run killed before its newest checkpoint was committed; returns the step
     it resumes from."""

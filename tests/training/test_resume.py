@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, RUN_CONFIG, quark_command, run_quark, tiny_overrides, train_args, train_losses
+from conftest import REPO, RUN_CONFIG, committed_steps, quark_command, run_quark, tiny_overrides, train_args, train_losses
 from quark_jax.training.trainer import Trainer
 
 STEPS = 16
@@ -21,14 +21,6 @@ def bindings(model_dir):
         "quark_jax.TrainConfig.eval_batches": 0, "quark_jax.TrainConfig.sample_prompts": "()",
         "quark_jax.CheckpointConfig.max_to_keep": 3,
     })
-
-
-def committed_steps(model_dir):
-    directory = os.path.join(model_dir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(n) for n in os.listdir(directory)
-                  if n.isdigit() and os.path.exists(os.path.join(directory, n, "commit_success.txt")))
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,11 @@ import time
 
 import pytest
 
-from conftest import REPO, RUN_CONFIG, quark_command, read_metrics, run_quark, tiny_overrides, train_args, train_losses
+from conftest import REPO, RUN_CONFIG, committed_steps, quark_command, read_metrics, run_quark, tiny_overrides, train_args, train_losses
 from quark_jax.training import run_lock
 from quark_jax.training.trainer import (CheckpointWriteError, NonFiniteLossError, Trainer, _nonfinite_quantity)
 
 QUIET = {"quark_jax.TrainConfig.eval_batches": 0, "quark_jax.TrainConfig.sample_prompts": "()"}
-
-
-def committed_steps(model_dir):
-    directory = os.path.join(model_dir, "checkpoints")
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(n) for n in os.listdir(directory)
-                  if n.isdigit() and os.path.exists(os.path.join(directory, n, "commit_success.txt")))
 
 
 def dead_pid() -> int:
