@@ -95,25 +95,16 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
     ``packing_length > 0`` also packs a few batches of the result at that length and reports the packing
     efficiency (non-pad fraction).
     """
-    import seqio
     import tensorflow as tf
     from tqdm.auto import tqdm
 
     from quark_jax.data import filters
 
-    catalogue.register_all()
     config = config or filters.cleaning_config()
     if num_shards < 1:
         raise ValueError(f"num_shards={num_shards} must be >= 1 (pass --num_shards N)")
     name = name or f"{mixture}_clean"
-    if mixture in seqio.MixtureRegistry.names():
-        mix = seqio.MixtureRegistry.get(mixture)
-        members = [(t, mix.get_rate(t)) for t in mix.tasks]
-    elif mixture in seqio.TaskRegistry.names():
-        members = [(seqio.TaskRegistry.get(mixture), 1.0)]
-    else:
-        known = sorted(set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names()))
-        raise ValueError(f"unknown mixture or task {mixture!r}; `quark data list` shows the registered ones: {known}")
+    members = catalogue.members(mixture)
     out = pathlib.Path(output).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
 

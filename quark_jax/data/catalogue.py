@@ -110,6 +110,19 @@ def register_all() -> None:
     register_data_dirs()
 
 
+def members(name: str) -> list[tuple[seqio.Task, float]]:
+    """``(task, rate)`` of every task of a registered mixture, or ``[(task, 1.0)]`` for a task; registers the
+    catalogue first. An unknown name is a ValueError listing the registered ones."""
+    register_all()
+    if name in seqio.MixtureRegistry.names():
+        mix = seqio.MixtureRegistry.get(name)
+        return [(t, mix.get_rate(t)) for t in mix.tasks]
+    if name in seqio.TaskRegistry.names():
+        return [(seqio.TaskRegistry.get(name), 1.0)]
+    known = sorted(set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names()))
+    raise ValueError(f"unknown mixture or task {name!r}; `quark data list` shows the registered ones: {known}")
+
+
 def registry_table() -> list[dict[str, str]]:
     """One row per registered task and mixture (name, kind, what it reads) for ``quark data list``."""
     rows = []

@@ -170,19 +170,10 @@ def train_stdlib(output: str | pathlib.Path, vocab_size: int = STDLIB_VOCAB_SIZE
 
 def mixture_documents(name: str, split: str) -> dict[str, tuple[float, list[str]]]:
     """task name -> (rate, documents of ``split``) for a registered mixture or task."""
-    import seqio
-
     from quark_jax.data import catalogue, sources
 
-    catalogue.register_all()
-    if name in seqio.MixtureRegistry.names():
-        mix = seqio.MixtureRegistry.get(name)
-        members = [(t, mix.get_rate(t)) for t in mix.tasks]
-    elif name in seqio.TaskRegistry.names():
-        members = [(seqio.TaskRegistry.get(name), 1.0)]
-    else:
-        raise ValueError(f"unknown mixture or task {name!r}; see `quark data list`")
-    return {t.name: (rate, [d["text"] for d in sources.task_documents(t, split)[0]]) for t, rate in members}
+    return {t.name: (rate, [d["text"] for d in sources.task_documents(t, split)[0]])
+            for t, rate in catalogue.members(name)}
 
 
 def fertility(processor, documents: Sequence[str]) -> dict[str, float]:
