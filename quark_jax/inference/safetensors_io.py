@@ -175,6 +175,9 @@ class CheckpointReader:
     def names(self) -> list[str]:
         return sorted(self._where)
 
+    def files(self) -> list[str]:
+        return sorted(self._headers)
+
     def file_of(self, name: str) -> str:
         return self._where[name]
 
