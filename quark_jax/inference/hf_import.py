@@ -6,7 +6,7 @@ HF tensor at a time. For a tensor, ``jax.make_array_from_callback`` asks for eac
 the callback reads just that block of the HF tensor from the memory-mapped file
 (:meth:`quark_jax.inference.hf.Source.block`: the rows and columns of the HF layout that map to the block), so
 a host only ever reads what its own devices hold, and holds at most one tensor's worth at once (blocks that
-several devices share are read once). Layer- and expert-stacked parameters receive their tensors through a
+several devices share are read once). Parameters are allocated on the device and receive their tensors through a
 jitted, donated ``dynamic_update_slice`` on the device, never through a host-side stack.
 """
 
@@ -81,17 +81,17 @@ def import_params(reader: Any, config: ModelConfig, mesh: jax.sharding.Mesh, rul
         sharding = shardings
         for key in source.path:
             sharding = sharding[key]
-        if not source.stack:
-            value = _tensor_on_mesh(source, reader, source.name, sharding)
-        else:
-            stacked = len(source.stack)
-            block_sharding = NamedSharding(mesh, PartitionSpec(*tuple(sharding.spec)[stacked:]))
-            insert = _inserter(sharding, stacked)
-            value = _zeros(source.shape, sharding)
-            positions = itertools.product(*(range(n) for n in source.stack))
-            for name, position in zip(source.tensor_names(), positions):
-                block = _tensor_on_mesh(source, reader, name, block_sharding)
-                value = insert(value, block, *(np.int32(p) for p in position))
+        # Every parameter is allocated by XLA and written into on the device: a host buffer never becomes
+        # (on the CPU backend, aliased as) a parameter, so each one is released as soon as it is copied.
+        stacked = len(source.stack)
+        block_sharding = NamedSharding(mesh, PartitionSpec(*tuple(sharding.spec)[stacked:]))
+        insert = _inserter(sharding, stacked)
+        value = _zeros(source.shape, sharding)
+        positions = itertools.product(*(range(n) for n in source.stack))
+        for name, position in zip(source.tensor_names(), positions):
+            block = _tensor_on_mesh(source, reader, name, block_sharding)
+            value = insert(value, block, *(np.int32(p) for p in position))
+            del block
         node = params
         for key in source.path[:-1]:
             node = node.setdefault(key, {})

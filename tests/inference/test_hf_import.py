@@ -1,0 +1,229 @@
+"""`quark import_hf`: Hugging Face checkpoints read tensor by tensor onto a mesh into a run directory that
+`qj.load` and `quark generate` open, with the HF tokenizer; logits and token ids equal transformers'; damaged
+files fail naming the file and tensor; config defaults follow the model type; Mixtral k=1 matches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import struct
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+import jax.numpy as jnp
+
+from hf_fixtures import TEST_STRINGS, hf_logits, tiny_llama, tiny_mixtral, tiny_tokenizer
+
+import quark_jax as qj
+from quark_jax import cli
+from quark_jax import sharding as sh
+from quark_jax.inference import hf, hf_import
+from quark_jax.inference.safetensors_io import CheckpointReader, SafetensorsError, read_header
+from quark_jax.models.config import ModelConfig
+from quark_jax.models.transformer import abstract_model
+
+TOLERANCE = 1e-4
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def quark_logits(config, params, tokens):
+    model = nnx.merge(nnx.graphdef(abstract_model(config)), params)
+    positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+    logits, _ = model(jnp.asarray(tokens), jnp.asarray(positions), jnp.ones(tokens.shape, jnp.int32))
+    return np.asarray(logits)
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """A sharded tiny Llama checkpoint with a trained tokenizer, imported through `quark import_hf`."""
+    root = tmp_path_factory.mktemp("hf")
+    hf_dir, run = root / "llama", root / "run"
+    model = tiny_llama(hf_dir, max_shard_size="100KB")  # several files and model.safetensors.index.json
+    tokenizer = tiny_tokenizer(hf_dir)
+    assert cli.main(["import_hf", "--hf_dir", str(hf_dir), "--out_dir", str(run)]) == 0
+    return model, tokenizer, hf_dir, run
+
+
+def test_import_hf_writes_a_run_that_qj_load_opens(imported):
+    model, tokenizer, hf_dir, run = imported
+    assert len({v for v in json.load(open(hf_dir / "model.safetensors.index.json"))["weight_map"].values()}) > 1
+    loaded = qj.load(str(run))
+    assert loaded.trained_context == 256 and loaded.step == 0
+    tokens = np.random.default_rng(0).integers(0, 320, size=(2, 11))
+    ours, theirs = quark_logits(loaded.config, loaded.params, tokens), hf_logits(model, tokens)
+    assert np.abs(theirs).max() > 1.0
+    assert np.abs(ours - theirs).max() < TOLERANCE
+    # Token ids equal transformers' tokenizer: <s> in front of a prompt, nothing in front of a continuation.
+    for text in TEST_STRINGS:
+        assert list(loaded.tokenizer.prompt_prefix_ids) + loaded.tokenizer.encode(text) == tokenizer(text).input_ids
+        assert loaded.tokenizer.encode(text) == tokenizer(text, add_special_tokens=False).input_ids
+        ids = tokenizer(text).input_ids
+        assert loaded.tokenizer.decode(ids) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert loaded.tokenizer.eos_id == 2
+
+
+def test_generate_from_text_matches_transformers(imported, capsys):
+    model, tokenizer, _, run = imported
+    prompt = "def fib(n):"
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+    expected = out[0, ids.shape[1]:].tolist()
+    completion = qj.load(str(run)).complete([prompt], max_new_tokens=6)[0]
+    assert completion.tokens == expected
+    assert cli.main(["generate", "--model_dir", str(run), "--prompt", prompt, "--max_new_tokens", "6"]) == 0
+    assert capsys.readouterr().out.strip() == (prompt + tokenizer.decode(expected, skip_special_tokens=True)).strip()
+
+
+def test_import_refuses_an_existing_run(imported, capsys):
+    _, _, hf_dir, run = imported
+    assert cli.main(["import_hf", "--hf_dir", str(hf_dir), "--out_dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already holds checkpoints/" in err
+
+
+def test_mixtral_with_one_expert_per_token_matches_transformers(tmp_path):
+    # transformers renormalises the top-k gates even for k = 1 (every gate becomes 1): so must we.
+    model = tiny_mixtral(tmp_path, num_experts_per_tok=1)
+    config, params = hf.load_hf(str(tmp_path))
+    assert config.experts_per_token == 1 and config.renormalize_gates is True
+    tokens = np.random.default_rng(1).integers(0, 96, size=(2, 9))
+    theirs = hf_logits(model, tokens)
+    assert np.abs(quark_logits(config, params, tokens) - theirs).max() < TOLERANCE
+    switch = dataclasses.replace(config, renormalize_gates=None)  # the raw probability: the old defect
+    assert np.abs(quark_logits(switch, params, tokens) - theirs).max() > 1e-2
+
+
+def test_missing_config_keys_take_the_model_types_defaults(tmp_path):
+    for model_type, cls in (("llama", transformers.LlamaConfig), ("mixtral", transformers.MixtralConfig)):
+        theirs = cls().to_dict()
+        for key, value in hf.HF_DEFAULTS[model_type].items():
+            expected = theirs["rope_parameters"]["rope_theta"] if key == "rope_theta" else theirs[key]
+            if value is None:  # derived: num_key_value_heads = num_attention_heads, head_dim = hidden // heads
+                derived = (theirs["num_attention_heads"] if key == "num_key_value_heads"
+                           else theirs["hidden_size"] // theirs["num_attention_heads"])
+                assert expected in (None, derived), (model_type, key, expected)
+                continue
+            assert value == expected, (model_type, key, value, expected)
+    # End to end: a Mixtral config.json without rope / norm keys loads as transformers loads it (rope 1e6).
+    model = tiny_mixtral(tmp_path)
+    path = tmp_path / "config.json"
+    stripped = {k: v for k, v in json.load(open(path)).items()
+                if k not in ("rope_parameters", "rope_theta", "rms_norm_eps")}
+    path.write_text(json.dumps(stripped))
+    config = hf.config_from_hf(stripped)
+    assert (config.rope_theta, config.norm_eps) == (1e6, 1e-5)
+    reference = transformers.MixtralForCausalLM.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    assert reference.config.rope_parameters["rope_theta"] == 1e6 and reference.config.rms_norm_eps == 1e-5
+    tokens = np.random.default_rng(2).integers(0, 96, size=(1, 24))
+    _, params = hf.load_hf(str(tmp_path))
+    theirs = hf_logits(reference, tokens)
+    assert np.abs(quark_logits(config, params, tokens) - theirs).max() < TOLERANCE
+    llama_default = dataclasses.replace(config, rope_theta=1e4, norm_eps=1e-6)  # the old defect
+    assert np.abs(quark_logits(llama_default, params, tokens) - theirs).max() > 1e-3
+    del model
+
+
+def test_capacity_moe_export_warns(tmp_path, caplog):
+    config = ModelConfig(vocab_size=64, d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16,
+                         mlp_dim=32, num_experts=4, experts_per_token=2, moe_dispatch="capacity")
+    with caplog.at_level(logging.WARNING, logger="quark_jax.inference.hf"):
+        hf.config_to_hf(config)
+    assert "dropless" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="quark_jax.inference.hf"):
+        hf.config_to_hf(dataclasses.replace(config, moe_dispatch="dropless"))
+    assert caplog.text == ""
+
+
+# ---- untrusted files ---------------------------------------------------------------------------------------
+def _single_file_llama(directory):
+    tiny_llama(directory, num_hidden_layers=1)
+    return directory / "model.safetensors"
+
+
+def test_damaged_safetensors_fail_naming_file_and_tensor(tmp_path, capsys):
+    path = _single_file_llama(tmp_path / "hf")
+    data = path.read_bytes()
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + header_len])
+    last = max((n for n in header if n != "__metadata__"), key=lambda n: header[n]["data_offsets"][1])
+
+    capsys.readouterr()  # transformers' progress lines
+    path.write_bytes(data[:-100])  # truncated: the last tensor's bytes are cut
+    with pytest.raises(SafetensorsError, match=f"{path}: tensor '{last}'.*truncated"):
+        read_header(str(path))
+    code = cli.main(["import_hf", "--hf_dir", str(tmp_path / "hf"), "--out_dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and str(path) in err and last in err
+    assert not (tmp_path / "run").exists()  # nothing written
+
+    # A header length of 2**60: refused from the file size, nothing of that size allocated.
+    path.write_bytes(struct.pack("<Q", 2 ** 60) + data[8:])
+    tracemalloc.start()
+    with pytest.raises(SafetensorsError, match="header claims 1152921504606846976 bytes"):
+        read_header(str(path))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < len(data) + 1_000_000
+
+    path.write_bytes(data[:8] + b"X" + data[9:])  # corrupted JSON
+    with pytest.raises(SafetensorsError, match="header is not valid JSON"):
+        read_header(str(path))
+
+    bad = dict(header)  # a tensor whose byte range does not match its shape
+    bad[last] = {**header[last], "shape": [1]}
+    encoded = json.dumps(bad).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + header_len:])
+    with pytest.raises(SafetensorsError, match=f"tensor '{last}'.*needs 4 bytes"):
+        read_header(str(path))
+
+    (tmp_path / "hf" / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"model.norm.weight": "../outside.safetensors"}}))
+    with pytest.raises(SafetensorsError, match="not a file name inside"):
+        CheckpointReader.from_dir(str(tmp_path / "hf"))
+
+
+# ---- scale: bounded host memory, sharded equals unsharded -------------------------------------------------
+def test_import_holds_at_most_one_tensor_on_the_host(tmp_path):
+    tiny_llama(tmp_path, vocab_size=1024, hidden_size=128, intermediate_size=512, num_hidden_layers=8,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+    config = hf.config_from_hf(json.load(open(tmp_path / "config.json")))
+    reader = CheckpointReader.from_dir(str(tmp_path))
+    largest = max(int(np.prod(reader.shape(n))) * 4 for n in reader.names())
+    model_bytes = sum(int(np.prod(reader.shape(n))) * 4 for n in reader.names())
+    mesh = sh.make_mesh("data=-1")
+    hf_import.import_params(reader, config, mesh)  # compiles the insert functions
+    tracemalloc.start()
+    params = hf_import.import_params(reader, config, mesh)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    print(f"model {model_bytes} B, largest tensor {largest} B, import peak {peak} B, largest read {reader.largest_read} B")
+    assert model_bytes > 8 * largest
+    assert reader.largest_read <= largest
+    assert peak < 3 * largest  # one tensor read + its float32 layout copy, never the model
+    reference = hf.load_hf(str(tmp_path))[1]
+    np.testing.assert_array_equal(np.asarray(params["blocks"]["attn"]["wo"]), np.asarray(reference["blocks"]["attn"]["wo"]))
+
+
+def test_eight_device_import_equals_one_host(tmp_path):
+    tiny_llama(tmp_path / "llama", max_shard_size="60KB")
+    tiny_mixtral(tmp_path / "mixtral")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    pairs = [f"{tmp_path / 'llama'}:data=2,fsdp=2,tensor=2", f"{tmp_path / 'mixtral'}:fsdp=2,tensor=2,expert=2"]
+    result = subprocess.run([sys.executable, os.path.join(HERE, "hf_import_mesh.py"), *pairs], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 2
+    for line in lines:
+        assert line["equal"], line
+        assert line["smallest_fraction"] <= 1 / 4, line  # the big weights are split over fsdp x tensor (x expert)
