@@ -4,9 +4,10 @@ A run directory holds::
 
     model_config.json        the ModelConfig (every run kind)
     tokenizer.model          the SentencePiece model the run was trained with
-    tokenizer.json           or, for a model imported from Hugging Face, its tokenizers-library tokenizer
+    tokenizer.json           or, for a model imported from Hugging Face, its tokenizers-library tokenizer (or
+                             its own SentencePiece tokenizer.model, of any id layout)
     run.json                 facts about the run a reader needs: the trained context length; for an imported
-                             tokenizer.json its special ids ({"tokenizer": {"eos_id", "pad_id"}})
+                             tokenizer its backend and ids ({"tokenizer": {"backend", "eos_id", "pad_id", "add_bos"}})
     objective.json           what was trained: {"kind": "lm" | "distill" | "reward" | "dpo" | "ppo" | "lora", ...}
     config.gin               the operative gin bindings
     checkpoints/<step>/      orbax: params, opt_state, meta (training.checkpoint.Checkpointer)
@@ -164,15 +165,15 @@ def tokenizer(run_dir: str):
     directories without either."""
     from quark_jax.data.tokenizer import get_vocabulary
 
-    hf_path = safe_path(run_dir, HF_TOKENIZER_FILE)
-    if os.path.exists(hf_path):
-        from quark_jax.data.hf_tokenizer import load_hf_tokenizer
+    info = read_run_info(run_dir).get("tokenizer")
+    if info:  # an imported tokenizer: {"backend", "eos_id", "pad_id", "add_bos"}
+        from quark_jax.data.hf_tokenizer import TOKENIZERS, load_hf_tokenizer
 
-        info = read_run_info(run_dir).get("tokenizer") or {}
-        if "eos_id" not in info:
-            raise RunDirError(f"{os.path.join(run_dir, RUN_INFO_FILE)} records no tokenizer eos_id for "
-                              f"{hf_path}; re-import the model with `quark import_hf`")
-        return load_hf_tokenizer(hf_path, info["eos_id"], info.get("pad_id", 0))
+        backend = info.get("backend", TOKENIZERS)
+        path = safe_path(run_dir, HF_TOKENIZER_FILE if backend == TOKENIZERS else TOKENIZER_FILE)
+        if not os.path.exists(path):
+            raise RunDirError(f"{run_dir}: run.json names a {backend} tokenizer but {path} is missing")
+        return load_hf_tokenizer(path, info["eos_id"], info.get("pad_id", 0), backend, info.get("add_bos", True))
     path = safe_path(run_dir, TOKENIZER_FILE)
     return get_vocabulary(path if os.path.exists(path) else None)
 
@@ -390,7 +391,9 @@ def import_hf(hf_dir: str, out_dir: str, mesh_shape: str = "data=-1", dtype: str
         write_run_info(out_dir, trained_context=int(hf.hf_setting(hf_config, "max_position_embeddings")),
                        **({"tokenizer": tokenizer_info} if tokenizer_info else {}))
         if tokenizer_info:
-            shutil.copyfile(os.path.join(hf_dir, HF_TOKENIZER_FILE), safe_path(out_dir, HF_TOKENIZER_FILE))
+            source, target = ((HF_TOKENIZER_FILE, HF_TOKENIZER_FILE) if tokenizer_info["backend"] == "tokenizers"
+                              else (TOKENIZER_FILE, TOKENIZER_FILE))
+            shutil.copyfile(os.path.join(hf_dir, source), safe_path(out_dir, target))
         _write_json(out_dir, IMPORTED_FROM_FILE, {"hf_dir": os.path.abspath(hf_dir), "model_type":
                     hf_config.get("model_type", "llama"), "files": sorted(
                         os.path.basename(p) for p in reader.files()), "mesh_shape": mesh_shape})
@@ -404,19 +407,32 @@ def import_hf(hf_dir: str, out_dir: str, mesh_shape: str = "data=-1", dtype: str
 
 
 def _hf_tokenizer_info(hf_dir: str, hf_config: dict, config: ModelConfig) -> dict | None:
-    """``{"eos_id", "pad_id"}`` of the directory's ``tokenizer.json`` (None without one), checked against the
-    model's vocabulary; the eos id is config.json's ``eos_token_id`` (the first, where it lists several)."""
-    from quark_jax.data.hf_tokenizer import HFTokenizer
+    """``{"backend", "eos_id", "pad_id", "add_bos"}`` of the directory's ``tokenizer.json`` (preferred) or
+    SentencePiece ``tokenizer.model``; None without either. The eos id is config.json's ``eos_token_id`` (the
+    first, where it lists several); the tokenizer is loaded here, so a bad file fails before anything is
+    written, and it must fit the model's vocabulary."""
+    from quark_jax.data.hf_tokenizer import SENTENCEPIECE, TOKENIZERS, load_hf_tokenizer
     from quark_jax.inference import hf
 
-    path = os.path.join(hf_dir, HF_TOKENIZER_FILE)
-    if not os.path.exists(path):
+    if os.path.exists(os.path.join(hf_dir, HF_TOKENIZER_FILE)):
+        backend, path = TOKENIZERS, os.path.join(hf_dir, HF_TOKENIZER_FILE)
+    elif os.path.exists(os.path.join(hf_dir, TOKENIZER_FILE)):
+        backend, path = SENTENCEPIECE, os.path.join(hf_dir, TOKENIZER_FILE)
+    else:
         return None
     eos = hf.hf_setting(hf_config, "eos_token_id")
     eos = eos[0] if isinstance(eos, list) and eos else eos
     pad = hf_config.get("pad_token_id")
-    info = {"eos_id": int(eos), "pad_id": int(pad if pad is not None else 0)}
-    vocabulary = HFTokenizer(path, **info)  # refuses an unreadable file or out-of-range ids, naming the file
+    add_bos = True
+    config_path = os.path.join(hf_dir, "tokenizer_config.json")
+    if os.path.exists(config_path):
+        try:
+            with open(config_path) as f:
+                add_bos = bool(json.load(f).get("add_bos_token", True))
+        except (OSError, ValueError, AttributeError) as e:
+            raise ValueError(f"{config_path} is not readable JSON ({e})") from None
+    info = {"backend": backend, "eos_id": int(eos), "pad_id": int(pad if pad is not None else 0), "add_bos": add_bos}
+    vocabulary = load_hf_tokenizer(path, info["eos_id"], info["pad_id"], backend, add_bos)
     if vocabulary.vocab_size > config.vocab_size:
         raise ValueError(f"{path} has {vocabulary.vocab_size} tokens but config.json vocab_size is "
                          f"{config.vocab_size}: the tokenizer does not belong to this model")

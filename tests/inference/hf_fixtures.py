@@ -76,3 +76,20 @@ def tiny_mixtral(directory, seed: int = 0, **overrides):
 def hf_logits(model, tokens: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model(torch.from_numpy(np.asarray(tokens)).long()).logits.float().numpy()
+
+
+def tiny_sentencepiece(directory) -> str:
+    """A Llama-layout SentencePiece BPE (unk 0, <s> 1, </s> 2, byte fallback) as ``directory/tokenizer.model``."""
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(TOKENIZER_LINES * 10), model_writer=model, vocab_size=360, model_type="bpe",
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", minloglevel=2)
+    path = os.path.join(str(directory), "tokenizer.model")
+    with open(path, "wb") as f:
+        f.write(model.getvalue())
+    return path

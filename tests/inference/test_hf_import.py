@@ -227,3 +227,57 @@ def test_eight_device_import_equals_one_host(tmp_path):
     for line in lines:
         assert line["equal"], line
         assert line["smallest_fraction"] <= 1 / 4, line  # the big weights are split over fsdp x tensor (x expert)
+
+
+def test_init_from_an_imported_run(tmp_path):
+    """`--gin.INIT_FROM` warm-starts `quark train` from an imported run: after one step at a negligible
+    learning rate the trained run's logits are still transformers'."""
+    from conftest import REPO, run_quark, tiny_overrides
+
+    model = tiny_llama(tmp_path / "hf", vocab_size=4096, rope_theta=500_000.0)  # the shipped tokenizer's 4k ids
+    hf_config = json.load(open(tmp_path / "hf" / "config.json"))
+    assert cli.main(["import_hf", "--hf_dir", str(tmp_path / "hf"), "--out_dir", str(tmp_path / "imported")]) == 0
+    model_bindings = {
+        "quark_jax.ModelConfig.d_model": 64, "quark_jax.ModelConfig.num_layers": 2,
+        "quark_jax.ModelConfig.num_heads": 4, "quark_jax.ModelConfig.num_kv_heads": 2,
+        "quark_jax.ModelConfig.head_dim": 16, "quark_jax.ModelConfig.mlp_dim": 112,
+        "quark_jax.ModelConfig.rope_theta": 500_000.0, "quark_jax.ModelConfig.norm_eps": hf_config["rms_norm_eps"],
+        "quark_jax.ModelConfig.tie_embeddings": False, "quark_jax.OptimizerConfig.learning_rate": 1e-12,
+        "INIT_FROM": repr(str(tmp_path / "imported")),
+        # Only the warm start and one step are under test: no evaluation, no samples, short rows.
+        "quark_jax.TrainConfig.eval_batches": 0, "quark_jax.TrainConfig.sample_prompts": "()",
+        "TASK_FEATURE_LENGTHS": "{'targets': 32}", "BATCH_SIZE": 2,
+    }
+    bindings = tiny_overrides(tmp_path / "ft", 1, **model_bindings)
+    result = run_quark("train", f"--gin_file={os.path.join(REPO, 'configs', 'runs', 'finetune.gin')}",
+                       *[f"--gin.{b}" for b in bindings])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "warm-started 12 parameters" in result.stderr
+    trained = qj.load(str(tmp_path / "ft"))
+    tokens = np.random.default_rng(3).integers(0, 4096, size=(1, 16))
+    assert np.abs(quark_logits(trained.config, trained.params, tokens) - hf_logits(model, tokens)).max() < TOLERANCE
+
+
+def test_sentencepiece_only_directory(tmp_path):
+    """A directory with a Llama-layout tokenizer.model and no tokenizer.json: ids are the sentencepiece
+    library's with <s> in front of a prompt; transformers 5's converted tokenizer agrees on ordinary text."""
+    import sentencepiece
+
+    from hf_fixtures import tiny_sentencepiece
+
+    tiny_llama(tmp_path / "hf", vocab_size=360)
+    path = tiny_sentencepiece(tmp_path / "hf")
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+         "add_bos_token": True, "legacy": False}))
+    assert cli.main(["import_hf", "--hf_dir", str(tmp_path / "hf"), "--out_dir", str(tmp_path / "run")]) == 0
+    vocabulary = qj.load(str(tmp_path / "run")).tokenizer
+    processor = sentencepiece.SentencePieceProcessor(model_file=path)
+    transformers_tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    for text in TEST_STRINGS:
+        ids = list(vocabulary.prompt_prefix_ids) + vocabulary.encode(text)
+        assert ids == [1] + processor.encode(text)
+        assert vocabulary.decode(ids) == processor.decode(ids)
+        if "</s>" not in text and not text.startswith("  "):  # the two documented differences
+            assert ids == transformers_tokenizer(text).input_ids, text
+    assert vocabulary.eos_id == 2
