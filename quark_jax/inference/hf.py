@@ -185,10 +185,12 @@ class Source:
     @property
     def block_shape(self) -> tuple[int, ...]:
         """Our layout of one HF tensor."""
-        a, b = self.hf_shape if len(self.hf_shape) == 2 else (None, None)
-        H = self.head_dim
-        return {SAME: self.hf_shape, TRANSPOSE: (b, a), SPLIT_OUT: (b, (a or 0) // max(H, 1), H),
-                SPLIT_IN: ((b or 0) // max(H, 1), H, a)}[self.kind]
+        if self.kind == SAME:
+            return self.hf_shape
+        (a, b), H = self.hf_shape, self.head_dim
+        if self.kind == TRANSPOSE:
+            return (b, a)
+        return (b, a // H, H) if self.kind == SPLIT_OUT else (b // H, H, a)
 
     @property
     def shape(self) -> tuple[int, ...]:

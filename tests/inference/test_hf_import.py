@@ -24,8 +24,7 @@ from hf_fixtures import TEST_STRINGS, hf_logits, tiny_llama, tiny_mixtral, tiny_
 
 import quark_jax as qj
 from quark_jax import cli
-from quark_jax import sharding as sh
-from quark_jax.inference import hf, hf_import
+from quark_jax.inference import hf
 from quark_jax.inference.safetensors_io import CheckpointReader, SafetensorsError, read_header
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.transformer import abstract_model
@@ -92,9 +91,11 @@ def test_import_refuses_an_existing_run(imported, capsys):
 
 def test_mixtral_with_one_expert_per_token_matches_transformers(tmp_path):
     # transformers renormalises the top-k gates even for k = 1 (every gate becomes 1): so must we.
-    model = tiny_mixtral(tmp_path, num_experts_per_tok=1)
-    config, params = hf.load_hf(str(tmp_path))
-    assert config.experts_per_token == 1 and config.renormalize_gates is True
+    model = tiny_mixtral(tmp_path / "hf", num_experts_per_tok=1)
+    assert cli.main(["import_hf", "--hf_dir", str(tmp_path / "hf"), "--out_dir", str(tmp_path / "run")]) == 0
+    loaded = qj.load(str(tmp_path / "run"))  # the run directory keeps the routing (model_config.json)
+    config, params = loaded.config, loaded.params
+    assert config.experts_per_token == 1 and config.renormalize_gates is True and config.moe_dispatch == "dropless"
     tokens = np.random.default_rng(1).integers(0, 96, size=(2, 9))
     theirs = hf_logits(model, tokens)
     assert np.abs(quark_logits(config, params, tokens) - theirs).max() < TOLERANCE
@@ -193,41 +194,29 @@ def test_damaged_safetensors_fail_naming_file_and_tensor(tmp_path, capsys):
 
 
 # ---- scale: bounded host memory, sharded equals unsharded -------------------------------------------------
-def test_import_holds_at_most_one_tensor_on_the_host(tmp_path):
-    tiny_llama(tmp_path, vocab_size=1024, hidden_size=128, intermediate_size=512, num_hidden_layers=8,
-               num_attention_heads=4, num_key_value_heads=2, head_dim=32)
-    config = hf.config_from_hf(json.load(open(tmp_path / "config.json")))
-    reader = CheckpointReader.from_dir(str(tmp_path))
-    largest = max(int(np.prod(reader.shape(n))) * 4 for n in reader.names())
-    model_bytes = sum(int(np.prod(reader.shape(n))) * 4 for n in reader.names())
-    mesh = sh.make_mesh("data=-1")
-    hf_import.import_params(reader, config, mesh)  # compiles the insert functions
-    tracemalloc.start()
-    params = hf_import.import_params(reader, config, mesh)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    print(f"model {model_bytes} B, largest tensor {largest} B, import peak {peak} B, largest read {reader.largest_read} B")
-    assert model_bytes > 8 * largest
-    assert reader.largest_read <= largest
-    assert peak < 3 * largest  # one tensor read + its float32 layout copy, never the model
-    reference = hf.load_hf(str(tmp_path))[1]
-    np.testing.assert_array_equal(np.asarray(params["blocks"]["attn"]["wo"]), np.asarray(reference["blocks"]["attn"]["wo"]))
-
-
-def test_eight_device_import_equals_one_host(tmp_path):
+def test_eight_device_import_equals_one_host_and_holds_one_tensor(tmp_path):
     tiny_llama(tmp_path / "llama", max_shard_size="60KB")
     tiny_mixtral(tmp_path / "mixtral")
+    # Host memory: 19.4 MB of float32 weights whose largest tensor (embedding, head) is 2 MB.
+    tiny_llama(tmp_path / "big", vocab_size=4096, hidden_size=128, intermediate_size=512, num_hidden_layers=16,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=32)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    pairs = [f"{tmp_path / 'llama'}:data=2,fsdp=2,tensor=2", f"{tmp_path / 'mixtral'}:fsdp=2,tensor=2,expert=2"]
+    pairs = [f"{tmp_path / 'llama'}:data=2,fsdp=2,tensor=2", f"{tmp_path / 'mixtral'}:fsdp=2,tensor=2,expert=2",
+             f"{tmp_path / 'big'}:one:data=1", f"{tmp_path / 'big'}:data=2,fsdp=2,tensor=2"]
     result = subprocess.run([sys.executable, os.path.join(HERE, "hf_import_mesh.py"), *pairs], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert len(lines) == 2
+    print("\n".join(json.dumps(line) for line in lines))
+    assert len(lines) == 4
     for line in lines:
         assert line["equal"], line
-        assert line["smallest_fraction"] <= 1 / 4, line  # the big weights are split over fsdp x tensor (x expert)
-
+        assert line["largest_read"] <= line["largest_tensor"], line
+        if line["mesh"] != "one:data=1":  # the big weights are split over fsdp x tensor (x expert)
+            assert line["smallest_fraction"] <= 1 / 4, line
+    for line in lines[2:]:  # one tensor read + its float32 layout copy at a time, never the model
+        assert line["model_bytes"] > 8 * line["largest_tensor"]
+        assert line["peak"] < 3 * line["largest_tensor"], line
 
 def test_init_from_an_imported_run(tmp_path):
     """`--gin.INIT_FROM` warm-starts `quark train` from an imported run: after one step at a negligible
