@@ -59,9 +59,6 @@ class HFTokenizer:
         """Text of ``ids``, special tokens dropped (as transformers' ``skip_special_tokens=True``)."""
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
-    def token_to_id(self, token: str) -> int | None:
-        return self._tokenizer.token_to_id(token)
-
 
 class SentencePieceTokenizer:
     """A SentencePiece model of any id layout behind the same interface as :class:`HFTokenizer`."""

@@ -82,6 +82,17 @@ def test_generate_from_text_matches_transformers(imported, capsys):
     assert capsys.readouterr().out.strip() == (prompt + tokenizer.decode(expected, skip_special_tokens=True)).strip()
 
 
+def test_a_quantized_imported_run_keeps_its_tokenizer(imported, tmp_path):
+    from quark_jax import runs
+
+    _, tokenizer, _, run = imported
+    out = runs.save_quantized(str(run), str(tmp_path / "int8"), "int8")
+    quantized = qj.load(out)
+    assert quantized.quantization["mode"] == "int8" and quantized.trained_context == 256
+    text = "def fib(n):"
+    assert list(quantized.tokenizer.prompt_prefix_ids) + quantized.tokenizer.encode(text) == tokenizer(text).input_ids
+
+
 def test_import_refuses_an_existing_run(imported, capsys):
     _, _, hf_dir, run = imported
     assert cli.main(["import_hf", "--hf_dir", str(hf_dir), "--out_dir", str(run)]) == 2
