@@ -136,7 +136,7 @@ def test_two_process_job_matches_single_process(runs):
 def test_both_hosts_rerun_the_same_command_and_resume_exactly(runs):
     rerun, stopped = runs["rerun"], max(runs["preempted"]["losses"])
     assert rerun["codes"] == [0, 0], "\n".join(log[-2000:] for log in rerun["logs"])
-    assert all(f"resumed from" in log for log in rerun["logs"])
+    assert all("resumed from" in log for log in rerun["logs"])
     assert sorted(rerun["losses"]) == list(range(1, JOB_STEPS + 1))
     for step in range(stopped + 1, JOB_STEPS + 1):
         assert close(rerun["losses"][step], runs["reference"][step]), (step, rerun["losses"], runs["reference"])
