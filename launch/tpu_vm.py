@@ -15,7 +15,8 @@
 software versions for JAX says (https://cloud.google.com/tpu/docs/runtimes): v6e ``v2-alpha-tpuv6e``, v5p
 ``v2-alpha-tpuv5``, v5e ``v2-alpha-tpuv5-lite``, v4 and older ``tpu-ubuntu2204-base``; ``--version``
 overrides it. ``copy`` packs the working tree (``git ls-files``: tracked files only) into a tarball, copies it
-to every worker (``--worker=all``) and installs ``requirements-tpu.txt`` there: ``requirements.txt`` with
+to every worker (``--worker=all``) and installs ``requirements-tpu.txt`` into a Python 3.11 virtual environment
+there (``~/quark_jax/.venv``): ``requirements.txt`` with
 ``jax[tpu]`` (and its ``libtpu``) in place of ``jax[cpu]``, so no CPU build of JAX ever lands on a TPU host.
 ``python launch/tpu_vm.py requirements`` prints that set from ``requirements.txt`` (a test keeps the file equal).
 
@@ -41,6 +42,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REMOTE_DIR = "quark_jax"  # under the worker's home directory
 LOG_DIR = "logs"  # under REMOTE_DIR: train.log, train.pid, train.exit
+REMOTE_PYTHON = ".venv/bin/python"  # under REMOTE_DIR: the environment `copy` makes
 TARBALL = "/tmp/quark_jax_code.tar.gz"
 TPU_REQUIREMENTS = "requirements-tpu.txt"
 LIBTPU = "libtpu==0.0.42.1"  # what jax[tpu]==0.10.2 resolves to (it requires libtpu==0.0.42.*)
@@ -100,9 +102,27 @@ def _ssh(args: argparse.Namespace, worker: str, script: str) -> list[str]:
     return _gcloud(args, "ssh", args.name, f"--worker={worker}", f"--command={script}")
 
 
+def install_script() -> str:
+    """The shell script ``copy`` executes on every worker: unpacks the code and installs it in a virtual
+    environment of Python 3.11 (JAX 0.10 needs >= 3.11; the TPU VM images' Ubuntu 22.04 has 3.10, so
+    python3.11 comes from the deadsnakes archive when the image lacks it)."""
+    return "\n".join([
+        "set -e",
+        f"mkdir -p ~/{REMOTE_DIR} && tar xzf ~/{os.path.basename(TARBALL)} -C ~/{REMOTE_DIR} && cd ~/{REMOTE_DIR}",
+        "if ! command -v python3.11 >/dev/null; then",
+        "  sudo add-apt-repository -y ppa:deadsnakes/ppa && sudo apt-get update -qq",
+        "  sudo apt-get install -y -qq python3.11 python3.11-venv",
+        "fi",
+        f"[ -x {REMOTE_PYTHON} ] || python3.11 -m venv {os.path.dirname(os.path.dirname(REMOTE_PYTHON))}",
+        f"{REMOTE_PYTHON} -m pip install -q --upgrade pip",
+        f"{REMOTE_PYTHON} -m pip install -q -r {TPU_REQUIREMENTS}",
+        f"{REMOTE_PYTHON} -m pip install -q --no-deps -e .",
+    ])
+
+
 def run_script(train_args: list[str]) -> str:
     """The shell script ``run`` executes on every worker: starts the detached training process."""
-    train = f"QUARK_DISTRIBUTED=auto python3 -m quark_jax.cli train {shlex.join(train_args)}"
+    train = f"QUARK_DISTRIBUTED=auto {REMOTE_PYTHON} -m quark_jax.cli train {shlex.join(train_args)}"
     # The wrapper records the exit status once training ends, for `status`. It traps SIGTERM (a trap with a
     # command, so `quark train` still gets the default disposition and installs its own handler): a preempted
     # VM signals every process, and the wrapper must outlive the checkpoint to record the 143.
@@ -162,13 +182,10 @@ def plan(args: argparse.Namespace) -> list[list[str]]:
             command.append("--spot")
         return [command]
     if args.action == "copy":
-        install = (f"mkdir -p {REMOTE_DIR} && tar xzf ~/{os.path.basename(TARBALL)} -C {REMOTE_DIR} && "
-                   f"cd {REMOTE_DIR} && python3 -m pip install -q -r {TPU_REQUIREMENTS} && "
-                   "python3 -m pip install -q --no-deps -e .")
         return [
             ["bash", "-c", f"cd {shlex.quote(REPO)} && git ls-files -z | xargs -0 tar czf {TARBALL}"],
             _gcloud(args, "scp", TARBALL, f"{args.name}:~/", "--worker=all"),
-            _ssh(args, "all", install),
+            _ssh(args, "all", install_script()),
         ]
     if args.action == "run":
         if not args.train_args:

@@ -44,9 +44,16 @@ def test_local_launcher_dry_run():
 def tpu_vm(*args):
     """launch/tpu_vm.py with a VM name, zone and project, in --dry_run: the commands, one per line, as argv."""
     out = run("tpu_vm.py", args[0], "--name=q", "--zone=us-west4-a", "--project=p", "--dry_run", *args[1:])
-    if args[0] == "copy":  # three commands, one a line
-        return [shlex.split(line) for line in out.strip().splitlines()]
-    return [shlex.split(out)]  # one command, whose remote script may span lines (inside its quotes)
+    commands, pending = [], ""
+    for line in out.splitlines():  # one command a line, but a remote script spans lines inside its quotes
+        pending += line + "\n"
+        try:
+            commands.append(shlex.split(pending))
+            pending = ""
+        except ValueError:  # inside a quoted script
+            continue
+    assert not pending
+    return commands
 
 
 def remote_script(command):
@@ -78,8 +85,10 @@ def test_tpu_vm_copy_installs_jax_tpu_and_never_the_cpu_build():
     assert "git ls-files" in pack[-1]
     assert scp[4] == "scp" and "--worker=all" in scp
     script = remote_script(install)
-    assert "--worker=all" in install and f"pip install -q -r {tpu_vm_module.TPU_REQUIREMENTS}" in script
+    assert "--worker=all" in install and f".venv/bin/python -m pip install -q -r {tpu_vm_module.TPU_REQUIREMENTS}" in script
     assert "requirements.txt" not in script.replace(tpu_vm_module.TPU_REQUIREMENTS, "") and "cpu" not in script
+    assert "python3.11 -m venv .venv" in script  # JAX 0.10 needs Python >= 3.11; the TPU images have 3.10
+    assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0  # the worker's shell can parse it
     with open(os.path.join(REPO, tpu_vm_module.TPU_REQUIREMENTS)) as f:
         shipped = [line for line in f.read().splitlines() if line and not line.startswith("#")]
     assert "jax[tpu]==0.10.2" in shipped and "libtpu==0.0.42.1" in shipped and "jaxlib==0.10.2" in shipped
@@ -101,7 +110,7 @@ def test_tpu_vm_run_status_logs_stop_teardown_commands():
     script = remote_script(start)
     assert "setsid nohup" in script and ">> logs/train.log" in script
     wrapper = shlex.split(script.split("setsid nohup bash -c ")[1].splitlines()[0])[0]
-    assert "QUARK_DISTRIBUTED=auto python3 -m quark_jax.cli train " + shlex.join(
+    assert "QUARK_DISTRIBUTED=auto .venv/bin/python -m quark_jax.cli train " + shlex.join(
         ["--gin_file=configs/runs/pretrain.gin", "--gin.MODEL_DIR='gs://b/r'"]) in wrapper
     (status,) = tpu_vm("status")
     assert "--worker=all" in status and "train.exit" in remote_script(status)
@@ -113,7 +122,7 @@ def test_tpu_vm_run_status_logs_stop_teardown_commands():
 
 
 FAKE_PYTHON = """#!/bin/bash
-# Stands in for `python3 -m quark_jax.cli train ...` on a TPU worker: says what it was given, then trains until
+# Stands in for `.venv/bin/python -m quark_jax.cli train ...` on a TPU worker: says what it was given, then trains until
 # SIGTERM, which it answers as quark train does (exit 143).
 echo "QUARK_DISTRIBUTED=$QUARK_DISTRIBUTED argv: $*"
 trap 'echo "SIGTERM: checkpoint saved"; exit 143' TERM
@@ -123,14 +132,14 @@ while true; do sleep 0.1; done
 
 def test_tpu_vm_run_detaches_and_status_logs_stop_follow_it(tmp_path):
     """The worker-side scripts of `run`, `status`, `logs` and `stop`, executed here by bash in a stand-in home
-    directory with a stand-in python3: the run outlives the shell that started it, `status` sees it running,
+    directory with a stand-in Python: the run outlives the shell that started it, `status` sees it running,
     `stop` makes it exit 143, which `status` then reports, and `logs` shows its output."""
-    home, bin_dir = tmp_path / "home", tmp_path / "bin"
-    (home / "quark_jax").mkdir(parents=True)
-    bin_dir.mkdir()
-    (bin_dir / "python3").write_text(FAKE_PYTHON)
-    (bin_dir / "python3").chmod(0o755)
-    env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    home = tmp_path / "home"
+    python = home / "quark_jax" / ".venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
 
     def worker(command):
         result = subprocess.run(["bash", "-c", remote_script(command)], env=env, capture_output=True, text=True,
