@@ -2,6 +2,7 @@
 right process counts and multi-host environment; multi-host settings from flags and environment."""
 
 import glob
+import json
 import os
 import shlex
 import subprocess
@@ -195,18 +196,105 @@ def check_jobset(doc, hosts, topology=None):
     assert "quark_jax.cli train" in container["command"][-1]
 
 
-def test_shipped_manifests_parse():
+def shipped_manifests():
     files = sorted(glob.glob(os.path.join(LAUNCH, "gke", "*.yaml")))
     assert len(files) >= 2
-    for path in files:
+    return files
+
+
+def test_shipped_manifests_are_what_gke_py_renders_today():
+    """Each shipped JobSet names, in its first line, the command that rendered it; that command, run now,
+    prints the file byte for byte (re-render a file with that command after changing gke.py)."""
+    for path in shipped_manifests():
         with open(path) as f:
-            doc = yaml.safe_load(f)
+            text = f.read()
+        command = shlex.split(text.splitlines()[0].removeprefix("# Rendered by: "))
+        assert command[:2] == ["python", "launch/gke.py"], path
+        out = run("gke.py", "--dry_run", *command[2:])
+        assert out.rsplit("# kubectl apply", 1)[0] == text, f"{path} differs from: {shlex.join(command)}"
+        doc = yaml.safe_load(text)
         topology = doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["nodeSelector"][
             "cloud.google.com/gke-tpu-topology"]
         chips = 1
         for x in topology.split("x"):
             chips *= int(x)
         check_jobset(doc, chips // 4, topology)
+
+
+def jobset_validator():
+    import jsonschema
+
+    with open(os.path.join(LAUNCH, "gke", "jobset.v1alpha2.schema.json")) as f:
+        schema = json.load(f)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+def test_manifests_validate_against_the_jobset_schema():
+    validator = jobset_validator()
+    docs = []
+    for path in shipped_manifests():
+        with open(path) as f:
+            docs.append(yaml.safe_load(f))
+    for tpu_type, topology in (("v4", "2x2x4"), ("v5e", "2x4"), ("v6e", "8x8")):
+        docs.append(yaml.safe_load(run("gke.py", "--name=job", "--image=img", f"--tpu_type={tpu_type}",
+                                       f"--topology={topology}", "--dry_run", "--", "--gin.TRAIN_STEPS=5")))
+    for doc in docs:
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+        assert not errors, errors
+        (container,) = doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["containers"]
+        assert container["workingDir"] == "/app"
+
+
+@pytest.mark.parametrize("path, value, complaint", [
+    (("containers", 0, "workingdir"), "/app", "Additional properties"),  # a misspelt field
+    (("containers", 0, "resources", "limits", "google.com/tpu"), "four", "is not valid"),
+    (("containers", 0, "env", 2, "valueFrom", "fieldRef"), {"path": "x"}, "'fieldPath' is a required property"),
+    (("restartPolicy",), "Sometimes", "is not one of"),
+    (("subdomain",), "Job_Set", "does not match"),
+])
+def test_the_jobset_schema_rejects_what_kubernetes_would(path, value, complaint):
+    doc = yaml.safe_load(run("gke.py", "--name=job", "--image=img", "--dry_run", "--", "--gin.TRAIN_STEPS=5"))
+    node = doc["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    errors = [e.message for e in jobset_validator().iter_errors(doc)]
+    assert errors and any(complaint in m for m in errors), errors
+    job = yaml.safe_load(run("gke.py", "--name=job", "--image=img", "--dry_run", "--", "--gin.TRAIN_STEPS=5"))
+    job["spec"]["replicatedJobs"][0]["template"]["spec"]["completionMode"] = "indexed"
+    assert any("is not one of" in e.message for e in jobset_validator().iter_errors(job))
+
+
+def test_gke_mistakes_are_one_line_with_status_2():
+    for args, culprit in ((["--topology=4x4x"], "--topology='4x4x'"), (["--topology=3x3"], "whole number"),
+                          (["--name=" + "a" * 60], "63 characters"), (["--name=Quark"], "--name='Quark'"),
+                          ([], "after `--`")):
+        tail = ["--", "--gin.TRAIN_STEPS=5"] if culprit != "after `--`" else []
+        result = subprocess.run([sys.executable, os.path.join(LAUNCH, "gke.py"), "--image=img", "--dry_run", *args,
+                                 *tail], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and culprit in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_dockerfile_installs_jax_tpu_into_the_jobsets_working_directory():
+    sys.path.insert(0, LAUNCH)
+    import gke
+
+    with open(os.path.join(REPO, "Dockerfile")) as f:
+        lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    workdirs = [line.split()[1] for line in lines if line.startswith("WORKDIR")]
+    assert workdirs == [gke.WORKING_DIR]
+    installs = [line for line in lines if line.startswith("RUN") and "pip install" in line]
+    assert installs[0].endswith(f"-r {tpu_vm_module.TPU_REQUIREMENTS}") and "-e ." in installs[-1]
+    assert not any("requirements.txt" in line or "jax[cpu]" in line for line in installs)
+    for line in lines:
+        if line.startswith("COPY"):
+            for source in line.split()[1:-1]:
+                assert os.path.exists(os.path.join(REPO, source)), source
+    with open(os.path.join(REPO, ".dockerignore")) as f:
+        ignored = f.read().split()
+    assert ".venv" in ignored and ".git" in ignored
 
 
 def test_distributed_settings_from_flags_and_environment():
