@@ -12,13 +12,14 @@ step's collectives or in the save's barriers, until the scheduler kills them all
   so every host reads the same value at the same loop iteration and they all stop at the same step.
 
 Why not JAX's own preemption sync point (``multihost_utils.reached_preemption_sync_point``)? Its notifier
-installs a C++ SIGTERM handler inside ``jax.distributed.initialize``, which replaces Python's handler (checked:
-with the service on, a SIGTERM after initialisation never reaches a Python handler) and which in turn is lost as
-soon as a Python handler is installed again; its sync point is computed by a background thread from the step ids
-the hosts reported so far, so a notice that arrives before the first step of a resumed run names a step the
-run never reaches. ``quark_jax.distributed`` therefore turns that service off, and the flag is reduced here
-instead. The cost is one scalar all-reduce per step, read one step late so that it never stalls the pipeline
-(the device has finished it by the time the previous step's metrics are fetched).
+installs a C++ SIGTERM handler inside ``jax.distributed.initialize``, which replaces Python's handler (checked
+with jax 0.10.2: with the service on, a SIGTERM after initialisation never reaches a Python handler, so a
+SIGTERM during start-up or the final save would go unseen) and which in turn is lost as soon as a Python handler
+is installed again; and its sync point is agreed in the background from the step ids the hosts have reported,
+whereas the reduction here is part of the program every host runs, so the decision cannot race the loop.
+``quark_jax.distributed`` therefore turns that service off. The cost is one scalar all-reduce per step, read one
+step late so that it never stalls the pipeline (the device has finished it by the time the previous step's
+metrics are fetched).
 """
 
 from __future__ import annotations

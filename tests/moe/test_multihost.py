@@ -28,7 +28,7 @@ MODEL = {"quark_jax.ModelConfig.d_model": 64, "quark_jax.ModelConfig.head_dim": 
          "quark_jax.OptimizerConfig.decay_steps": 100, "TASK_FEATURE_LENGTHS": "{'targets': 64}",
          "quark_jax.TrainConfig.eval_batches": 0, "quark_jax.TrainConfig.sample_prompts": "()"}
 MESH_A, MESH_B = "data=2,fsdp=2,expert=2", "fsdp=4,tensor=2"
-JOB_STEPS, STEPS = 10, 12  # the job's TRAIN_STEPS (preempted well before), then the single process's
+JOB_STEPS, STEPS = 16, 18  # the job's TRAIN_STEPS (preempted well before: ~step 4), then the single process's
 SIGNALLED = 1  # the host that receives SIGTERM: not the coordinator, not the one that writes metrics
 
 
