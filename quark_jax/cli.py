@@ -273,7 +273,11 @@ def _train_guarded(args: argparse.Namespace, bindings: list[str], sigterms: list
     except ValueError as e:
         print(f"quark train: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    if sigterms:
+    from quark_jax.training import preemption
+
+    # Multi-host: one host's SIGTERM stops every host here, or the others would wait for it in the run's first
+    # collective.
+    if preemption.StopAgreement(lambda: bool(sigterms)).now():
         print("quark train: stopped by SIGTERM while starting (nothing trained); re-run the same command",
               file=sys.stderr)
         return EXIT_PREEMPTED
