@@ -15,9 +15,11 @@ A run directory holds::
     merged_from.json         a LoRA run merged into its base (written by :func:`save_merged_lora`)
     imported_from.json       a Hugging Face checkpoint imported as a run (written by :func:`import_hf`)
 
-Nothing inside a run directory is followed or opened unless it is a regular file or directory: readers and
-writers go through :func:`safe_path` and :func:`check_tree`, which refuse symbolic links and FIFOs, sockets and
-devices (:class:`UnsafeRunDirError`, naming the path). Checkpoints carry per-shard checksums
+A run directory may be local or on an object store (``gs://bucket/run``): every file here is reached through
+:mod:`quark_jax.run_paths` (``etils.epath`` for URLs), and checkpoints through orbax, which takes the same URLs.
+Nothing inside a local run directory is followed or opened unless it is a regular file or directory: readers
+and writers go through :func:`safe_path` and :func:`check_tree`, which refuse symbolic links and FIFOs, sockets
+and devices (:class:`UnsafeRunDirError`, naming the path); object stores have neither. Checkpoints carry per-shard checksums
 (:mod:`quark_jax.training.checkpoint`).
 
 :func:`load` reads any of them -- a training run, a quantized directory, a LoRA run (base + adapters) -- as a
@@ -32,13 +34,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from quark_jax import run_paths
 from quark_jax import sharding as sh
 from quark_jax.inference import quantize
 from quark_jax.models import lora
@@ -69,15 +71,13 @@ from quark_jax.run_paths import (  # noqa: F401 -- the names and checks are part
 # ---- small files ------------------------------------------------------------------------------------------
 def _read_json(run_dir: str, name: str) -> dict:
     path = safe_path(run_dir, name)
-    if not os.path.exists(path):
+    if not run_paths.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(run_paths.read_text(path))
 
 
 def _write_json(run_dir: str, name: str, value: dict) -> None:
-    with open(safe_path(run_dir, name), "w") as f:
-        json.dump(value, f, indent=2)
+    run_paths.write_text(safe_path(run_dir, name), json.dumps(value, indent=2))
 
 
 def resolve(run_dir: str | None, what: str = "run") -> str:
@@ -86,34 +86,33 @@ def resolve(run_dir: str | None, what: str = "run") -> str:
     if not run_dir:
         raise RunDirError(f"no {what} directory is set")
     run_dir = str(run_dir).rstrip("/")
-    if os.path.basename(run_dir) == CHECKPOINTS_DIR:
-        run_dir = os.path.dirname(run_dir)
+    if run_dir.rsplit("/", 1)[-1] == CHECKPOINTS_DIR:
+        run_dir = run_dir.rsplit("/", 1)[0]
     usage = f"pass the MODEL_DIR of a `quark train` run (the directory with {MODEL_CONFIG_FILE} and {CHECKPOINTS_DIR}/)"
-    if not os.path.exists(run_dir):
+    if not run_paths.exists(run_dir):
         raise RunDirError(f"{what} {run_dir}: no such directory; {usage}")
-    if not os.path.isdir(run_dir):
+    if not run_paths.isdir(run_dir):
         raise RunDirError(f"{what} {run_dir} is a file; {usage}")
     check_tree(run_dir)  # before anything in it is read: links and FIFOs are refused, naming the path
-    if not os.path.exists(os.path.join(run_dir, MODEL_CONFIG_FILE)):
-        parent = os.path.dirname(os.path.abspath(run_dir))
-        hint = (f"pass the run directory {parent}" if os.path.exists(os.path.join(parent, MODEL_CONFIG_FILE))
+    if not run_paths.exists(run_paths.join(run_dir, MODEL_CONFIG_FILE)):
+        parent = run_paths.absolute(run_dir).rsplit("/", 1)[0]
+        hint = (f"pass the run directory {parent}" if run_paths.exists(run_paths.join(parent, MODEL_CONFIG_FILE))
                 else usage)
         raise RunDirError(f"{what} {run_dir} is not a run directory (no {MODEL_CONFIG_FILE} in it); {hint}")
-    if not any(os.path.exists(os.path.join(run_dir, d)) for d in (CHECKPOINTS_DIR, QUANTIZED_PARAMS_DIR)):
+    if not any(run_paths.exists(run_paths.join(run_dir, d)) for d in (CHECKPOINTS_DIR, QUANTIZED_PARAMS_DIR)):
         raise RunDirError(f"{what} {run_dir} has no {CHECKPOINTS_DIR}/ (has the run saved a checkpoint yet?)")
     return run_dir
 
 
 def read_model_config(run_dir: str) -> ModelConfig:
-    with open(safe_path(run_dir, MODEL_CONFIG_FILE)) as f:
-        return ModelConfig.from_json(f.read())
+    return ModelConfig.from_json(run_paths.read_text(safe_path(run_dir, MODEL_CONFIG_FILE)))
 
 
 def check_model_config(run_dir: str, config: ModelConfig) -> None:
     """Read-only: refuses a directory whose ``model_config.json`` describes a different model than ``config``
     while it holds checkpoints (naming every differing field)."""
     path = safe_path(run_dir, MODEL_CONFIG_FILE)
-    if os.path.exists(path) and os.path.isdir(safe_path(run_dir, CHECKPOINTS_DIR)):
+    if run_paths.exists(path) and run_paths.isdir(safe_path(run_dir, CHECKPOINTS_DIR)):
         previous = _read_json(run_dir, MODEL_CONFIG_FILE)
         changed = {k: (previous.get(k), v) for k, v in dataclasses.asdict(config).items() if previous.get(k) != v}
         if changed:
@@ -127,8 +126,7 @@ def check_model_config(run_dir: str, config: ModelConfig) -> None:
 def write_model_config(run_dir: str, config: ModelConfig) -> None:
     """Writes ``model_config.json``; refuses a directory holding checkpoints of a different model."""
     check_model_config(run_dir, config)
-    with open(safe_path(run_dir, MODEL_CONFIG_FILE), "w") as f:
-        f.write(config.to_json())
+    run_paths.write_text(safe_path(run_dir, MODEL_CONFIG_FILE), config.to_json())
 
 
 def read_objective_info(run_dir: str) -> dict:
@@ -150,13 +148,28 @@ def write_run_info(run_dir: str, **fields: Any) -> None:
 
 
 def write_gin_config(run_dir: str, text: str) -> None:
-    with open(safe_path(run_dir, GIN_CONFIG_FILE), "w") as f:
-        f.write(text)
+    run_paths.write_text(safe_path(run_dir, GIN_CONFIG_FILE), text)
 
 
 def copy_tokenizer(model_file: str, run_dir: str) -> None:
     """Puts the tokenizer beside the checkpoints, so that a run directory needs nothing else to be loaded."""
-    shutil.copyfile(model_file, safe_path(run_dir, TOKENIZER_FILE))
+    run_paths.copy_file(model_file, safe_path(run_dir, TOKENIZER_FILE))
+
+
+def _local_copy(path: str) -> str:
+    """A local file with the bytes of ``path`` (itself when local): SentencePiece reads local files only, so
+    an object-store tokenizer is staged in the cache, named by its content (a changed tokenizer is a new file)."""
+    if run_paths.is_local(path):
+        return path
+    import hashlib
+
+    data = run_paths.read_bytes(path)
+    cache = os.path.join(os.path.expanduser("~"), ".cache", "quark_jax", "tokenizers")
+    os.makedirs(cache, exist_ok=True)
+    local = os.path.join(cache, hashlib.sha256(data).hexdigest()[:32] + ".model")
+    if not os.path.exists(local):
+        run_paths.write_bytes(local, data)
+    return local
 
 
 def tokenizer(run_dir: str):
@@ -175,12 +188,12 @@ def tokenizer(run_dir: str):
             raise RunDirError(f"{run_dir}: run.json names a {backend} tokenizer but {path} is missing")
         return load_hf_tokenizer(path, info["eos_id"], info.get("pad_id", 0), backend, info.get("add_bos", True))
     path = safe_path(run_dir, TOKENIZER_FILE)
-    return get_vocabulary(path if os.path.exists(path) else None)
+    return get_vocabulary(_local_copy(path) if run_paths.exists(path) else None)
 
 
 def _copy_run_files(src_dir: str, out_dir: str) -> None:
     """The tokenizer and ``run.json`` of ``src_dir``, copied to a derived directory (quantized, merged)."""
-    if os.path.exists(safe_path(src_dir, TOKENIZER_FILE)):
+    if run_paths.exists(safe_path(src_dir, TOKENIZER_FILE)):
         copy_tokenizer(safe_path(src_dir, TOKENIZER_FILE), out_dir)
     if os.path.exists(safe_path(src_dir, HF_TOKENIZER_FILE)):
         shutil.copyfile(safe_path(src_dir, HF_TOKENIZER_FILE), safe_path(out_dir, HF_TOKENIZER_FILE))
@@ -252,7 +265,7 @@ def load(run_dir: str, step: int | None = None, merge_adapters: bool = True) -> 
     run_dir = resolve(run_dir)
     config = read_model_config(run_dir)
     trained_context = read_run_info(run_dir).get("trained_context")
-    if os.path.exists(safe_path(run_dir, QUANTIZATION_FILE)):
+    if run_paths.exists(safe_path(run_dir, QUANTIZATION_FILE)):
         params, info = _read_quantized(run_dir, config)
         return LoadedRun(config, params, tokenizer(run_dir), int(info.get("step", 0)), trained_context,
                          quantization={"mode": info["mode"], "group_size": info["group_size"]})
@@ -279,16 +292,15 @@ def write_quantized(out_dir: str, config: ModelConfig, qparams: Any, mode: str, 
     """Writes already-quantized parameters of a model with ``config`` as a quantized directory."""
     import orbax.checkpoint as ocp
 
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = run_paths.absolute(out_dir)
+    run_paths.makedirs(out_dir)
     write_model_config(out_dir, config)
     _write_json(out_dir, QUANTIZATION_FILE, {"mode": mode, "group_size": group_size, "step": step})
     path = safe_path(out_dir, QUANTIZED_PARAMS_DIR)
     check_tree(out_dir, QUANTIZED_PARAMS_DIR)
-    if os.path.exists(path):
-        shutil.rmtree(path)
+    run_paths.rmtree(path)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, qparams)
+        checkpointer.save(run_paths.as_epath(path), qparams)
     return out_dir
 
 
@@ -301,7 +313,7 @@ def _read_quantized(run_dir: str, config: ModelConfig) -> tuple[Any, dict]:
     target = _on(target, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     with ocp.StandardCheckpointer() as checkpointer:
         check_tree(run_dir, QUANTIZED_PARAMS_DIR)
-        params = checkpointer.restore(os.path.abspath(safe_path(run_dir, QUANTIZED_PARAMS_DIR)), target)
+        params = checkpointer.restore(run_paths.as_epath(safe_path(run_dir, QUANTIZED_PARAMS_DIR)), target)
     return params, info
 
 
@@ -312,8 +324,8 @@ def lora_base(run_dir: str) -> tuple[lora.LoRAConfig, str]:
     if info.get("kind") != "lora":
         raise ValueError(f"{run_dir!r} is not a LoRA run (objective.json kind {info.get('kind')!r})")
     base_dir = info["base_dir"]
-    if not os.path.isabs(base_dir):
-        base_dir = os.path.join(run_dir, base_dir)
+    if run_paths.is_local(base_dir) and not os.path.isabs(base_dir):
+        base_dir = run_paths.join(run_dir, base_dir)
     return lora.LoRAConfig.from_dict(info), base_dir
 
 
@@ -342,11 +354,11 @@ def save_merged_lora(lora_run_dir: str, out_dir: str, step: int | None = None) -
     lora_run_dir = resolve(lora_run_dir, "LoRA run")
     lora_base(lora_run_dir)  # not a LoRA run: the error names its kind
     model = load(lora_run_dir, step, merge_adapters=True)
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = run_paths.absolute(out_dir)
+    run_paths.makedirs(out_dir)
     write_model_config(out_dir, model.config)
     _copy_run_files(lora_run_dir, out_dir)
-    _write_json(out_dir, MERGED_FROM_FILE, {"lora_run": os.path.abspath(lora_run_dir), "step": model.step,
+    _write_json(out_dir, MERGED_FROM_FILE, {"lora_run": run_paths.absolute(lora_run_dir), "step": model.step,
                                             **model.lora["config"].to_dict(), "base_dir": model.lora["base_dir"]})
     checkpointer = Checkpointer(out_dir, async_save=False)
     try:

@@ -72,8 +72,11 @@ def train_args(bindings: list[str]) -> list[str]:
 
 
 def read_metrics(model_dir) -> list[dict]:
-    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records of ``model_dir/metrics.jsonl`` (a local path or a ``gs://`` URL)."""
+    from etils import epath
+
+    text = (epath.Path(str(model_dir)) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def train_losses(model_dir) -> dict[int, float]:
@@ -81,12 +84,15 @@ def train_losses(model_dir) -> dict[int, float]:
 
 
 def committed_steps(model_dir) -> list[int]:
-    """The steps whose orbax checkpoint committed (``commit_success.txt`` present), ascending."""
-    directory = os.path.join(model_dir, "checkpoints")
-    if not os.path.isdir(directory):
+    """The steps whose orbax checkpoint committed (``commit_success.txt`` present), ascending; ``model_dir`` is
+    a local path or a ``gs://`` URL."""
+    from etils import epath
+
+    directory = epath.Path(str(model_dir)) / "checkpoints"
+    if not directory.is_dir():
         return []
-    return sorted(int(n) for n in os.listdir(directory)
-                  if n.isdigit() and os.path.exists(os.path.join(directory, n, "commit_success.txt")))
+    return sorted(int(p.name) for p in directory.iterdir()
+                  if p.name.isdigit() and (p / "commit_success.txt").exists())
 
 
 def copy_without_newest_checkpoint(model_dir, copy_to) -> int:

@@ -9,6 +9,10 @@ can change or donate them) and written as an item of the same orbax save, so the
 the arrays are. A restore checksums what it read and compares; a mismatch makes the checkpoint unreadable
 (quarantined, the previous one used) with the parameter named. A checkpoint without checksums (saved before
 they existed) restores unverified.
+
+The run directory may be local or a URL (``gs://bucket/run``): orbax takes the URL as it is (its array writes go
+through tensorstore, whose storage driver is chosen from the path), and the files written here go through
+:mod:`quark_jax.run_paths`.
 """
 
 from __future__ import annotations
@@ -125,14 +129,13 @@ def read_checksums(step_dir: str) -> dict[str, dict[str, dict]] | None:
     """The merged ``checksums.<process>.json`` files of a step directory (``{item: {path: record}}``), or None
     for a checkpoint saved without them."""
     directory = run_paths.safe_path(step_dir, CHECKSUMS_ITEM)
-    if not os.path.isdir(directory):
+    if not run_paths.isdir(directory):
         return None
     merged: dict[str, dict[str, dict]] = {}
-    for name in sorted(os.listdir(directory)):
+    for name in sorted(run_paths.listdir(directory)):
         if not (name.startswith("checksums.") and name.endswith(".json")):
             continue
-        with open(run_paths.safe_path(directory, name)) as f:
-            written = json.load(f)
+        written = json.loads(run_paths.read_text(run_paths.safe_path(directory, name)))
         for item, records in written["items"].items():
             for path, record in records.items():
                 into = merged.setdefault(item, {}).setdefault(path, {**record, "shards": {}})
@@ -146,14 +149,13 @@ class _ChecksumHandler(ocp.CheckpointHandler):
 
     def save(self, directory, args: ChecksumArgs) -> None:
         directory = str(directory)
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, f"checksums.{jax.process_index()}.json")
-        with open(path, "w") as f:
-            json.dump({"format": _CHECKSUM_FORMAT, "algorithm": "crc32", "process": jax.process_index(),
-                       "items": args.items}, f)
+        run_paths.makedirs(directory)
+        path = run_paths.join(directory, f"checksums.{jax.process_index()}.json")
+        run_paths.write_text(path, json.dumps({"format": _CHECKSUM_FORMAT, "algorithm": "crc32",
+                                               "process": jax.process_index(), "items": args.items}))
 
     def restore(self, directory, args: ChecksumArgs | None = None) -> dict:
-        return read_checksums(os.path.dirname(str(directory))) or {}
+        return read_checksums(str(directory).rstrip("/").rsplit("/", 1)[0]) or {}
 
     def metadata(self, directory) -> None:
         return None
@@ -175,21 +177,19 @@ class Checkpointer:
     """A thin layer over ``ocp.CheckpointManager`` that knows quark_jax's items and skips broken steps."""
 
     def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(directory, "checkpoints"))
-        self.run_dir = os.path.dirname(self.directory)
+        self.run_dir = run_paths.absolute(directory)
+        self.directory = run_paths.join(self.run_dir, run_paths.CHECKPOINTS_DIR)
         # Before orbax lists (or creates) anything: no link or FIFO in checkpoints/ is followed or opened.
         run_paths.check_tree(self.run_dir, run_paths.CHECKPOINTS_DIR)
         run_paths.safe_path(self.run_dir, run_paths.UNREADABLE_CHECKPOINTS_DIR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(run_paths.as_epath(self.directory), options=options)
         self._warn_about_partial_writes()
 
     def _warn_about_partial_writes(self) -> None:
-        if not os.path.isdir(self.directory):
-            return
-        partial = sorted(n for n in os.listdir(self.directory) if ".orbax-checkpoint-tmp" in n)
+        partial = sorted(n for n in run_paths.listdir(self.directory) if ".orbax-checkpoint-tmp" in n)
         if partial:
             log.warning(
                 "ignoring %d half-written checkpoint(s) in %s (a run was killed while saving): %s",
@@ -217,7 +217,7 @@ class Checkpointer:
         return self._manager.save(step, args=args, force=force)
 
     def _verify(self, step: int, restored: Any) -> None:
-        recorded = read_checksums(os.path.join(self.directory, str(step)))
+        recorded = read_checksums(run_paths.join(self.directory, str(step)))
         if recorded is None:
             log.debug("checkpoint step %d has no checksums (saved before they were written): not verified", step)
             return
@@ -257,14 +257,13 @@ class Checkpointer:
         if not steps or jax.process_index() != 0:
             return
         target_root = run_paths.safe_path(self.run_dir, run_paths.UNREADABLE_CHECKPOINTS_DIR)
-        os.makedirs(target_root, exist_ok=True)
+        run_paths.makedirs(target_root)
         for step, reason in steps:
-            target = os.path.join(target_root, f"{step}-{int(time.time())}")
-            while os.path.lexists(target):
+            target = run_paths.join(target_root, f"{step}-{int(time.time())}")
+            while (os.path.lexists(target) if run_paths.is_local(target) else run_paths.exists(target)):
                 target += "+"
-            os.rename(os.path.join(self.directory, str(step)), target)
-            with open(os.path.join(target, "quarantine_reason.txt"), "x") as f:
-                f.write(reason + "\n")
+            run_paths.move_tree(run_paths.join(self.directory, str(step)), target)
+            run_paths.write_text(run_paths.join(target, "quarantine_reason.txt"), reason + "\n")
             log.warning("moved unreadable checkpoint step %d to %s (%s)", step, target, reason)
         self._manager.reload()
 
@@ -315,11 +314,9 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         # The handler reads the item's own tree metadata; the Checkpointer-level call would also look for a
         # step-level _CHECKPOINT_METADATA inside the item directory and warn on every load that it is missing.
-        from etils import epath
-
         run_paths.check_tree(self.run_dir, os.path.join(run_paths.CHECKPOINTS_DIR, str(step)))
 
-        return step, ocp.StandardCheckpointHandler().metadata(epath.Path(self.directory) / str(step) / "params")
+        return step, ocp.StandardCheckpointHandler().metadata(run_paths.as_epath(self.directory) / str(step) / "params")
 
     def check_for_errors(self) -> None:
         """Raises the error of a failed asynchronous save (once) if one has finished with an error; never

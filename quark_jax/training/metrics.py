@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -36,42 +37,74 @@ def measure_matmul_flops(size: int = 2048, dtype=jnp.float32, repeats: int = 10)
 
 
 class MetricsWriter:
-    """Writes ``metrics.jsonl`` (one object per logged step) and TensorBoard summaries under ``model_dir``."""
+    """Writes ``metrics.jsonl`` (one object per logged step) and TensorBoard summaries under ``model_dir``.
 
-    def __init__(self, model_dir: str, resume_step: int = 0, tensorboard: bool = True):
+    In a local run directory lines are appended and flushed as they come. On an object store (no append) the
+    whole object is rewritten, at most every ``upload_every_s`` seconds and on :meth:`close`; TensorBoard
+    events are written to a local staging directory and their files copied up at the same moments, so the
+    event writer never needs the store's credentials or file-system plugin."""
+
+    def __init__(self, model_dir: str, resume_step: int = 0, tensorboard: bool = True,
+                 upload_every_s: float = 30.0):
         self.path = run_paths.safe_path(model_dir, METRICS_FILE)
         self._file = self._tb = None
+        self._remote = not run_paths.is_local(self.path)
+        self._lines: list[str] = []
+        self._tb_dir = run_paths.safe_path(model_dir, "tensorboard")
+        self._tb_staging: str | None = None
+        self._upload_every_s = upload_every_s
+        self._uploaded = 0.0
         if jax.process_index() != 0:  # multi-host: every host computes the same metrics; one writes them
             return
         self._drop_after(resume_step)
-        self._file = open(self.path, "a")
+        if not self._remote:
+            self._file = open(self.path, "a")
         if tensorboard:
             from flax.metrics import tensorboard as flax_tb  # imports TensorFlow: keep it off the import path
 
-            self._tb = flax_tb.SummaryWriter(run_paths.safe_path(model_dir, "tensorboard"))
+            if self._remote:
+                import tempfile
+
+                self._tb_staging = tempfile.mkdtemp(prefix="quark-tensorboard-")
+            self._tb = flax_tb.SummaryWriter(self._tb_staging or self._tb_dir)
 
     def _drop_after(self, step: int) -> None:
         """On resume, forget lines logged after the checkpoint: those steps are about to be re-run. A torn last
         line (the run died mid-write) is dropped with a warning. The file is replaced atomically."""
-        if not os.path.exists(self.path):
+        if not run_paths.exists(self.path):
             return
-        kept = [r for r in _parse_metrics(self.path) if r.get("step", 0) <= step]
-        temporary = f"{self.path}.tmp-{os.getpid()}"
-        with open(temporary, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, self.path)
+        self._lines = [json.dumps(r) + "\n" for r in _parse_metrics(self.path) if r.get("step", 0) <= step]
+        run_paths.write_text(self.path, "".join(self._lines))
 
     def write(self, step: int, values: dict[str, float]) -> None:
-        if self._file is None:
+        if self._file is None and not (self._remote and jax.process_index() == 0):
             return
         record = {"step": int(step), **{k: float(v) for k, v in values.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        if self._file is not None:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        else:
+            self._lines.append(json.dumps(record) + "\n")
         if self._tb is not None:
             for name, value in values.items():
                 self._tb.scalar(name, float(value), int(step))
+        if self._remote and time.monotonic() - self._uploaded >= self._upload_every_s:
+            self.upload()
+
+    def upload(self) -> None:
+        """On an object store: writes ``metrics.jsonl`` whole and copies the TensorBoard event files up."""
+        if not self._remote or jax.process_index() != 0:
+            return
+        run_paths.write_text(self.path, "".join(self._lines))
+        if self._tb is not None:
+            self._tb.flush()
+        if self._tb_staging is not None:
+            for root, _, files in os.walk(self._tb_staging):
+                for name in files:
+                    local = os.path.join(root, name)
+                    relative = os.path.relpath(local, self._tb_staging).replace(os.sep, "/")
+                    run_paths.copy_file(local, run_paths.join(self._tb_dir, relative))
+        self._uploaded = time.monotonic()
 
     def write_text(self, step: int, name: str, text: str) -> None:
         if self._tb is not None:
@@ -83,13 +116,19 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
+            self._tb = None
+        self.upload()
+        if self._tb_staging is not None:
+            import shutil
+
+            shutil.rmtree(self._tb_staging, ignore_errors=True)
+            self._tb_staging = None
 
 
 def _parse_metrics(path: str) -> list[dict]:
     """The records of a ``metrics.jsonl``; a torn last line (a crash mid-write) is left out with a warning, a
     damaged line before the end is a ``ValueError`` naming the file and line."""
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
+    lines = run_paths.read_bytes(path).split(b"\n")
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -145,11 +184,13 @@ def plot_loss_curve(model_dir: str, filename: str = "loss_curve.png") -> str | N
         ax.plot(*zip(*val), "o-", label="validation loss")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(os.path.basename(os.path.abspath(model_dir)))
+    ax.set_title(run_paths.absolute(model_dir).rsplit("/", 1)[-1])
     ax.grid(alpha=0.3)
     ax.legend()
     path = run_paths.safe_path(model_dir, filename)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    image = io.BytesIO()  # through run_paths, so that a gs:// run directory gets its curve too
+    fig.savefig(image, format="png", dpi=100)
     plt.close(fig)
+    run_paths.write_bytes(path, image.getvalue())
     return path

@@ -22,9 +22,20 @@ compare and the swap are two calls locally; only a writer taking over a stale le
 the rename-aside in :meth:`LocalLeaseStore.replace` makes the loser of that race see ``None``). The local
 heartbeat (:meth:`LocalLeaseStore.refresh`) reads, then replaces the file atomically: if a take-over lands
 between the two, the old holder's beat overwrites the new lease, and the new holder finds its token gone at its
-next beat and stops (:class:`LeaseLostError`) -- either way one writer goes on. A ``gs://`` store would implement the same four calls with generation
-preconditions (its heartbeat is then ``replace``, exactly compare-and-swap) and be passed to :class:`RunLease`
-unchanged. Staleness compares wall clocks across hosts: keep ``stale_after_s`` well above clock skew.
+next beat and stops (:class:`LeaseLostError`) -- either way one writer goes on.
+
+:class:`ObjectLeaseStore` keeps the lease on an object store (``gs://``, ``s3://``), through ``etils.epath``,
+which offers no conditional write. It is *write, wait, read back*: ``create`` looks for the object, writes its
+own lease, waits ``settle_s`` and reads the object again; the writer whose token it finds there holds the
+lease, any other gets ``None`` (and, the lease being live, :class:`RunDirBusyError`). What this guarantees,
+honestly: a writer that starts after another's lease is readable is always refused; two writers that start
+within the same moment cannot both pass the read-back unless their writes land in the order opposite to their
+read-backs, and then the one whose lease was overwritten finds a foreign token at its next heartbeat (every
+beat reads before it writes) and stops with :class:`LeaseLostError` at the next step boundary. So on an object
+store two writers overlap for at most one heartbeat plus one step, never silently for a whole run. A store
+with generation preconditions (GCS ``ifGenerationMatch``) would make ``create`` and ``replace`` exact; they
+would implement the same four calls and be passed to :class:`RunLease` unchanged. Staleness compares wall
+clocks across hosts: keep ``stale_after_s`` well above clock skew.
 """
 
 from __future__ import annotations
@@ -37,6 +48,8 @@ import threading
 import time
 import uuid
 from typing import Any, Protocol
+
+from quark_jax import run_paths
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +157,70 @@ class LocalLeaseStore:
         return True
 
 
+class ObjectLeaseStore:
+    """A lease object on an object store (any ``etils.epath`` URL); the generation of the content is its
+    ``token``. No conditional writes: each write is read back after ``settle_s`` (see the module docstring
+    for what that guarantees)."""
+
+    def __init__(self, path: str, settle_s: float = 0.5):
+        self.path = path
+        self.settle_s = settle_s
+
+    def _write_and_confirm(self, data: dict) -> Any | None:
+        run_paths.write_text(self.path, json.dumps(data))
+        time.sleep(self.settle_s)  # let a racing writer's upload land before we look
+        current = self.read()
+        return data["token"] if current is not None and current[1] == data["token"] else None
+
+    def create(self, data: dict) -> Any | None:
+        if self.read() is not None:
+            return None
+        return self._write_and_confirm(data)
+
+    def read(self) -> tuple[dict, Any] | None:
+        try:
+            text = run_paths.read_text(self.path)
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:  # an object is written whole: a torn one is damaged, and stale
+            return {"token": None, "unreadable": text[:200]}, None
+        return data, data.get("token")
+
+    def replace(self, data: dict, generation: Any) -> Any | None:
+        current = self.read()
+        if current is None or current[1] != generation:
+            return None
+        return self._write_and_confirm(data)
+
+    def refresh(self, data: dict, generation: Any) -> Any | None:
+        """The heartbeat: reads, and rewrites only a lease that is still ours (no wait: a take-over that lands
+        in between is seen at the next beat by one of the two, and that one stops)."""
+        current = self.read()
+        if current is None or current[1] != generation:
+            return None
+        run_paths.write_text(self.path, json.dumps(data))
+        return data["token"]
+
+    def delete(self, generation: Any) -> bool:
+        current = self.read()
+        if current is None or current[1] != generation:
+            return False
+        try:
+            run_paths.remove(self.path)
+        except FileNotFoundError:
+            return False
+        return True
+
+
+def lease_store(run_dir: str) -> LeaseStore:
+    """The store for ``run_dir``'s lease: a local file, or an object on the run directory's object store."""
+    if run_paths.is_local(run_dir):
+        return LocalLeaseStore(os.path.join(run_dir, LEASE_FILE))
+    return ObjectLeaseStore(run_paths.join(run_dir, LEASE_FILE))
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -171,7 +248,7 @@ class RunLease:
     def __init__(self, run_dir: str, stale_after_s: float = 60.0, heartbeat_s: float | None = None,
                  store: LeaseStore | None = None):
         self.run_dir = run_dir
-        self.store = store if store is not None else LocalLeaseStore(os.path.join(run_dir, LEASE_FILE))
+        self.store = store if store is not None else lease_store(run_dir)
         self.stale_after_s = float(stale_after_s)
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else max(min(5.0, self.stale_after_s / 4), 0.05)
         self.token = uuid.uuid4().hex

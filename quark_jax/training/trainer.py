@@ -79,11 +79,11 @@ def _has_os_error(error: BaseException | None) -> bool:
 
 
 def _read_records(model_dir: str) -> list[dict]:
-    path = os.path.join(model_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = run_paths.join(model_dir, "metrics.jsonl")
+    if not run_paths.exists(path):
         return []
     records = []
-    with open(path) as f:
+    with run_paths.open_file(path) as f:
         for line in f:
             try:
                 records.append(json.loads(line))
@@ -106,10 +106,9 @@ def _logged_eval(model_dir: str, step: int) -> bool:
 def _sampled(model_dir: str, step: int) -> bool:
     """Whether samples.txt holds the samples of ``step``."""
     path = run_paths.safe_path(model_dir, "samples.txt")
-    if not os.path.exists(path):
+    if not run_paths.exists(path):
         return False
-    with open(path) as f:
-        return f"--- step {step}\n" in f.read()
+    return f"--- step {step}\n" in run_paths.read_text(path)
 
 
 class Trainer:
@@ -142,7 +141,7 @@ class Trainer:
                 f"ModelConfig.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                 f"{self.vocabulary.vocab_size} tokens; bind ModelConfig.vocab_size >= {self.vocabulary.vocab_size}"
             )
-        os.makedirs(cfg.model_dir, exist_ok=True)
+        run_paths.makedirs(cfg.model_dir)
         self.mesh = sh.make_mesh(cfg.mesh_shape)
         log.debug("mesh %s; logical axis rules:\n%s", dict(self.mesh.shape), sh.describe_rules())
         self.training = sharded.build(cfg, self.mesh, self.vocabulary)
@@ -287,8 +286,8 @@ class Trainer:
             samples = []
         if samples and jax.process_index() == 0:
             self.writer.write_text(step, "samples", text)
-            with open(run_paths.safe_path(self.config.model_dir, "samples.txt"), "a") as f:
-                f.write(f"--- step {step}\n{text}\n")
+            run_paths.append_text(run_paths.safe_path(self.config.model_dir, "samples.txt"),
+                                  f"--- step {step}\n{text}\n")
         if "val_perplexity" in values:
             log.info("step %d: validation loss %.4f (perplexity %.2f)", step, values["val_loss"],
                      values["val_perplexity"])
@@ -315,7 +314,7 @@ class Trainer:
         guard = preemption.PreemptionGuard()
         self._lease = None
         try:
-            os.makedirs(cfg.model_dir, exist_ok=True)
+            run_paths.makedirs(cfg.model_dir)
             run_paths.check_tree(cfg.model_dir)  # no link or special file anywhere in it: nothing is followed
             if jax.process_index() == 0:  # multi-host: process 0 holds the lease for all hosts
                 self._lease = run_lock.RunLease(cfg.model_dir, stale_after_s=cfg.lease_stale_after_s).acquire()
@@ -344,7 +343,7 @@ class Trainer:
         what = f"[Errno {cause.errno}] {cause.strerror}" if cause is not None and cause.strerror else \
             f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
         directory = self.checkpointer.directory
-        kept = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+        kept = [int(n) for n in run_paths.listdir(directory) if n.isdigit()]
         newest = max(kept) if kept else None  # orbax renames a step's directory into place once it is complete
         self._discard_failed_saves()
         return CheckpointWriteError(
@@ -357,14 +356,12 @@ class Trainer:
     def _discard_failed_saves(self) -> None:
         """Removes the temporary directories of saves that failed, so that a re-run does not take them for the
         leftovers of a killed run (orbax ignores them either way)."""
-        import shutil
-
         directory = self.checkpointer.directory
-        if jax.process_index() != 0 or not os.path.isdir(directory):
+        if jax.process_index() != 0:
             return
-        for name in os.listdir(directory):
+        for name in run_paths.listdir(directory):
             if ".orbax-checkpoint-tmp" in name:
-                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+                run_paths.rmtree(run_paths.join(directory, name))
 
     def _save_checked(self, state: TrainState, step: int, force: bool = False) -> None:
         try:
@@ -549,17 +546,15 @@ class Trainer:
         summary.update(final_step=step, last_metrics=last)
         if jax.process_index() == 0:
             summary["loss_curve"] = qm.plot_loss_curve(cfg.model_dir)
-            path = run_paths.safe_path(cfg.model_dir, SUMMARY_FILE)
-            with open(path + ".tmp", "w") as f:
-                json.dump(summary, f, indent=2, default=str)
-            os.replace(path + ".tmp", path)
+            run_paths.write_text(run_paths.safe_path(cfg.model_dir, SUMMARY_FILE),  # atomic, local or not
+                                 json.dumps(summary, indent=2, default=str))
         return summary
 
     @staticmethod
     def _finished(model_dir: str) -> bool:
         """Whether the run wrote summary.json; process 0 (which writes it) decides for every host, since the
         final evaluation runs on all of them."""
-        finished = os.path.exists(run_paths.safe_path(model_dir, SUMMARY_FILE))
+        finished = run_paths.exists(run_paths.safe_path(model_dir, SUMMARY_FILE))
         if jax.process_count() > 1:
             import numpy as np
             from jax.experimental import multihost_utils

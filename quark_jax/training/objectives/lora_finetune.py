@@ -12,13 +12,12 @@ a plain fine-tuning run. ``objective.json`` records the base directory, rank, al
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, ClassVar
 
 import jax
 
 from quark_jax.models import lora
-from quark_jax import runs
+from quark_jax import run_paths, runs
 from quark_jax.training.objectives.base import Objective, RunContext, lm_batches, lm_validation
 from quark_jax.training.objectives.lm import lm_loss
 
@@ -42,7 +41,7 @@ class LoRA(Objective):
         base = self.base_dir or run.config.init_from
         if not base:
             raise ValueError("LoRA needs a base run: set INIT_FROM (TrainConfig.init_from) or LoRA.base_dir")
-        self.resolved_base_dir = os.path.abspath(runs.resolve(base, "LoRA base"))
+        self.resolved_base_dir = run_paths.absolute(runs.resolve(base, "LoRA base"))
         config, _, params, shardings = run.load_run(self.resolved_base_dir, "LoRA base")
         ours, theirs = dataclasses.asdict(run.model_config), dataclasses.asdict(config)
         changed = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
