@@ -101,17 +101,17 @@ def test_tiny_run_trains_resumes_and_loads_on_gcs(gcs):
     import quark_jax as qj
 
     run = f"gs://{BUCKET}/runs/tiny"
-    first = run_quark(*train_args(tiny_overrides(run, 10, CHECKPOINT_PERIOD=5)), env=gcs)
+    first = run_quark(*train_args(tiny_overrides(run, 4, CHECKPOINT_PERIOD=2)), env=gcs)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert committed_steps(run) == [5, 10]
+    assert committed_steps(run) == [2, 4]
 
-    second = run_quark(*train_args(tiny_overrides(run, 15, CHECKPOINT_PERIOD=5)), env=gcs)
+    second = run_quark(*train_args(tiny_overrides(run, 6, CHECKPOINT_PERIOD=2)), env=gcs)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"resumed from {run}/checkpoints step 10" in second.stderr
-    assert committed_steps(run) == [5, 10, 15]
+    assert f"resumed from {run}/checkpoints step 4" in second.stderr
+    assert committed_steps(run) == [2, 4, 6]
     summary = json.loads(epath.Path(run, "summary.json").read_text())
-    assert (summary["start_step"], summary["final_step"]) == (10, 15)
-    assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(1, 16))  # 11..15 once, after 1..10
+    assert (summary["start_step"], summary["final_step"]) == (4, 6)
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(range(1, 7))  # 5 and 6 once, after 1..4
 
     root = epath.Path(run)
     assert (root / "tokenizer.model").read_bytes() == open(
@@ -126,10 +126,10 @@ def test_tiny_run_trains_resumes_and_loads_on_gcs(gcs):
     assert generated.returncode == 0, generated.stderr[-3000:]
 
     model = qj.load(run)
-    assert model.step == 15
+    assert model.step == 6
     completion = model.complete(["def "], max_new_tokens=4)[0]
     assert_greedy_completion(model, "def ", completion, 4)
-    assert generated.stdout.strip().endswith(completion.text.strip())
+    assert "def " + completion.text in generated.stdout  # the CLI, greedy by default, printed the same text
 
 
 def test_writer_lease_on_gcs(gcs):
