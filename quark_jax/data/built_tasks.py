@@ -10,6 +10,10 @@ Two ways to make ``quark train`` see a built directory:
   of the catalogue;
 * ``--gin_file=DIR/data.gin`` — binds ``MIXTURE_OR_TASK_NAME = @quark_jax.data.built_dataset()``, which
   registers the directory when the training config is built.
+
+A built directory may be moved or uploaded as it is (``gs://bucket/data/NAME``, read through
+:mod:`quark_jax.run_paths` and TensorFlow's file systems): the shard patterns of the manifest are taken
+relative to the directory it was found in (``<task>/<file pattern>``), not where it was built.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pathlib
 
 import gin
 
+from quark_jax import run_paths
 from quark_jax.data import tasks
 
 MANIFEST = "dataset.json"
@@ -28,6 +33,12 @@ FEATURE_NAMES = ("text", "id", "meta")
 
 def shard_paths(directory: pathlib.Path, split: str, num_shards: int) -> list[pathlib.Path]:
     return [directory / f"{split}.tfrecord-{i:05d}-of-{num_shards:05d}" for i in range(num_shards)]
+
+
+def _under(data_dir: str, pattern: str) -> str:
+    """The manifest's shard ``pattern`` (``.../<task>/<split>.tfrecord-*-of-N``) re-rooted at ``data_dir``."""
+    task, file_pattern = pattern.replace("\\", "/").rstrip("/").split("/")[-2:]
+    return run_paths.join(data_dir, task, file_pattern)
 
 
 def register_built(data_dir: str | os.PathLike, vocabulary=None, chunk_overlap: int = 0) -> str:
@@ -41,14 +52,15 @@ def register_built(data_dir: str | os.PathLike, vocabulary=None, chunk_overlap: 
     import seqio
     import tensorflow as tf
 
-    data_dir = pathlib.Path(data_dir).expanduser().resolve()
-    path = data_dir / MANIFEST
-    if not path.is_file():
+    data_dir = (str(pathlib.Path(data_dir).expanduser().resolve()) if run_paths.is_local(data_dir)
+                else run_paths.absolute(data_dir))
+    path = run_paths.join(data_dir, MANIFEST)
+    if not run_paths.exists(path):
         raise FileNotFoundError(
             f"{path} not found: {data_dir} is not a built dataset. Build it with "
             f"`quark data build --mixture NAME --output {data_dir}`.")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(run_paths.read_text(path))
         name = manifest["name"]
         task_infos = manifest["tasks"].items()
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -60,7 +72,7 @@ def register_built(data_dir: str | os.PathLike, vocabulary=None, chunk_overlap: 
         seqio.TaskRegistry.add(
             task_name,
             source=seqio.TFExampleDataSource(
-                split_to_filepattern={s: v["pattern"] for s, v in info["splits"].items()},
+                split_to_filepattern={s: _under(data_dir, v["pattern"]) for s, v in info["splits"].items()},
                 feature_description={k: tf.io.FixedLenFeature([], tf.string) for k in FEATURE_NAMES},
                 num_input_examples={s: v["num_examples"] for s, v in info["splits"].items()},
             ),

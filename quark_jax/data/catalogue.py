@@ -25,6 +25,7 @@ import pathlib
 
 import seqio
 
+from quark_jax import run_paths
 from quark_jax.data import built_tasks, chat_tasks, corpus, mixtures, tasks
 
 DATA_DIRS_ENV = "QUARK_DATA_DIRS"
@@ -38,7 +39,7 @@ BUILTIN_TASKS = (*corpus.KINDS, SFT_TASK)
 BUILTIN_MIXTURES = ("stdlib", DEMO_MIXTURE)
 
 # Resolved directory -> mixture name, for the $QUARK_DATA_DIRS entries already registered.
-_registered_dirs: dict[pathlib.Path, str] = {}
+_registered_dirs: dict[str, str] = {}  # resolved local path or URL -> mixture name
 
 
 class DataDirError(ValueError):
@@ -76,7 +77,14 @@ def register_builtins() -> None:
 def data_dirs(value: str | None = None) -> list[str]:
     """The entries of ``$QUARK_DATA_DIRS`` (or of ``value``), empty ones dropped."""
     value = os.environ.get(DATA_DIRS_ENV, "") if value is None else value
-    return [d.strip() for d in value.split(os.pathsep) if d.strip()]
+    entries: list[str] = []
+    for piece in value.split(os.pathsep):
+        # "gs://bucket/data" splits at its scheme's colon into "gs" and "//bucket/data": join them again.
+        if piece.startswith("//") and entries and entries[-1].strip().isalnum():
+            entries[-1] = f"{entries[-1].strip()}:{piece}"
+        else:
+            entries.append(piece)
+    return [d.strip() for d in entries if d.strip()]
 
 
 def register_data_dirs(value: str | None = None) -> list[str]:
@@ -87,11 +95,11 @@ def register_data_dirs(value: str | None = None) -> list[str]:
     """
     names = []
     for entry in data_dirs(value):
-        path = pathlib.Path(entry).expanduser().resolve()
+        path = str(pathlib.Path(entry).expanduser().resolve()) if run_paths.is_local(entry) else run_paths.absolute(entry)
         name = _registered_dirs.get(path)
         if name is None or name not in seqio.MixtureRegistry.names():
             try:
-                if not (path / built_tasks.MANIFEST).is_file():
+                if not run_paths.exists(run_paths.join(path, built_tasks.MANIFEST)):
                     raise FileNotFoundError(f"no {built_tasks.MANIFEST} in {path}")
                 name = built_tasks.register_built(path)
             except (OSError, ValueError, KeyError, TypeError) as e:

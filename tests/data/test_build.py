@@ -169,3 +169,28 @@ def test_build_then_train_tiny_model(cli_built, tmp_path):
     assert len(losses) == 12
     first, last = losses[min(losses)], losses[max(losses)]
     assert last < first - 0.5, losses
+
+
+def test_a_moved_built_directory_reads_its_shards_where_it_now_is(messy, tmp_path):
+    """The manifest records where the shards were built; they are read under the directory it was found in (so
+    a built dataset can be copied elsewhere, or uploaded to gs://, as it is)."""
+    import shutil
+
+    out, _ = messy
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    hidden = out.with_name(out.name + "-hidden")
+    out.rename(hidden)  # the recorded patterns now point nowhere
+    try:
+        name = built_tasks.register_built(moved)
+        source = seqio.get_mixture_or_task(f"{name}.messy.text").source
+        texts = [ex["text"] for ex in source.get_dataset("train", shuffle=False).as_numpy_iterator()]
+    finally:
+        hidden.rename(out)
+        built_tasks.register_built(out)  # as the other tests of this module expect
+    assert len(texts) == 2
+
+
+def test_data_dirs_keep_urls_whole():
+    assert catalogue.data_dirs(f"gs://bucket/built{os.pathsep}/local/built{os.pathsep}s3://b/x") == [
+        "gs://bucket/built", "/local/built", "s3://b/x"]

@@ -70,13 +70,21 @@ def gcs():
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"fake-gcs-server did not start: {open(log.name).read()[-2000:]}")
                 time.sleep(0.1)
+        from etils.epath import gpath
+
         with pytest.MonkeyPatch.context() as patch:
             import fsspec.config
 
             for key, value in env.items():
                 patch.setenv(key, value)
             patch.setitem(fsspec.config.conf, "gcs", {**fsspec.config.conf.get("gcs", {}), "token": "anon"})
-            yield env
+            # epath decides once per process whether EPATH_USE_TF lets it use TensorFlow: decide again now
+            # (TensorFlow's GCS would go to the real service), and again after the module.
+            gpath._is_tf_installed.cache_clear()
+            try:
+                yield env
+            finally:
+                gpath._is_tf_installed.cache_clear()
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -165,3 +173,21 @@ def test_writer_lease_on_gcs(gcs):
     with lease(stale_after_s=30) as taken:
         assert json.loads(run_paths.read_text(lease_path))["token"] == taken.token
     assert not run_paths.exists(lease_path)
+
+
+def test_a_built_dataset_on_gcs_registers_with_its_shards_there(gcs):
+    """``QUARK_DATA_DIRS=gs://...``: the manifest is read from the bucket and the shard patterns point into it
+    (the shards themselves are read by tf.data, through TensorFlow's GCS file system, which cannot be pointed
+    at the emulator: reading them is left to a real bucket)."""
+    import seqio
+
+    from quark_jax import run_paths
+    from quark_jax.data import catalogue
+
+    data = f"gs://{BUCKET}/data/cloudset"
+    manifest = {"name": "cloudset", "tasks": {"code": {"rate": 1.0, "splits": {
+        "train": {"pattern": "/where/it/was/built/code/train.tfrecord-*-of-00002", "num_examples": 7}}}}}
+    run_paths.write_text(run_paths.join(data, "dataset.json"), json.dumps(manifest))
+    assert catalogue.register_data_dirs(data) == ["cloudset"]
+    source = seqio.get_mixture_or_task("cloudset.code").source
+    assert source._split_to_filepattern == {"train": f"{data}/code/train.tfrecord-*-of-00002"}
