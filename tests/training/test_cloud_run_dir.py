@@ -72,6 +72,8 @@ def gcs():
                 time.sleep(0.1)
         from etils.epath import gpath
 
+        from quark_jax import run_paths  # noqa: F401 -- first: its import turns gcsfs's listing cache off
+
         with pytest.MonkeyPatch.context() as patch:
             import fsspec.config
 
