@@ -186,10 +186,12 @@ def rmtree(path: str) -> None:
 
 
 def walk_files(top: str) -> Iterator[str]:
-    """Every file under ``top`` (paths), for copying a tree between stores."""
-    for root, _, files in epath.Path(top).walk():
-        for name in files:
-            yield str(epath.Path(root) / name)
+    """Every file under ``top`` (paths with their scheme), for copying a tree between stores."""
+    for entry in sorted(epath.Path(top).iterdir()):
+        if entry.is_dir():
+            yield from walk_files(str(entry))
+        else:
+            yield str(entry)
 
 
 def move_tree(source: str, target: str) -> None:

@@ -193,3 +193,17 @@ def test_a_built_dataset_on_gcs_registers_with_its_shards_there(gcs):
     assert catalogue.register_data_dirs(data) == ["cloudset"]
     source = seqio.get_mixture_or_task("cloudset.code").source
     assert source._split_to_filepattern == {"train": f"{data}/code/train.tfrecord-*-of-00002"}
+
+
+def test_moving_a_tree_on_gcs(gcs):
+    """What quarantining an unreadable checkpoint does on an object store (no rename there): every object
+    copied under the new name, then the old ones removed."""
+    from quark_jax import run_paths
+
+    source, target = f"gs://{BUCKET}/runs/moved/checkpoints/7", f"gs://{BUCKET}/runs/moved/unreadable/7-1"
+    run_paths.write_text(run_paths.join(source, "meta", "metadata"), '{"step": 7}')
+    run_paths.write_bytes(run_paths.join(source, "params", "d", "0"), b"\x00\x01\x02")
+    run_paths.move_tree(source, target)
+    assert run_paths.read_text(run_paths.join(target, "meta", "metadata")) == '{"step": 7}'
+    assert run_paths.read_bytes(run_paths.join(target, "params", "d", "0")) == b"\x00\x01\x02"
+    assert not run_paths.exists(source) and run_paths.listdir(f"gs://{BUCKET}/runs/moved/checkpoints") == []
