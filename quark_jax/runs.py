@@ -157,7 +157,7 @@ def copy_tokenizer(model_file: str, run_dir: str) -> None:
 
 
 def _local_copy(path: str) -> str:
-    """A local file with the bytes of ``path`` (itself when local): SentencePiece reads local files only, so
+    """A local file with the bytes of ``path`` (itself when local): SentencePiece and tokenizers read local files only, so
     an object-store tokenizer is staged in the cache, named by its content (a changed tokenizer is a new file)."""
     if run_paths.is_local(path):
         return path
@@ -166,7 +166,7 @@ def _local_copy(path: str) -> str:
     data = run_paths.read_bytes(path)
     cache = os.path.join(os.path.expanduser("~"), ".cache", "quark_jax", "tokenizers")
     os.makedirs(cache, exist_ok=True)
-    local = os.path.join(cache, hashlib.sha256(data).hexdigest()[:32] + ".model")
+    local = os.path.join(cache, hashlib.sha256(data).hexdigest()[:32] + os.path.splitext(path)[1])
     if not os.path.exists(local):
         run_paths.write_bytes(local, data)
     return local
@@ -184,9 +184,9 @@ def tokenizer(run_dir: str):
 
         backend = info.get("backend", TOKENIZERS)
         path = safe_path(run_dir, HF_TOKENIZER_FILE if backend == TOKENIZERS else TOKENIZER_FILE)
-        if not os.path.exists(path):
+        if not run_paths.exists(path):
             raise RunDirError(f"{run_dir}: run.json names a {backend} tokenizer but {path} is missing")
-        return load_hf_tokenizer(path, info["eos_id"], info.get("pad_id", 0), backend, info.get("add_bos", True))
+        return load_hf_tokenizer(_local_copy(path), info["eos_id"], info.get("pad_id", 0), backend, info.get("add_bos", True))
     path = safe_path(run_dir, TOKENIZER_FILE)
     return get_vocabulary(_local_copy(path) if run_paths.exists(path) else None)
 
@@ -195,8 +195,8 @@ def _copy_run_files(src_dir: str, out_dir: str) -> None:
     """The tokenizer and ``run.json`` of ``src_dir``, copied to a derived directory (quantized, merged)."""
     if run_paths.exists(safe_path(src_dir, TOKENIZER_FILE)):
         copy_tokenizer(safe_path(src_dir, TOKENIZER_FILE), out_dir)
-    if os.path.exists(safe_path(src_dir, HF_TOKENIZER_FILE)):
-        shutil.copyfile(safe_path(src_dir, HF_TOKENIZER_FILE), safe_path(out_dir, HF_TOKENIZER_FILE))
+    if run_paths.exists(safe_path(src_dir, HF_TOKENIZER_FILE)):
+        run_paths.copy_file(safe_path(src_dir, HF_TOKENIZER_FILE), safe_path(out_dir, HF_TOKENIZER_FILE))
     if read_run_info(src_dir):
         write_run_info(out_dir, **read_run_info(src_dir))
 
@@ -387,15 +387,15 @@ def import_hf(hf_dir: str, out_dir: str, mesh_shape: str = "data=-1", dtype: str
     hf_config = hf.read_hf_config(hf_dir)
     config = hf.config_from_hf(hf_config, dtype)
     tokenizer_info = _hf_tokenizer_info(hf_dir, hf_config, config)
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(os.path.join(out_dir, CHECKPOINTS_DIR)):
+    out_dir = run_paths.absolute(out_dir)
+    if run_paths.exists(run_paths.join(out_dir, CHECKPOINTS_DIR)):
         raise RunDirError(f"--out_dir {out_dir} already holds {CHECKPOINTS_DIR}/; import into a new directory")
     reader = CheckpointReader.from_dir(hf_dir)  # every header validated here, before anything is written
     try:
         params = hf_import.import_params(reader, config, sh.make_mesh(mesh_shape))
     finally:
         reader.close()
-    os.makedirs(out_dir, exist_ok=True)
+    run_paths.makedirs(out_dir)
     check_tree(out_dir)
     if jax.process_index() == 0:
         write_model_config(out_dir, config)
@@ -405,7 +405,7 @@ def import_hf(hf_dir: str, out_dir: str, mesh_shape: str = "data=-1", dtype: str
         if tokenizer_info:
             source, target = ((HF_TOKENIZER_FILE, HF_TOKENIZER_FILE) if tokenizer_info["backend"] == "tokenizers"
                               else (TOKENIZER_FILE, TOKENIZER_FILE))
-            shutil.copyfile(os.path.join(hf_dir, source), safe_path(out_dir, target))
+            run_paths.copy_file(os.path.join(hf_dir, source), safe_path(out_dir, target))
         _write_json(out_dir, IMPORTED_FROM_FILE, {"hf_dir": os.path.abspath(hf_dir), "model_type":
                     hf_config.get("model_type", "llama"), "files": sorted(
                         os.path.basename(p) for p in reader.files()), "mesh_shape": mesh_shape})
