@@ -198,16 +198,38 @@ class Plan:
         return "\n".join(lines)
 
 
+def check_batch_split(sizes: dict[str, int], batch_size: int, grad_accum_steps: int = 1,
+                      rules: sh.Rules = sh.DEFAULT_RULES) -> None:
+    """Raises ``ValueError`` unless every micro-batch splits evenly over the mesh's data-parallel axes.
+
+    The rules drop a mesh axis that does not divide an array, so a batch of 8 on ``fsdp=256`` would compile
+    with the batch *replicated*: every device computing all 8 rows, 256 times the work the plan assumes."""
+    table = dict(rules)[sh.BATCH]
+    axes = (table,) if isinstance(table, str) else tuple(table or ())
+    ways = math.prod(sizes[a] for a in axes)
+    if batch_size % grad_accum_steps:
+        raise ValueError(f"BATCH_SIZE={batch_size} does not split into grad_accum_steps={grad_accum_steps} "
+                         "micro-batches; use a multiple of it")
+    if (batch_size // grad_accum_steps) % ways:
+        split = " x ".join(f"{a}={sizes[a]}" for a in axes if sizes[a] > 1)
+        micro = f" per micro-batch ({grad_accum_steps} of them)" if grad_accum_steps > 1 else ""
+        raise ValueError(f"BATCH_SIZE={batch_size} cannot be split{micro} over the {ways} data-parallel devices "
+                         f"of the mesh ({split}); use a multiple of {ways * grad_accum_steps}, "
+                         f"e.g. BATCH_SIZE={max(1, round(batch_size / (ways * grad_accum_steps))) * ways * grad_accum_steps}")
+
+
 def plan(config: ModelConfig, mesh_shape: str | dict[str, int], num_devices: int | None = None,
          batch_size: int = 8, seq_len: int = 256, peak_flops_per_s: float = 1e12, mfu: float = 0.4,
-         rules: sh.Rules = sh.DEFAULT_RULES) -> Plan:
-    """Plans ``config`` on a mesh shape (``"fsdp=-1,tensor=4"`` with ``num_devices``, or a dict of sizes)."""
+         rules: sh.Rules = sh.DEFAULT_RULES, grad_accum_steps: int = 1) -> Plan:
+    """Plans ``config`` on a mesh shape (``"fsdp=-1,tensor=4"`` with ``num_devices``, or a dict of sizes).
+    A batch the mesh cannot split raises ``ValueError`` (see :func:`check_batch_split`)."""
     if isinstance(mesh_shape, str):
         if num_devices is None:
             raise ValueError("plan: a MESH_SHAPE string needs num_devices (how many devices the job has)")
         sizes = sh.parse_mesh_shape(mesh_shape, num_devices)
     else:
         sizes = {axis: int(mesh_shape.get(axis, 1)) for axis in sh.MESH_AXES}
+    check_batch_split(sizes, batch_size, grad_accum_steps, rules)
     param_bytes = 4 * param_elements_per_device(config, sizes, rules)
     rows = math.ceil(batch_size / _batch_shards(sizes, rules, batch_size))
     # FSDP gathers each weight before its matmul (and reduce-scatters its gradient). XLA schedules the
