@@ -41,6 +41,11 @@ EXIT_CHECKPOINT_WRITE_ERROR = 74  # EX_IOERR: a checkpoint could not be written 
 EXIT_RUN_DIR_BUSY = 75  # EX_TEMPFAIL: another live run holds MODEL_DIR's writer lease (or took it over)
 
 
+class _DoesNotFitExit(Exception):
+    """``quark plan --topology`` / ``quark train --compile_only``: the TPU compiler refused the step for lack of
+    HBM. Printed as one line; exit status 1 (the answer to the question asked, not a usage error)."""
+
+
 class UsageError(Exception):
     """An ordinary mistake on the command line (a bad value, a missing file): :func:`main` prints it as one
     line, ``quark <command>: <message>``, and exits with :data:`EXIT_CONFIG_ERROR`, without a traceback."""
@@ -491,7 +496,7 @@ def _compile_for(config, topology, verbose: int):
     UsageError naming it."""
     from quark_jax.plan import check_batch_split
     from quark_jax.sharding import parse_mesh_shape
-    from quark_jax.training.aot import compile_for_topology
+    from quark_jax.training.aot import DoesNotFit, compile_for_topology
 
     try:
         sizes = parse_mesh_shape(config.mesh_shape, topology.num_devices)
@@ -502,6 +507,8 @@ def _compile_for(config, topology, verbose: int):
           flush=True)
     try:
         return compile_for_topology(config, topology)
+    except DoesNotFit as e:
+        raise _DoesNotFitExit(str(e)) from None
     except ValueError as e:
         if verbose:
             raise
@@ -534,13 +541,13 @@ def _plan(args: argparse.Namespace, bindings: list[str]) -> int:
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if not args.json:
+        print(result.describe(), flush=True)
     report = _compile_for(config, topology, args.verbose) if topology is not None else None
     if args.json:
         print(json.dumps({**result.to_dict(), **({"compiled": report.to_dict()} if report else {})}))
-    else:
-        print(result.describe())
-        if report is not None:
-            print(report.describe(planned_bytes=result.total_bytes))
+    elif report is not None:
+        print(report.describe(planned_bytes=result.total_bytes))
     return 0 if report is None or report.fits else 1
 
 
@@ -810,6 +817,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"{_command_name(args)}: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except _DoesNotFitExit as e:
+        print(f"{_command_name(args)}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ from quark_jax.training.config import TrainConfig
 from quark_jax.training.objectives.lm import LanguageModel
 
 
+class DoesNotFit(Exception):
+    """XLA's TPU compiler refused the step because one device would need more HBM than it has; the message
+    is the compiler's, with the bytes it needed."""
+
+
 @dataclasses.dataclass
 class CompileReport:
     """XLA's figures for one device of the compiled train step (bytes per device)."""
@@ -82,7 +87,8 @@ def compile_for_topology(config: TrainConfig, topology: Topology, rules: sh.Rule
                          ) -> CompileReport:
     """Compiles ``config``'s train step (its model, mesh, optimizer, batch and sequence length) for
     ``topology`` without running it. Language modelling only: other objectives load frozen models from disk.
-    A bad ``MESH_SHAPE`` for the slice raises ``ValueError`` naming it."""
+    A bad ``MESH_SHAPE`` for the slice raises ``ValueError`` naming it; a step whose temporaries alone exceed
+    a device's HBM raises :class:`DoesNotFit` (the TPU compiler stops there)."""
     if config.objective is not None and not isinstance(config.objective, LanguageModel):
         raise ValueError(f"compiling ahead of time covers language modelling (configs/runs/pretrain.gin); this "
                          f"run's objective is {type(config.objective).__name__}")
@@ -91,7 +97,15 @@ def compile_for_topology(config: TrainConfig, topology: Topology, rules: sh.Rule
     mesh = topology_mesh(config.mesh_shape, topology)
     start = time.perf_counter()
     run = sharded.build(config, mesh, rules=rules)
-    compiled = run.compile(batch_size, seq_len)
+    try:
+        compiled = run.compile(batch_size, seq_len)
+    except jax.errors.JaxRuntimeError as e:
+        message = str(e).strip()
+        if not message.startswith("RESOURCE_EXHAUSTED"):
+            raise
+        detail = message.removeprefix("RESOURCE_EXHAUSTED:").strip().splitlines()[0]
+        raise DoesNotFit(f"does not fit on {topology.name} (mesh {dict(mesh.shape)}, batch {batch_size} x "
+                         f"{seq_len}): XLA: {detail}") from None
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
