@@ -4,8 +4,9 @@ memory per device beside the planner's estimate for the same depth, and the plan
 
     python tests/plan/pod_compile_run.py NAME[:TOPOLOGY[:LAYERS]] ...
 
-TOPOLOGY replaces the configuration's slice and LAYERS its depth (the test's budget); without them the
-configuration compiles exactly as shipped (what the README's table reports).
+TOPOLOGY replaces the configuration's slice (and the batch shrinks with it, keeping the rows per device of
+the shipped slice) and LAYERS its depth: the test's budget. Without them the configuration compiles exactly as
+shipped (what the README's table reports).
 """
 
 import dataclasses
@@ -26,15 +27,20 @@ from quark_jax.training.aot import DoesNotFit, compile_for_topology  # noqa: E40
 def main(cases):
     rows = []
     for case in cases:
-        name, _, rest = case.partition(":")
+        name, *rest = case.split(":")  # NAME[:CHIP:SHAPE[:LAYERS]]
         target, files, bindings = POD_CONFIGS[name]
-        slice_name, _, layers = rest.partition(":") if rest else (target, "", "")
+        slice_name = ":".join(rest[:2]) if rest else target
+        layers = rest[2] if len(rest) > 2 else ""
         gin_utils.parse(files, [*bindings, "MODEL_DIR='gs://unused/run'", "TRAIN_STEPS=1000"])
         config = gin_utils.build_train_config()
         full = config.model
         if layers:
             config = dataclasses.replace(config, model=dataclasses.replace(full, num_layers=int(layers)))
-        devices = topology(slice_name or target)
+        devices = topology(slice_name)
+        shipped = topology(target).num_devices
+        if devices.num_devices != shipped:
+            batch = config.data.batch_size * devices.num_devices // shipped
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, batch_size=batch))
         lengths = config.data.task_feature_lengths["targets"]
         estimate = lambda model: plan(model, config.mesh_shape, devices.num_devices, config.data.batch_size, lengths)
         row = {"name": name, "topology": devices.name, "layers": config.model.num_layers, "mesh": config.mesh_shape,
