@@ -1,6 +1,6 @@
 """Helper for test_pod_configs (its own process, so that libtpu never loads into pytest's): compiles the train
 step of the pod configurations named on the command line for TPU slices and prints, per configuration, XLA's
-memory per device beside the planner's estimate for the same depth, and the planner's estimate at full depth.
+memory per device beside the planner's estimate for the same configuration.
 
     python tests/plan/pod_compile_run.py NAME[:TOPOLOGY[:LAYERS]] ...
 
@@ -33,19 +33,18 @@ def main(cases):
         layers = rest[2] if len(rest) > 2 else ""
         gin_utils.parse(files, [*bindings, "MODEL_DIR='gs://unused/run'", "TRAIN_STEPS=1000"])
         config = gin_utils.build_train_config()
-        full = config.model
         if layers:
-            config = dataclasses.replace(config, model=dataclasses.replace(full, num_layers=int(layers)))
+            config = dataclasses.replace(config, model=dataclasses.replace(config.model, num_layers=int(layers)))
         devices = topology(slice_name)
         shipped = topology(target).num_devices
         if devices.num_devices != shipped:
             batch = config.data.batch_size * devices.num_devices // shipped
             config = dataclasses.replace(config, data=dataclasses.replace(config.data, batch_size=batch))
         lengths = config.data.task_feature_lengths["targets"]
-        estimate = lambda model: plan(model, config.mesh_shape, devices.num_devices, config.data.batch_size, lengths)
         row = {"name": name, "topology": devices.name, "layers": config.model.num_layers, "mesh": config.mesh_shape,
                "batch_size": config.data.batch_size, "seq_len": lengths, "hbm_bytes": devices.hbm_bytes,
-               "plan_bytes": estimate(config.model).total_bytes, "plan_full_bytes": estimate(full).total_bytes}
+               "plan_bytes": plan(config.model, config.mesh_shape, devices.num_devices, config.data.batch_size,
+                                  lengths).total_bytes}
         try:
             report = compile_for_topology(config, devices)
             row.update(xla_bytes=report.total_bytes, xla_argument_bytes=report.argument_bytes,
