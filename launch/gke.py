@@ -7,17 +7,21 @@
         --gin.MESH_SHAPE="'fsdp=-1'" --gin.BATCH_SIZE=64 --gin.TASK_FEATURE_LENGTHS="{'targets':2048}"
 
 One JobSet, one replicated Job of N pods (N = chips in the topology / chips per host), one pod per TPU host,
-indexed completions. Every pod gets the multi-host environment read by ``quark_jax.distributed``:
-``QUARK_COORDINATOR_ADDRESS`` (pod 0 through the JobSet's headless service), ``QUARK_NUM_PROCESSES`` and
-``QUARK_PROCESS_ID`` (the pod's completion index). ``--dry_run`` prints the manifest and the ``kubectl``
-command; otherwise the manifest is written to ``--output`` and applied. ``launch/gke/`` holds rendered
-examples.
+indexed completions. Every pod runs the image built from the repository's ``Dockerfile`` (the code in
+``/app``, the container's working directory; ``jax[tpu]`` from ``requirements-tpu.txt``) and gets the
+multi-host environment read by ``quark_jax.distributed``: ``QUARK_COORDINATOR_ADDRESS`` (pod 0 through the
+JobSet's headless service), ``QUARK_NUM_PROCESSES`` and ``QUARK_PROCESS_ID`` (the pod's completion index).
+``--dry_run`` prints the manifest and the ``kubectl`` command; otherwise the manifest is written to ``--output``
+and applied. The manifest's first line is the command that rendered it; ``launch/gke/`` holds rendered
+examples (a test renders them again and compares), and ``launch/gke/jobset.v1alpha2.schema.json`` the JobSet
+schema they are validated against.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -30,20 +34,38 @@ TPU_TYPES = {
     "v6e": ("tpu-v6e-slice", 4),
 }
 COORDINATOR_PORT = 8476
+WORKING_DIR = "/app"  # the Dockerfile's WORKDIR: the code, configs/ and tokenizers/ are there
+JOB = "slice"  # the replicated job's name: pod hostnames are NAME-slice-0-INDEX
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake in the command line: one line naming the flag and the fix (exit status 2)."""
 
 
 def num_hosts(topology: str, chips_per_host: int) -> int:
+    if not re.fullmatch(r"[1-9]\d*(x[1-9]\d*){1,2}", topology):
+        raise UsageError(f"--topology={topology!r} is not a TPU topology such as 2x4, 4x4 or 4x4x8")
     chips = math.prod(int(x) for x in topology.split("x"))
     if chips % chips_per_host:
-        raise SystemExit(f"topology {topology} ({chips} chips) is not a whole number of {chips_per_host}-chip hosts")
+        raise UsageError(f"--topology={topology} ({chips} chips) is not a whole number of {chips_per_host}-chip hosts")
     return max(1, chips // chips_per_host)
+
+
+def check_name(name: str, hosts: int) -> None:
+    """The JobSet name becomes the pods' host names (NAME-slice-0-I), which DNS limits to 63 characters."""
+    longest = f"{name}-{JOB}-0-{hosts - 1}"
+    if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) or len(longest) > 63:
+        raise UsageError(f"--name={name!r} must be lower-case letters, digits and '-', starting with a letter, and "
+                         f"short enough that the pod host name {longest!r} has at most 63 characters")
 
 
 def manifest(name: str, image: str, tpu_type: str, topology: str, train_args: list[str]) -> dict:
     """The JobSet as a Python dict (YAML-ready)."""
     accelerator, chips_per_host = TPU_TYPES[tpu_type]
     hosts = num_hosts(topology, chips_per_host)
-    job = "slice"
+    check_name(name, hosts)
+    job = JOB
     command = "python3 -m quark_jax.cli train " + shlex.join(train_args)
     env = [
         {"name": "QUARK_COORDINATOR_ADDRESS", "value": f"{name}-{job}-0-0.{name}:{COORDINATOR_PORT}"},
@@ -70,6 +92,7 @@ def manifest(name: str, image: str, tpu_type: str, topology: str, train_args: li
                         "containers": [{
                             "name": "quark",
                             "image": image,
+                            "workingDir": WORKING_DIR,
                             "command": ["bash", "-c", command],
                             "env": env,
                             "ports": [{"containerPort": COORDINATOR_PORT}],
@@ -82,12 +105,20 @@ def manifest(name: str, image: str, tpu_type: str, topology: str, train_args: li
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def render(name: str, image: str, tpu_type: str, topology: str, train_args: list[str]) -> str:
+    """The manifest as YAML, its first line a comment with the command that renders it again."""
     import yaml
 
+    command = ["python", "launch/gke.py", f"--name={name}", f"--image={image}", f"--tpu_type={tpu_type}",
+               f"--topology={topology}", "--", *train_args]
+    text = yaml.safe_dump(manifest(name, image, tpu_type, topology, train_args), sort_keys=False)
+    return f"# Rendered by: {shlex.join(command)}\n{text}"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="quark-train", help="JobSet name (also its headless service)")
-    parser.add_argument("--image", required=True, help="container image with quark_jax and jax[tpu] installed")
+    parser.add_argument("--image", required=True, help="the image built from the Dockerfile, pushed to a registry")
     parser.add_argument("--tpu_type", choices=sorted(TPU_TYPES), default="v5e")
     parser.add_argument("--topology", default="4x4", help="TPU topology, e.g. 2x4, 4x4, 2x2x2")
     parser.add_argument("--output", default=None, help="where to write the manifest (default: NAME.yaml)")
@@ -95,13 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("train_args", nargs=argparse.REMAINDER, help="-- the `quark train` flags")
     args = parser.parse_args(argv)
     train_args = [a for a in args.train_args if a != "--"]
-    if not train_args:
-        raise SystemExit("launch/gke.py: give the `quark train` flags after `--`")
-    text = yaml.safe_dump(manifest(args.name, args.image, args.tpu_type, args.topology, train_args), sort_keys=False)
+    try:
+        if not train_args:
+            raise UsageError("give the `quark train` flags after `--`, e.g. -- --gin_file=configs/runs/pretrain.gin")
+        text = render(args.name, args.image, args.tpu_type, args.topology, train_args)
+    except UsageError as e:
+        print(f"launch/gke.py: {e}", file=sys.stderr)
+        return EXIT_USAGE
     output = args.output or f"{args.name}.yaml"
     apply = ["kubectl", "apply", "-f", output]
     if args.dry_run:
-        print(text)
+        sys.stdout.write(text)
         print("# " + shlex.join(apply))
         return 0
     with open(output, "w") as f:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cloud TPU VM pod slices: create, copy the code to every worker, run `quark train` on all, tear down.
+"""Cloud TPU VM pod slices: create, copy the code to every worker, run `quark train` detached, watch, tear down.
 
     python launch/tpu_vm.py create   --name=quark-v5e-16 --zone=us-west4-a --accelerator_type=v5litepod-16
     python launch/tpu_vm.py copy     --name=quark-v5e-16 --zone=us-west4-a
@@ -7,26 +7,89 @@
         --gin_file=configs/runs/pretrain.gin --gin_file=configs/models/1b.gin \\
         --gin.MODEL_DIR="'gs://bucket/runs/1b'" --gin.TRAIN_STEPS=10000 --gin.MESH_SHAPE="'fsdp=-1'" \\
         --gin.BATCH_SIZE=64 --gin.TASK_FEATURE_LENGTHS="{'targets':2048}"
+    python launch/tpu_vm.py status   --name=quark-v5e-16 --zone=us-west4-a
+    python launch/tpu_vm.py logs     --name=quark-v5e-16 --zone=us-west4-a [--worker=3] [--follow]
+    python launch/tpu_vm.py stop     --name=quark-v5e-16 --zone=us-west4-a
     python launch/tpu_vm.py teardown --name=quark-v5e-16 --zone=us-west4-a
 
-``copy`` packs the working tree (``git ls-files``: tracked files only) into a tarball, copies it to every
-worker (``--worker=all``) and installs the pinned requirements plus ``jax[tpu]`` there. ``run`` starts the
-same ``quark train`` command on every worker at once; each process joins the job through
-``QUARK_DISTRIBUTED=auto`` (``jax.distributed.initialize()`` reads the TPU metadata). ``--dry_run`` prints
-every command instead of running it. Needs the ``gcloud`` CLI, logged in, for anything but ``--dry_run``.
+``create`` picks the TPU software (runtime) version from the accelerator type, as Google's table of TPU
+software versions for JAX says (https://cloud.google.com/tpu/docs/runtimes): v6e ``v2-alpha-tpuv6e``, v5p
+``v2-alpha-tpuv5``, v5e ``v2-alpha-tpuv5-lite``, v4 and older ``tpu-ubuntu2204-base``; ``--version``
+overrides it. ``copy`` packs the working tree (``git ls-files``: tracked files only) into a tarball, copies it
+to every worker (``--worker=all``) and installs ``requirements-tpu.txt`` into a Python 3.11 virtual environment
+there (``~/quark_jax/.venv``): ``requirements.txt`` with
+``jax[tpu]`` (and its ``libtpu``) in place of ``jax[cpu]``, so no CPU build of JAX ever lands on a TPU host.
+``python launch/tpu_vm.py requirements`` prints that set from ``requirements.txt`` (a test keeps the file equal).
+
+``run`` starts the same ``quark train`` command on every worker, detached (``setsid nohup``): it survives the
+ssh session, appends its output to ``~/quark_jax/logs/train.log`` on each worker and records its process id
+and, when it ends, its exit status there. Each process joins the job through ``QUARK_DISTRIBUTED=auto``
+(``jax.distributed.initialize()`` reads the TPU metadata). ``status`` prints one line per worker (running, or
+the exit status: 143 means preempted with a checkpoint, re-run the same ``run``), ``logs`` shows one worker's
+log, ``stop`` sends SIGTERM to every worker's run (all hosts checkpoint the same step and exit 143).
+``--dry_run`` prints every command instead of running it. Needs the ``gcloud`` CLI, logged in, for anything
+but ``--dry_run`` and ``requirements``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REMOTE_DIR = "quark_jax"
+REMOTE_DIR = "quark_jax"  # under the worker's home directory
+LOG_DIR = "logs"  # under REMOTE_DIR: train.log, train.pid, train.exit
+REMOTE_PYTHON = ".venv/bin/python"  # under REMOTE_DIR: the environment `copy` makes
 TARBALL = "/tmp/quark_jax_code.tar.gz"
+TPU_REQUIREMENTS = "requirements-tpu.txt"
+LIBTPU = "libtpu==0.0.42.1"  # what jax[tpu]==0.10.2 resolves to (it requires libtpu==0.0.42.*)
+EXIT_USAGE = 2
+
+# TPU software versions for JAX (https://cloud.google.com/tpu/docs/runtimes), by accelerator type prefix.
+RUNTIME_VERSIONS = {
+    "v6e": "v2-alpha-tpuv6e",
+    "v5p": "v2-alpha-tpuv5",
+    "v5litepod": "v2-alpha-tpuv5-lite",
+    "v5e": "v2-alpha-tpuv5-lite",
+    "v4": "tpu-ubuntu2204-base",
+    "v3": "tpu-ubuntu2204-base",
+    "v2": "tpu-ubuntu2204-base",
+}
+
+
+class UsageError(Exception):
+    """A mistake in the command line: one line naming the flag and the fix (exit status 2)."""
+
+
+def runtime_version(accelerator_type: str) -> str:
+    """The TPU software version for an accelerator type such as ``v5litepod-16`` or ``v4-32``."""
+    match = re.fullmatch(r"(v\d+[a-z]*)-\d+", accelerator_type)
+    if not match or match.group(1) not in RUNTIME_VERSIONS:
+        raise UsageError(f"--accelerator_type={accelerator_type!r} is not a TPU type this script knows "
+                         f"(one of {', '.join(k + '-N' for k in RUNTIME_VERSIONS)}); give --version to choose the "
+                         "TPU software version yourself")
+    return RUNTIME_VERSIONS[match.group(1)]
+
+
+def tpu_requirements(requirements_text: str) -> str:
+    """``requirements.txt`` for a TPU host: ``jax[cpu]`` becomes ``jax[tpu]``, with ``libtpu`` pinned."""
+    lines, found = [], False
+    for line in requirements_text.splitlines():
+        match = re.fullmatch(r"jax\[cpu\]==(\S+)", line.strip())
+        if match:
+            found = True
+            lines += [f"jax[tpu]=={match.group(1)}", LIBTPU]
+        else:
+            lines.append(line)
+    if not found:
+        raise UsageError("requirements.txt has no `jax[cpu]==VERSION` line to turn into jax[tpu]")
+    header = ("# Generated by `python launch/tpu_vm.py requirements > requirements-tpu.txt` from requirements.txt\n"
+              "# (jax[tpu] in place of jax[cpu]); installed on TPU hosts by `tpu_vm.py copy` and the Dockerfile.\n")
+    return header + "\n".join(lines) + "\n"
 
 
 def _gcloud(args: argparse.Namespace, *parts: str) -> list[str]:
@@ -36,50 +99,144 @@ def _gcloud(args: argparse.Namespace, *parts: str) -> list[str]:
     return command
 
 
+def _ssh(args: argparse.Namespace, worker: str, script: str) -> list[str]:
+    return _gcloud(args, "ssh", args.name, f"--worker={worker}", f"--command={script}")
+
+
+def install_script() -> str:
+    """The shell script ``copy`` executes on every worker: unpacks the code and installs it in a virtual
+    environment of Python 3.11 (JAX 0.10 needs >= 3.11; the TPU VM images' Ubuntu 22.04 has 3.10, so
+    python3.11 comes from the deadsnakes archive when the image lacks it)."""
+    return "\n".join([
+        "set -e",
+        f"mkdir -p ~/{REMOTE_DIR} && tar xzf ~/{os.path.basename(TARBALL)} -C ~/{REMOTE_DIR} && cd ~/{REMOTE_DIR}",
+        "if ! command -v python3.11 >/dev/null; then",
+        "  sudo add-apt-repository -y ppa:deadsnakes/ppa && sudo apt-get update -qq",
+        "  sudo apt-get install -y -qq python3.11 python3.11-venv",
+        "fi",
+        f"[ -x {REMOTE_PYTHON} ] || python3.11 -m venv {os.path.dirname(os.path.dirname(REMOTE_PYTHON))}",
+        f"{REMOTE_PYTHON} -m pip install -q --upgrade pip",
+        f"{REMOTE_PYTHON} -m pip install -q -r {TPU_REQUIREMENTS}",
+        f"{REMOTE_PYTHON} -m pip install -q --no-deps -e .",
+    ])
+
+
+def run_script(train_args: list[str]) -> str:
+    """The shell script ``run`` executes on every worker: starts the detached training process."""
+    train = f"QUARK_DISTRIBUTED=auto {REMOTE_PYTHON} -m quark_jax.cli train {shlex.join(train_args)}"
+    # The wrapper records the exit status once training ends, for `status`. It traps SIGTERM (a trap with a
+    # command, so `quark train` still gets the default disposition and installs its own handler): a preempted
+    # VM signals every process, and the wrapper must outlive the checkpoint to record the 143.
+    wrapper = f"trap : TERM; {train}; echo $? > {LOG_DIR}/train.exit"
+    return "\n".join([
+        f"cd ~/{REMOTE_DIR} || exit 1",
+        f"mkdir -p {LOG_DIR}",
+        f'if [ -f {LOG_DIR}/train.pid ] && kill -0 "$(cat {LOG_DIR}/train.pid)" 2>/dev/null; then',
+        f'  echo "$(hostname): a run is still going (pid $(cat {LOG_DIR}/train.pid)); stop it first" >&2; exit 1',
+        "fi",
+        f"rm -f {LOG_DIR}/train.exit",
+        # setsid: a new session, so the hang-up of the ssh session does not reach it; nohup for good measure.
+        f"setsid nohup bash -c {shlex.quote(wrapper)} >> {LOG_DIR}/train.log 2>&1 < /dev/null &",
+        f"echo $! > {LOG_DIR}/train.pid",
+        f'echo "$(hostname): started pid $!, log ~/{REMOTE_DIR}/{LOG_DIR}/train.log"',
+    ])
+
+
+def status_script() -> str:
+    """One line per worker: running (pid), finished (exit status) or never started."""
+    return "\n".join([
+        f"cd ~/{REMOTE_DIR} 2>/dev/null && [ -f {LOG_DIR}/train.pid ] || {{ echo \"$(hostname): no run\"; exit 0; }}",
+        f"pid=$(cat {LOG_DIR}/train.pid)",
+        'if kill -0 "$pid" 2>/dev/null; then',
+        '  echo "$(hostname): running (pid $pid)"',
+        f"elif [ -f {LOG_DIR}/train.exit ]; then",
+        f"  code=$(cat {LOG_DIR}/train.exit)",
+        '  case "$code" in',
+        '    0) echo "$(hostname): finished (exit 0)" ;;',
+        '    143) echo "$(hostname): preempted, checkpoint saved (exit 143): re-run the same command" ;;',
+        '    *) echo "$(hostname): failed (exit $code): see logs" ;;',
+        "  esac",
+        "else",
+        '  echo "$(hostname): killed (no exit status recorded): see logs"',
+        "fi",
+    ])
+
+
+def logs_script(lines: int, follow: bool) -> str:
+    return f"tail -n {lines}{' -F' if follow else ''} ~/{REMOTE_DIR}/{LOG_DIR}/train.log"
+
+
+def stop_script() -> str:
+    """SIGTERM to the run (its process group: the wrapper and `quark train`); the hosts checkpoint and exit 143."""
+    return (f'cd ~/{REMOTE_DIR} && [ -f {LOG_DIR}/train.pid ] && pid=$(cat {LOG_DIR}/train.pid) && '
+            f'kill -0 "$pid" 2>/dev/null && kill -TERM -- "-$pid" && echo "$(hostname): SIGTERM sent to $pid" '
+            '|| echo "$(hostname): nothing running"')
+
+
 def plan(args: argparse.Namespace) -> list[list[str]]:
     """The commands a subcommand runs, in order."""
     if args.action == "create":
+        version = args.version or runtime_version(args.accelerator_type)
         command = _gcloud(args, "create", args.name, f"--accelerator-type={args.accelerator_type}",
-                          f"--version={args.version}")
+                          f"--version={version}")
         if args.spot:
             command.append("--spot")
         return [command]
     if args.action == "copy":
-        install = (f"mkdir -p {REMOTE_DIR} && tar xzf ~/{os.path.basename(TARBALL)} -C {REMOTE_DIR} && cd {REMOTE_DIR} && "
-                   "python3 -m pip install -q -r requirements.txt && python3 -m pip install -q -e . "
-                   f"&& python3 -m pip install -q 'jax[tpu]=={args.jax_version}'")
         return [
             ["bash", "-c", f"cd {shlex.quote(REPO)} && git ls-files -z | xargs -0 tar czf {TARBALL}"],
             _gcloud(args, "scp", TARBALL, f"{args.name}:~/", "--worker=all"),
-            _gcloud(args, "ssh", args.name, "--worker=all", f"--command={install}"),
+            _ssh(args, "all", install_script()),
         ]
     if args.action == "run":
-        train_args = args.train_args
-        if not train_args:
-            raise SystemExit("launch/tpu_vm.py run: give the `quark train` flags after `--`")
-        remote = f"cd {REMOTE_DIR} && QUARK_DISTRIBUTED=auto python3 -m quark_jax.cli train {shlex.join(train_args)}"
-        return [_gcloud(args, "ssh", args.name, "--worker=all", f"--command={remote}")]
+        if not args.train_args:
+            raise UsageError("`run` needs the `quark train` flags after `--`, e.g. -- --gin_file=configs/runs/pretrain.gin")
+        return [_ssh(args, "all", run_script(args.train_args))]
+    if args.action == "status":
+        return [_ssh(args, "all", status_script())]
+    if args.action == "logs":
+        return [_ssh(args, args.worker, logs_script(args.lines, args.follow))]
+    if args.action == "stop":
+        return [_ssh(args, "all", stop_script())]
     if args.action == "teardown":
         return [_gcloud(args, "delete", args.name, "--quiet")]
-    raise SystemExit(f"unknown action {args.action!r}")
+    raise UsageError(f"unknown action {args.action!r}")
+
+
+ACTIONS = ["create", "copy", "run", "status", "logs", "stop", "teardown", "requirements"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("action", choices=["create", "copy", "run", "teardown"])
-    parser.add_argument("--name", required=True, help="TPU VM name")
-    parser.add_argument("--zone", required=True)
+    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("--name", help="TPU VM name")
+    parser.add_argument("--zone")
     parser.add_argument("--project", default=None)
-    parser.add_argument("--accelerator_type", default="v5litepod-16", help="e.g. v5litepod-16, v4-32, v5p-64")
-    parser.add_argument("--version", default="v2-alpha-tpuv5-lite", help="TPU VM software version")
-    parser.add_argument("--jax_version", default="0.10.2", help="jax[tpu] version installed by `copy`")
+    parser.add_argument("--accelerator_type", default="v5litepod-16", help="e.g. v5litepod-16, v4-32, v5p-64, v6e-16")
+    parser.add_argument("--version", default=None,
+                        help="TPU software version (default: the one for --accelerator_type)")
     parser.add_argument("--spot", action="store_true", help="create a Spot (preemptible) slice")
+    parser.add_argument("--worker", default="0", help="`logs`: which worker's log")
+    parser.add_argument("--lines", type=int, default=100, help="`logs`: how many lines")
+    parser.add_argument("--follow", action="store_true", help="`logs`: keep following the log")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
     args.train_args = argv[split + 1:]
-    for command in plan(args):
+    try:
+        if args.action == "requirements":
+            with open(os.path.join(REPO, "requirements.txt")) as f:
+                sys.stdout.write(tpu_requirements(f.read()))
+            return 0
+        missing = [flag for flag in ("name", "zone") if not getattr(args, flag)]
+        if missing:
+            raise UsageError(f"`{args.action}` needs {' and '.join('--' + m for m in missing)} (the TPU VM's name and zone)")
+        commands = plan(args)
+    except UsageError as e:
+        print(f"launch/tpu_vm.py: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    for command in commands:
         print(shlex.join(command), flush=True)
         if not args.dry_run:
             code = subprocess.call(command)

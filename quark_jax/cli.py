@@ -6,6 +6,7 @@
     quark eval --model_dir=/tmp/run --batches 16
     quark quantize --model_dir=/tmp/run --out_dir=/tmp/run_int4 --mode int4
     quark merge_lora --model_dir=/tmp/sft_lora --out_dir=/tmp/sft_merged
+    quark import_hf --hf_dir=/path/to/Llama-3-8B --out_dir=/tmp/llama3 --mesh_shape='fsdp=-1'
     quark plan --gin_file=configs/runs/pretrain.gin --gin_file=configs/models/mixtral_8x7b.gin \
         --mesh_shape='fsdp=-1,expert=8' --num_devices=256 --batch_size=1024 --seq_len=4096
     quark plan --gin_file=configs/models/7b.gin --mesh_shape=fsdp=-1 --batch_size=256 --seq_len=2048 \
@@ -282,7 +283,11 @@ def _train_guarded(args: argparse.Namespace, bindings: list[str], sigterms: list
     except ValueError as e:
         print(f"quark train: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    if sigterms:
+    from quark_jax.training import preemption
+
+    # Multi-host: one host's SIGTERM stops every host here, or the others would wait for it in the run's first
+    # collective.
+    if preemption.StopAgreement(lambda: bool(sigterms)).now():
         print("quark train: stopped by SIGTERM while starting (nothing trained); re-run the same command",
               file=sys.stderr)
         return EXIT_PREEMPTED
@@ -412,6 +417,19 @@ def _quantize(args: argparse.Namespace) -> int:
         print(f"quark quantize: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     print(f"quark quantize: {args.mode} checkpoint of {args.model_dir} written to {out} (qj.load / quark generate read it)")
+    return 0
+
+
+def _import_hf(args: argparse.Namespace) -> int:
+    from quark_jax.runs import import_hf
+
+    try:
+        out = import_hf(args.hf_dir, args.out_dir, args.mesh_shape)
+    except (FileNotFoundError, ValueError, KeyError) as e:  # SafetensorsError and RunDirError included
+        print(f"quark import_hf: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    print(f"quark import_hf: {args.hf_dir} written to {out} as a run directory "
+          "(qj.load, quark generate and INIT_FROM read it)")
     return 0
 
 
@@ -753,6 +771,12 @@ def _build_parser() -> argparse.ArgumentParser:
     ml.add_argument("--out_dir", required=True)
     ml.add_argument("--step", type=int, default=None, help="adapter checkpoint step (default: newest)")
 
+    ih = add("import_hf", help="a Hugging Face Llama/Mixtral directory (safetensors) as a run directory")
+    ih.add_argument("--hf_dir", required=True, help="config.json, model.safetensors(.index.json), tokenizer.json")
+    ih.add_argument("--out_dir", required=True, help="the run directory to write (must hold no checkpoints)")
+    ih.add_argument("--mesh_shape", default="data=-1",
+                    help="mesh the weights are read onto, shard by shard, e.g. 'fsdp=-1,tensor=4'")
+
     ev = add("eval", help="validation loss and perplexity of a trained run")
     ev.add_argument("--model_dir", required=True)
     ev.add_argument("--mixture_or_task_name", default="stdlib")
@@ -811,7 +835,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"train": lambda: _train(args, bindings), "plan": lambda: _plan(args, bindings),
                 "generate": lambda: _generate(args), "quantize": lambda: _quantize(args),
                 "merge_lora": lambda: _merge_lora(args), "data": lambda: _data(args, bindings),
-                "tokenizer": lambda: _tokenizer(args), "eval": lambda: _eval(args)}
+                "tokenizer": lambda: _tokenizer(args), "eval": lambda: _eval(args),
+                "import_hf": lambda: _import_hf(args)}
     try:
         return commands[args.command]()
     except UsageError as e:

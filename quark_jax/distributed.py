@@ -12,7 +12,9 @@ calls :func:`initialize`, which joins the job when
 
 On the CPU the cross-process collectives go through gloo. After initialisation ``jax.devices()`` is the
 global device list, ``jax.process_index()`` picks this host's data shard, and every host takes part in
-checkpoint writes and restores (orbax coordinates them); only process 0 writes metrics and run files.
+checkpoint writes and restores (orbax coordinates them); only process 0 writes metrics and run files. A
+SIGTERM that reaches any host stops all of them at the same step, with one checkpoint
+(:mod:`quark_jax.training.preemption`).
 """
 
 from __future__ import annotations
@@ -68,6 +70,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if settings and jax.config.jax_platforms in (None, "", "cpu") and not _has_accelerator_env():
         # CPU processes exchange collectives over gloo (the default CPU collectives are single-process).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # JAX's preemption service installs a C++ SIGTERM handler that takes the signal away from Python's; the
+    # trainer's own handler and the hosts' agreement on the step to stop at (quark_jax.training.preemption)
+    # take its place.
+    jax.config.update("jax_enable_preemption_service", False)
     jax.distributed.initialize(**settings)
     log.info("joined multi-host job: process %d of %d, %d local / %d global devices", jax.process_index(),
              jax.process_count(), jax.local_device_count(), jax.device_count())

@@ -13,6 +13,7 @@ import stat
 
 MODEL_CONFIG_FILE = "model_config.json"
 TOKENIZER_FILE = "tokenizer.model"
+HF_TOKENIZER_FILE = "tokenizer.json"  # an imported Hugging Face tokenizer (quark import_hf)
 RUN_INFO_FILE = "run.json"
 OBJECTIVE_FILE = "objective.json"
 GIN_CONFIG_FILE = "config.gin"
@@ -20,6 +21,7 @@ CHECKPOINTS_DIR = "checkpoints"
 QUANTIZATION_FILE = "quantization.json"
 QUANTIZED_PARAMS_DIR = "quantized_params"
 MERGED_FROM_FILE = "merged_from.json"
+IMPORTED_FROM_FILE = "imported_from.json"
 UNREADABLE_CHECKPOINTS_DIR = "checkpoints_unreadable"
 
 

@@ -4,12 +4,16 @@ A run directory holds::
 
     model_config.json        the ModelConfig (every run kind)
     tokenizer.model          the SentencePiece model the run was trained with
-    run.json                 facts about the run a reader needs: the trained context length
+    tokenizer.json           or, for a model imported from Hugging Face, its tokenizers-library tokenizer (or
+                             its own SentencePiece tokenizer.model, of any id layout)
+    run.json                 facts about the run a reader needs: the trained context length; for an imported
+                             tokenizer its backend and ids ({"tokenizer": {"backend", "eos_id", "pad_id", "add_bos"}})
     objective.json           what was trained: {"kind": "lm" | "distill" | "reward" | "dpo" | "ppo" | "lora", ...}
     config.gin               the operative gin bindings
     checkpoints/<step>/      orbax: params, opt_state, meta (training.checkpoint.Checkpointer)
     quantization.json + quantized_params/     a quantized model (written by :func:`save_quantized`)
     merged_from.json         a LoRA run merged into its base (written by :func:`save_merged_lora`)
+    imported_from.json       a Hugging Face checkpoint imported as a run (written by :func:`import_hf`)
 
 Nothing inside a run directory is followed or opened unless it is a regular file or directory: readers and
 writers go through :func:`safe_path` and :func:`check_tree`, which refuse symbolic links and FIFOs, sockets and
@@ -45,6 +49,8 @@ from quark_jax.training.checkpoint import Checkpointer
 from quark_jax.run_paths import (  # noqa: F401 -- the names and checks are part of this module's API
     CHECKPOINTS_DIR,
     GIN_CONFIG_FILE,
+    HF_TOKENIZER_FILE,
+    IMPORTED_FROM_FILE,
     MERGED_FROM_FILE,
     MODEL_CONFIG_FILE,
     OBJECTIVE_FILE,
@@ -154,9 +160,20 @@ def copy_tokenizer(model_file: str, run_dir: str) -> None:
 
 
 def tokenizer(run_dir: str):
-    """The run's tokenizer (seqio vocabulary); the project default for directories without one."""
+    """The run's tokenizer: an imported ``tokenizer.json`` (:class:`quark_jax.data.hf_tokenizer.HFTokenizer`,
+    special ids from ``run.json``), else the seqio vocabulary of ``tokenizer.model``; the project default for
+    directories without either."""
     from quark_jax.data.tokenizer import get_vocabulary
 
+    info = read_run_info(run_dir).get("tokenizer")
+    if info:  # an imported tokenizer: {"backend", "eos_id", "pad_id", "add_bos"}
+        from quark_jax.data.hf_tokenizer import TOKENIZERS, load_hf_tokenizer
+
+        backend = info.get("backend", TOKENIZERS)
+        path = safe_path(run_dir, HF_TOKENIZER_FILE if backend == TOKENIZERS else TOKENIZER_FILE)
+        if not os.path.exists(path):
+            raise RunDirError(f"{run_dir}: run.json names a {backend} tokenizer but {path} is missing")
+        return load_hf_tokenizer(path, info["eos_id"], info.get("pad_id", 0), backend, info.get("add_bos", True))
     path = safe_path(run_dir, TOKENIZER_FILE)
     return get_vocabulary(path if os.path.exists(path) else None)
 
@@ -165,6 +182,8 @@ def _copy_run_files(src_dir: str, out_dir: str) -> None:
     """The tokenizer and ``run.json`` of ``src_dir``, copied to a derived directory (quantized, merged)."""
     if os.path.exists(safe_path(src_dir, TOKENIZER_FILE)):
         copy_tokenizer(safe_path(src_dir, TOKENIZER_FILE), out_dir)
+    if os.path.exists(safe_path(src_dir, HF_TOKENIZER_FILE)):
+        shutil.copyfile(safe_path(src_dir, HF_TOKENIZER_FILE), safe_path(out_dir, HF_TOKENIZER_FILE))
     if read_run_info(src_dir):
         write_run_info(out_dir, **read_run_info(src_dir))
 
@@ -336,3 +355,85 @@ def save_merged_lora(lora_run_dir: str, out_dir: str, step: int | None = None) -
     finally:
         checkpointer.close()
     return out_dir
+
+
+# ---- Hugging Face checkpoints -----------------------------------------------------------------------------
+def import_hf(hf_dir: str, out_dir: str, mesh_shape: str = "data=-1", dtype: str = "float32") -> str:
+    """Writes a Hugging Face Llama or Mixtral directory (``config.json``, safetensors, ``tokenizer.json``) as a
+    run directory that :func:`load`, ``quark generate`` and ``INIT_FROM`` open.
+
+    The weights are read tensor by tensor onto the mesh of ``mesh_shape``, sharded by the logical rules
+    (:func:`quark_jax.inference.hf_import.import_params`), and saved as the step-0 checkpoint; the tokenizer
+    comes along (``tokenizer.json`` with its eos id in ``run.json``); ``run.json``'s trained context is the
+    model's ``max_position_embeddings``. Every file and tensor is checked before anything is written, and an
+    ``out_dir`` that already holds checkpoints is refused."""
+    from quark_jax.inference import hf, hf_import
+    from quark_jax.inference.safetensors_io import CheckpointReader
+
+    if not os.path.isdir(hf_dir):
+        raise RunDirError(f"--hf_dir {hf_dir}: no such directory")
+    hf_config = hf.read_hf_config(hf_dir)
+    config = hf.config_from_hf(hf_config, dtype)
+    tokenizer_info = _hf_tokenizer_info(hf_dir, hf_config, config)
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(os.path.join(out_dir, CHECKPOINTS_DIR)):
+        raise RunDirError(f"--out_dir {out_dir} already holds {CHECKPOINTS_DIR}/; import into a new directory")
+    reader = CheckpointReader.from_dir(hf_dir)  # every header validated here, before anything is written
+    try:
+        params = hf_import.import_params(reader, config, sh.make_mesh(mesh_shape))
+    finally:
+        reader.close()
+    os.makedirs(out_dir, exist_ok=True)
+    check_tree(out_dir)
+    if jax.process_index() == 0:
+        write_model_config(out_dir, config)
+        write_objective_info(out_dir, {"kind": "lm"})
+        write_run_info(out_dir, trained_context=int(hf.hf_setting(hf_config, "max_position_embeddings")),
+                       **({"tokenizer": tokenizer_info} if tokenizer_info else {}))
+        if tokenizer_info:
+            source, target = ((HF_TOKENIZER_FILE, HF_TOKENIZER_FILE) if tokenizer_info["backend"] == "tokenizers"
+                              else (TOKENIZER_FILE, TOKENIZER_FILE))
+            shutil.copyfile(os.path.join(hf_dir, source), safe_path(out_dir, target))
+        _write_json(out_dir, IMPORTED_FROM_FILE, {"hf_dir": os.path.abspath(hf_dir), "model_type":
+                    hf_config.get("model_type", "llama"), "files": sorted(
+                        os.path.basename(p) for p in reader.files()), "mesh_shape": mesh_shape})
+    checkpointer = Checkpointer(out_dir, async_save=False)
+    try:
+        checkpointer.save(0, params, {"empty": jnp.zeros(())}, {"step": 0, "data_position": 0, "imported_hf": True},
+                          force=True)
+    finally:
+        checkpointer.close()
+    return out_dir
+
+
+def _hf_tokenizer_info(hf_dir: str, hf_config: dict, config: ModelConfig) -> dict | None:
+    """``{"backend", "eos_id", "pad_id", "add_bos"}`` of the directory's ``tokenizer.json`` (preferred) or
+    SentencePiece ``tokenizer.model``; None without either. The eos id is config.json's ``eos_token_id`` (the
+    first, where it lists several); the tokenizer is loaded here, so a bad file fails before anything is
+    written, and it must fit the model's vocabulary."""
+    from quark_jax.data.hf_tokenizer import SENTENCEPIECE, TOKENIZERS, load_hf_tokenizer
+    from quark_jax.inference import hf
+
+    if os.path.exists(os.path.join(hf_dir, HF_TOKENIZER_FILE)):
+        backend, path = TOKENIZERS, os.path.join(hf_dir, HF_TOKENIZER_FILE)
+    elif os.path.exists(os.path.join(hf_dir, TOKENIZER_FILE)):
+        backend, path = SENTENCEPIECE, os.path.join(hf_dir, TOKENIZER_FILE)
+    else:
+        return None
+    eos = hf.hf_setting(hf_config, "eos_token_id")
+    eos = eos[0] if isinstance(eos, list) and eos else eos
+    pad = hf_config.get("pad_token_id")
+    add_bos = True
+    config_path = os.path.join(hf_dir, "tokenizer_config.json")
+    if os.path.exists(config_path):
+        try:
+            with open(config_path) as f:
+                add_bos = bool(json.load(f).get("add_bos_token", True))
+        except (OSError, ValueError, AttributeError) as e:
+            raise ValueError(f"{config_path} is not readable JSON ({e})") from None
+    info = {"backend": backend, "eos_id": int(eos), "pad_id": int(pad if pad is not None else 0), "add_bos": add_bos}
+    vocabulary = load_hf_tokenizer(path, info["eos_id"], info["pad_id"], backend, add_bos)
+    if vocabulary.vocab_size > config.vocab_size:
+        raise ValueError(f"{path} has {vocabulary.vocab_size} tokens but config.json vocab_size is "
+                         f"{config.vocab_size}: the tokenizer does not belong to this model")
+    return info

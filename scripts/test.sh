@@ -7,4 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 rm -rf .cache/coverage
 mkdir -p .cache/coverage
-exec "${VENV:-.venv}/bin/python" -m pytest --cov --cov-config=.coveragerc --cov-report=term-missing:skip-covered "$@"
+# Two workers by default (QUARK_TEST_WORKERS=0 runs in one process); a test file stays on one worker, so its
+# module fixtures are built once.
+workers="${QUARK_TEST_WORKERS:-2}"
+exec "${VENV:-.venv}/bin/python" -m pytest -n "$workers" --dist loadfile --cov --cov-config=.coveragerc --cov-report=term-missing:skip-covered "$@"

@@ -18,6 +18,22 @@ RUN_CONFIG = os.path.join(REPO, "configs", "runs", "pretrain_tiny.gin")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".cache", "jax_test_compilation"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+# The slowest test files (real multi-process runs, sharded runs, kill-and-resume) start first, so that with two
+# workers (scripts/test.sh runs pytest-xdist, one file per worker) no long file is left alone at the end.
+SLOW_FIRST = (
+    "tests/sharding/test_objectives_sharded.py", "tests/moe/test_multihost.py", "tests/training/test_run_writers.py",
+    "tests/training/test_resume.py", "tests/moe/test_parallelism.py", "tests/sharding/test_sharding.py",
+    "tests/training/test_distill.py", "tests/moe/test_moe_train.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        path = os.path.relpath(str(item.path), REPO)
+        return SLOW_FIRST.index(path) if path in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order inside a file and among the other files is kept
+
 
 def tiny_overrides(model_dir: str, steps: int, **extra) -> list[str]:
     """gin bindings for a short run of the tiny model on 128-token sequences (a few seconds to compile)."""

@@ -4,25 +4,42 @@ status 2, no traceback, before any model is loaded), gin typos are caught, and t
 from __future__ import annotations
 
 import os
-import time
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
 import quark_jax
-from conftest import RUN_CONFIG, run_quark, tiny_overrides, train_args
+from conftest import REPO, RUN_CONFIG, run_quark, tiny_overrides, train_args
 from quark_jax import gin_utils
 from quark_jax.inference.generate import Generator, check_generation_args, check_prompts
 
-FAST_S = 15  # an argument error must not wait for a model load or a compilation
+# An argument error must stop before anything is compiled (a model load, a training set-up): checked by what the
+# process did, not by wall time (a shared machine can make even an import-free error slow).
+PROBE = """
+import atexit, os, sys
+import jax
+compiled = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, _secs, **_: compiled.append(event) if event.endswith("backend_compile_duration") else None)
+atexit.register(lambda: open(os.environ["QUARK_TEST_COMPILED"], "w").write(f"{len(compiled)} XLA compilations"
+                                                                          if compiled else ""))
+from quark_jax.cli import main
+sys.exit(main())
+"""
 
 
-def quark_timed(*args: str) -> tuple:
-    start = time.perf_counter()
-    result = run_quark(*args, timeout=120)
-    return result, time.perf_counter() - start
+def quark_probed(*args: str) -> tuple:
+    """Runs `quark ARGS` in a subprocess; returns the result and what it compiled before exiting (empty: nothing)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".txt") as compiled_record:
+        env = {**os.environ, "QUARK_TEST_COMPILED": compiled_record.name}
+        result = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=120)
+        return result, compiled_record.read()
 
 
-def assert_usage_error(result, elapsed: float, prefix: str, *fragments: str) -> str:
+def assert_usage_error(result, compiled: str, prefix: str, *fragments: str) -> str:
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -30,7 +47,7 @@ def assert_usage_error(result, elapsed: float, prefix: str, *fragments: str) -> 
     assert lines[0].startswith(f"{prefix}: "), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
-    assert elapsed < FAST_S, f"{elapsed:.1f} s: the error should come before anything heavy"
+    assert not compiled, f"{compiled}: the error should come before anything is compiled"
     return lines[0]
 
 
@@ -68,51 +85,51 @@ GENERATE_ERRORS = {
 def test_generate_argument_errors_are_one_line_before_loading(not_a_run, jsonl_files, flags, fragments):
     # --model_dir is not a run: arguments are checked first, so the message must name the argument instead.
     flags = [f.format(d=jsonl_files) for f in flags]
-    result, elapsed = quark_timed("generate", f"--model_dir={not_a_run}", *flags)
-    assert_usage_error(result, elapsed, "quark generate", *fragments)
+    result, compiled = quark_probed("generate", f"--model_dir={not_a_run}", *flags)
+    assert_usage_error(result, compiled, "quark generate", *fragments)
 
 
 def test_generate_model_dir_errors(tmp_path, not_a_run):
-    result, elapsed = quark_timed("generate", "--prompt", "x")
-    assert_usage_error(result, elapsed, "quark generate", "required", "--model_dir")
-    result, elapsed = quark_timed("generate", f"--model_dir={tmp_path / 'nowhere'}")
-    assert_usage_error(result, elapsed, "quark generate", "nowhere", "no such directory")
-    result, elapsed = quark_timed("generate", f"--model_dir={not_a_run}")
-    assert_usage_error(result, elapsed, "quark generate", not_a_run, "not a run directory")
+    result, compiled = quark_probed("generate", "--prompt", "x")
+    assert_usage_error(result, compiled, "quark generate", "required", "--model_dir")
+    result, compiled = quark_probed("generate", f"--model_dir={tmp_path / 'nowhere'}")
+    assert_usage_error(result, compiled, "quark generate", "nowhere", "no such directory")
+    result, compiled = quark_probed("generate", f"--model_dir={not_a_run}")
+    assert_usage_error(result, compiled, "quark generate", not_a_run, "not a run directory")
     # A folder inside a run: the message points at the run directory itself.
     run = tmp_path / "run"
     (run / "tensorboard").mkdir(parents=True)
     (run / "model_config.json").write_text("{}")
-    result, elapsed = quark_timed("generate", f"--model_dir={run / 'tensorboard'}")
-    assert_usage_error(result, elapsed, "quark generate", "not a run directory", f"pass the run directory {run}")
+    result, compiled = quark_probed("generate", f"--model_dir={run / 'tensorboard'}")
+    assert_usage_error(result, compiled, "quark generate", "not a run directory", f"pass the run directory {run}")
     # A run that has not saved a checkpoint yet.
-    result, elapsed = quark_timed("generate", f"--model_dir={run}")
-    assert_usage_error(result, elapsed, "quark generate", "has no checkpoints/")
+    result, compiled = quark_probed("generate", f"--model_dir={run}")
+    assert_usage_error(result, compiled, "quark generate", "has no checkpoints/")
 
 
 def test_eval_argument_errors(tmp_path, not_a_run):
-    result, elapsed = quark_timed("eval", f"--model_dir={not_a_run}", "--batches", "-1")
-    assert_usage_error(result, elapsed, "quark eval", "--batches=-1")
-    result, elapsed = quark_timed("eval", f"--model_dir={not_a_run}")
-    assert_usage_error(result, elapsed, "quark eval", "not a run directory")
+    result, compiled = quark_probed("eval", f"--model_dir={not_a_run}", "--batches", "-1")
+    assert_usage_error(result, compiled, "quark eval", "--batches=-1")
+    result, compiled = quark_probed("eval", f"--model_dir={not_a_run}")
+    assert_usage_error(result, compiled, "quark eval", "not a run directory")
     # A misspelt task is found before the model is read (the run directory only needs to look like one).
     (tmp_path / "model_config.json").write_text("{}")
     (tmp_path / "checkpoints").mkdir()
-    result, elapsed = quark_timed("eval", f"--model_dir={tmp_path}", "--mixture_or_task_name", "stdlb")
-    assert_usage_error(result, elapsed, "quark eval", "'stdlb'", "did you mean stdlib?")
+    result, compiled = quark_probed("eval", f"--model_dir={tmp_path}", "--mixture_or_task_name", "stdlb")
+    assert_usage_error(result, compiled, "quark eval", "'stdlb'", "did you mean stdlib?")
 
 
 def test_misspelt_macro_on_the_command_line(tmp_path):
-    result, elapsed = quark_timed("train", f"--gin_file={RUN_CONFIG}", f"--gin.MODEL_DIR='{tmp_path}'",
+    result, compiled = quark_probed("train", f"--gin_file={RUN_CONFIG}", f"--gin.MODEL_DIR='{tmp_path}'",
                                   "--gin.TRAIN_STEP=10")
-    line = assert_usage_error(result, elapsed, "quark train", "--gin.TRAIN_STEP", "did you mean TRAIN_STEPS?")
+    line = assert_usage_error(result, compiled, "quark train", "--gin.TRAIN_STEP", "did you mean TRAIN_STEPS?")
     assert "TRAIN_STEP " in line or "TRAIN_STEP (" in line
 
 
 @pytest.mark.parametrize("value", ["/tmp/run", "run"])
 def test_unquoted_string_binding_gets_the_quoting_hint(value):
-    result, elapsed = quark_timed("train", f"--gin_file={RUN_CONFIG}", f"--gin.MODEL_DIR={value}")
-    assert_usage_error(result, elapsed, "quark train", f"strings need inner quotes: --gin.MODEL_DIR=\"'{value}'\"")
+    result, compiled = quark_probed("train", f"--gin_file={RUN_CONFIG}", f"--gin.MODEL_DIR={value}")
+    assert_usage_error(result, compiled, "quark train", f"strings need inner quotes: --gin.MODEL_DIR=\"'{value}'\"")
 
 
 def test_macro_checks_read_the_whole_parsed_config(tmp_path):
@@ -136,13 +153,13 @@ def test_macro_checks_read_the_whole_parsed_config(tmp_path):
 
 
 def test_version():
-    result, _ = quark_timed("--version")
+    result, _ = quark_probed("--version")
     assert result.returncode == 0, result.stderr
     assert f"quark {quark_jax.__version__}" in result.stdout
 
 
 def test_train_help_explains_gin_flags():
-    result, _ = quark_timed("train", "--help")
+    result, _ = quark_probed("train", "--help")
     assert result.returncode == 0, result.stderr
     for fragment in ("--gin_file", "--gin.NAME=VALUE", "strings need inner quotes", "--gin.MODEL_DIR=\"'/tmp/run'\"",
                      "MODEL_DIR", "TRAIN_STEPS", "--verbose"):
@@ -213,7 +230,7 @@ def test_requests_beyond_the_trained_context_are_refused(trained_run):
         model.score([long_prompt], ["y"])
     assert model.generator.num_compiled() == compiled  # refused before compiling a bigger bucket
     assert len(model.generate(["def f"], max_new_tokens=100)) == 1  # 4 + 100 tokens fit
-    result, elapsed = quark_timed("generate", f"--model_dir={trained_run['model_dir']}", "--prompt", long_prompt,
+    result, compiled = quark_probed("generate", f"--model_dir={trained_run['model_dir']}", "--prompt", long_prompt,
                                   "--max_new_tokens", "4")
     assert result.returncode == 2 and "beyond the 128-token context" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

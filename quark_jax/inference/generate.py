@@ -215,7 +215,7 @@ class Generator:
         """Runs a shared prefix (e.g. a system prompt) through the model once; pass the result as
         ``prefix=`` to later calls instead of repeating the prefix in every prompt."""
         if isinstance(prefix, str):
-            prefix = self._encode(prefix)
+            prefix = self._encode(prefix, start=True)
         if len(prefix) == 0:
             raise ValueError("the prefix must have at least one token")
         bucket = _pow2(len(prefix), self.min_prompt_bucket)
@@ -291,10 +291,13 @@ class Generator:
         ]
         return [c.tokens for c in self.generate_requests(requests)]
 
-    def _encode(self, text: str) -> list[int]:
+    def _encode(self, text: str, start: bool = False) -> list[int]:
+        """Token ids of ``text``; at the ``start`` of a sequence (a prompt or a prefix, not a continuation or
+        a stop string) preceded by the vocabulary's ``prompt_prefix_ids`` (an imported Llama's ``<s>``)."""
         if self.vocabulary is None:
             raise ValueError("text input needs a Generator with a vocabulary")
-        return list(self.vocabulary.encode(text))
+        lead = list(getattr(self.vocabulary, "prompt_prefix_ids", ())) if start else []
+        return lead + list(self.vocabulary.encode(text))
 
     def complete(
         self,
@@ -327,7 +330,7 @@ class Generator:
         if isinstance(prefix, str):
             prefix = self.prefill_prefix(prefix)
         requests = [
-            Request(self._encode(p), limits[i], temperature, top_k, top_p, seeds[i], stop_ids)
+            Request(self._encode(p, start=prefix is None), limits[i], temperature, top_k, top_p, seeds[i], stop_ids)
             for i, p in enumerate(prompts)
         ]
         completions = self.generate_requests(requests, prefix)
@@ -364,7 +367,7 @@ class Generator:
                 raise ValueError("beam search (num_beams > 1) takes no prefix")
             limit = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens)
             texts = [self.vocabulary.decode(t) for t, _ in self.beam_search(
-                [self._encode(p) for p in prompts], num_beams, limit, length_penalty)]
+                [self._encode(p, start=True) for p in prompts], num_beams, limit, length_penalty)]
             return [_cut(t, stop) for t in texts]
         return [c.text for c in self.complete(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, prefix)]
 
@@ -421,7 +424,7 @@ class Generator:
         (the sum), ``token_logprobs`` and ``num_tokens``.
         """
         token_logprobs = self.score_tokens(
-            [self._encode(p) for p in prompts], [self._encode(c) for c in continuations]
+            [self._encode(p, start=True) for p in prompts], [self._encode(c) for c in continuations]
         )
         return [{"logprob": float(sum(t)), "token_logprobs": t, "num_tokens": len(t)} for t in token_logprobs]
 

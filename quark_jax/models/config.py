@@ -39,6 +39,10 @@ class ModelConfig:
     # ---- Mixture-of-Experts (quark_jax/models/moe.py); num_experts = 0 is a dense model ----
     num_experts: int = 0
     experts_per_token: int = 2  # top-k routing
+    # Whether the k chosen gates are renormalised to sum to 1: None = only for k > 1 (Switch keeps the raw
+    # probability at k = 1, so the main loss trains the router); True = always (Mixtral and transformers do,
+    # also at k = 1, where every gate becomes 1).
+    renormalize_gates: bool | None = None
     moe_every: int = 1  # every moe_every-th layer (the last of each group of moe_every) is an MoE layer
     expert_mlp_dim: int = 0  # hidden size of one expert; 0 = mlp_dim
     num_shared_experts: int = 0  # always-on experts of the same size, added to the routed output

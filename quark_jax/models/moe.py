@@ -68,13 +68,15 @@ class MoE(nnx.Module):
         """Router logits (float32), the k gate values and the k chosen experts of every token.
 
         With k > 1 the gates are renormalised over the chosen experts (Mixtral); with k = 1 the gate is the
-        raw router probability (Switch), so the main loss still trains the router.
+        raw router probability (Switch), so the main loss still trains the router -- unless
+        ``renormalize_gates`` is True (imported Mixtral: transformers renormalises for every k).
         """
         cfg = self.config
         logits = jnp.einsum("BTD,DE->BTE", x.astype(jnp.float32), self.router[...])
         probs = jax.nn.softmax(logits, axis=-1)
         gates, experts = jax.lax.top_k(probs, cfg.experts_per_token)
-        if cfg.experts_per_token > 1:
+        renormalize = cfg.experts_per_token > 1 if cfg.renormalize_gates is None else cfg.renormalize_gates
+        if renormalize:
             gates = gates / jnp.sum(gates, axis=-1, keepdims=True)
         return logits, gates, experts
 

@@ -21,46 +21,13 @@ from quark_jax import run_paths, runs
 from quark_jax import sharding as sh
 from quark_jax.training import checkpoint as ckpt
 from quark_jax.training import metrics as qm
+from quark_jax.training import preemption
 from quark_jax.training import run_lock
 from quark_jax.training import sharded
 from quark_jax.training.config import TrainConfig
 from quark_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
-
-
-class _PreemptionGuard:
-    """Turns SIGTERM into a flag the training loop checks after each step (main thread only).
-
-    It is installed for the whole of :meth:`Trainer.run` -- set-up, the loop, the final save and the wait for
-    its commit -- so a SIGTERM at any moment, a second one included, only sets the flag: the previous handler
-    (often ``SIG_DFL``, which would kill the process mid-save) is neither called nor reinstated until the run
-    has returned."""
-
-    def __init__(self):
-        import signal
-        import threading
-
-        self._signal = signal
-        self.requested = False
-        self._installed = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-    def __call__(self) -> bool:
-        return self.requested
-
-    def restore(self) -> None:
-        if self._installed:
-            # signal.signal returns None for a handler not installed from Python: reinstate the default then.
-            previous = self._previous if self._previous is not None else self._signal.SIG_DFL
-            self._signal.signal(self._signal.SIGTERM, previous)
-            self._installed = False
 
 
 class CheckpointWriteError(OSError):
@@ -345,7 +312,7 @@ class Trainer:
         The run holds the directory's writer lease (:mod:`quark_jax.training.run_lock`) from before it writes
         anything until it returns or raises: a second writer gets :class:`run_lock.RunDirBusyError`."""
         cfg = self.config
-        guard = _PreemptionGuard()
+        guard = preemption.PreemptionGuard()
         self._lease = None
         try:
             os.makedirs(cfg.model_dir, exist_ok=True)
@@ -418,7 +385,7 @@ class Trainer:
             raise
         self._check_background()
 
-    def _run(self, stop_requested: _PreemptionGuard) -> dict[str, Any]:
+    def _run(self, stop_requested: preemption.PreemptionGuard) -> dict[str, Any]:
         cfg = self.config
         self._setup()
         # Nothing of the run's own files is written until the directory is known to hold this model: a failed
@@ -500,8 +467,11 @@ class Trainer:
             summary.update(preempted=True, final_step=step, last_metrics=last)
             return summary
 
+        # Multi-host: a SIGTERM may reach one host only; every host must stop at the same step, or the others
+        # wait for it in a collective save that never comes. The hosts agree through an all-reduce of the flag.
+        agreed = preemption.StopAgreement(stop_requested)
         try:
-            if stop_requested():  # SIGTERM during set-up: nothing new to save
+            if agreed.now():  # SIGTERM during set-up: nothing new to save
                 return preempted(start_step)
             batch = next_batch(start_step + 1)
             # tokens/s and MFU count the trained model's tokens (an objective says how many its batches hold;
@@ -534,7 +504,7 @@ class Trainer:
                 is_ckpt = step % cfg.checkpoint.period == 0 or step == cfg.steps
                 is_eval = cfg.eval_batches > 0 and (cfg.eval_every and step % cfg.eval_every == 0) \
                     and step < cfg.steps  # the final evaluation is part of _finish
-                stopping = stop_requested()  # read once: a SIGTERM may arrive anywhere in this iteration
+                stopping = agreed.at_step()  # read once: a SIGTERM may arrive anywhere in this iteration
                 if is_ckpt or is_eval or stopping:
                     handle(*pending)  # a checkpoint never holds a state whose loss we have not checked
                     pending = None
@@ -565,7 +535,7 @@ class Trainer:
             self.checkpointer.close()
 
         self.state = state
-        if stop_requested():  # SIGTERM after the final checkpoint: a re-run completes the final artefacts
+        if agreed.now():  # SIGTERM after the final checkpoint: a re-run completes the final artefacts
             return preempted(cfg.steps)
         return self._finish(state, summary, cfg.steps, last)
 
