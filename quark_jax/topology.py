@@ -71,23 +71,20 @@ def parse_name(name: str) -> tuple[str, tuple[int, ...]]:
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[list[str]]:
-    """Holds back what libtpu writes to file descriptor 2 while it starts: warnings about the environment
-    variables of a real TPU VM (``TPU_ACCELERATOR_TYPE``, worker host names), meaningless when only
-    compiling. The lines are collected for the caller."""
+def _native_stderr_dropped() -> Iterator[None]:
+    """Drops what libtpu writes to file descriptor 2 while it starts: warnings about the environment variables
+    of a real TPU VM (``TPU_ACCELERATOR_TYPE``, worker host names), meaningless when only compiling. A failure
+    still surfaces as the exception it raises."""
     sys.stderr.flush()
     saved = os.dup(2)
-    lines: list[str] = []
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
         try:
-            yield lines
+            yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            captured.seek(0)
-            lines.extend(captured.read().decode(errors="replace").splitlines())
 
 
 def topology(name: str) -> Topology:
@@ -101,7 +98,7 @@ def topology(name: str) -> Topology:
     # a machine with libtpu installed), so a second process could not describe a topology while, say, a
     # training run is alive. Describing and compiling use no TPU, so sharing is safe here.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    with _captured_stderr():
+    with _native_stderr_dropped():
         try:
             desc = topologies.get_topology_desc(platform="tpu", topology_name=name.strip())
             error = None
