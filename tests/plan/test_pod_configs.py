@@ -13,7 +13,7 @@ the shared 2-core machine). So the suite runs, every time:
     `python tests/plan/pod_compile_run.py NAME[:SLICE:LAYERS]`; the README's table);
   * a real TPU compile through `quark plan --topology` that does not fit (exit 1, one line), and the one-line
     mistakes;
-and, with `QUARK_POD_COMPILES=1` (about 15 minutes), compiles every configuration again through the helper
+and, with `QUARK_POD_COMPILES=1` (15-20 minutes here), compiles every configuration again through the helper
 and `quark train --compile_only`: each with its mesh axes, sequence length and rows per device, 2 layers deep
 (the stack is scanned: depth does not change what is compiled, and the planner counts it) on a small slice of
 its chip kind (v5e:2x2, v5p:2x2x2), holding the planner within 20% of the fresh compile.
