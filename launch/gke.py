@@ -3,7 +3,8 @@
 
     python launch/gke.py --name=quark-1b --image=us-docker.pkg.dev/PROJECT/quark/quark:latest \\
         --tpu_type=v5e --topology=4x4 --dry_run -- --gin_file=configs/runs/pretrain.gin \\
-        --gin_file=configs/models/1b.gin --gin.MODEL_DIR="'gs://bucket/runs/1b'" --gin.TRAIN_STEPS=10000
+        --gin_file=configs/models/1b.gin --gin.MODEL_DIR="'gs://bucket/runs/1b'" --gin.TRAIN_STEPS=10000 \\
+        --gin.MESH_SHAPE="'fsdp=-1'" --gin.BATCH_SIZE=64 --gin.TASK_FEATURE_LENGTHS="{'targets':2048}"
 
 One JobSet, one replicated Job of N pods (N = chips in the topology / chips per host), one pod per TPU host,
 indexed completions. Every pod runs the image built from the repository's ``Dockerfile`` (the code in

@@ -5,7 +5,8 @@
     python launch/tpu_vm.py copy     --name=quark-v5e-16 --zone=us-west4-a
     python launch/tpu_vm.py run      --name=quark-v5e-16 --zone=us-west4-a -- \\
         --gin_file=configs/runs/pretrain.gin --gin_file=configs/models/1b.gin \\
-        --gin.MODEL_DIR="'gs://bucket/runs/1b'" --gin.TRAIN_STEPS=10000 --gin.MESH_SHAPE="'fsdp=-1'"
+        --gin.MODEL_DIR="'gs://bucket/runs/1b'" --gin.TRAIN_STEPS=10000 --gin.MESH_SHAPE="'fsdp=-1'" \\
+        --gin.BATCH_SIZE=64 --gin.TASK_FEATURE_LENGTHS="{'targets':2048}"
     python launch/tpu_vm.py status   --name=quark-v5e-16 --zone=us-west4-a
     python launch/tpu_vm.py logs     --name=quark-v5e-16 --zone=us-west4-a [--worker=3] [--follow]
     python launch/tpu_vm.py stop     --name=quark-v5e-16 --zone=us-west4-a

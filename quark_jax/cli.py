@@ -9,6 +9,9 @@
     quark import_hf --hf_dir=/path/to/Llama-3-8B --out_dir=/tmp/llama3 --mesh_shape='fsdp=-1'
     quark plan --gin_file=configs/runs/pretrain.gin --gin_file=configs/models/mixtral_8x7b.gin \
         --mesh_shape='fsdp=-1,expert=8' --num_devices=256 --batch_size=1024 --seq_len=4096
+    quark plan --gin_file=configs/models/7b.gin --mesh_shape=fsdp=-1 --batch_size=256 --seq_len=2048 \
+        --topology=v5e:16x16      (also compiles the train step for that TPU slice here; needs libtpu)
+    quark train ... --compile_only --topology=v5e:4x4   (a launch command compiled for its slice, not run)
     quark train ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (multi-host)
     quark data list
     quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
@@ -37,6 +40,11 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM, so schedulers see the job as interrupted 
 # `quark train` only:
 EXIT_CHECKPOINT_WRITE_ERROR = 74  # EX_IOERR: a checkpoint could not be written (disk full ...); earlier ones kept
 EXIT_RUN_DIR_BUSY = 75  # EX_TEMPFAIL: another live run holds MODEL_DIR's writer lease (or took it over)
+
+
+class _DoesNotFitExit(Exception):
+    """``quark plan --topology`` / ``quark train --compile_only``: the TPU compiler refused the step for lack of
+    HBM. Printed as one line; exit status 1 (the answer to the question asked, not a usage error)."""
 
 
 class UsageError(Exception):
@@ -255,6 +263,8 @@ def _train(args: argparse.Namespace, bindings: list[str]) -> int:
 
 
 def _train_guarded(args: argparse.Namespace, bindings: list[str], sigterms: list[int]) -> int:
+    if args.compile_only or args.topology:
+        return _compile_only(args, bindings)
     from quark_jax import gin_utils
     from quark_jax.training.run_lock import LeaseLostError, RunDirBusyError
     from quark_jax.training.trainer import CheckpointWriteError, NonFiniteLossError, Trainer
@@ -461,40 +471,127 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(args: argparse.Namespace, bindings: list[str]) -> int:
+RUN_DEFAULTS = "configs/runs/pretrain.gin"  # what `quark plan` assumes when given a model's gin file alone
+
+
+def _plan_config(args: argparse.Namespace, bindings: list[str]):
+    """The TrainConfig ``quark plan`` looks at: the gin files (after :data:`RUN_DEFAULTS` when they bind no
+    run, e.g. ``configs/models/7b.gin`` alone), with --mesh_shape, --batch_size and --seq_len applied."""
+    import dataclasses
+
     from quark_jax import gin_utils
-    from quark_jax.plan import plan
 
     search_paths = [p for group in args.gin_search_paths for p in group.split(",") if p]
     # A plan needs no run directory or step count: fill the run file's required macros unless given.
     defaults = [b for b in ("MODEL_DIR='/tmp/quark_plan'", "TRAIN_STEPS=1")
                 if not any(x.split("=")[0].strip() == b.split("=")[0] for x in bindings)]
+    files = list(args.gin_file)
     try:
-        gin_utils.parse(args.gin_file, bindings, search_paths, defaults=defaults)
+        gin_utils.parse(files, bindings, search_paths, defaults=defaults)
+        if not gin_utils.binds_a_run():
+            gin_utils.parse([RUN_DEFAULTS, *files], bindings, search_paths, defaults=defaults)
         config = gin_utils.build_train_config()
     except gin_utils.GinConfigError as e:
-        print(f"quark plan: gin configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    mesh_shape = args.mesh_shape or config.mesh_shape
+        raise UsageError(f"gin configuration error: {e}") from None
+    data = config.data
+    if args.batch_size or args.seq_len:
+        lengths = {**data.task_feature_lengths, "targets": args.seq_len or data.task_feature_lengths["targets"]}
+        data = dataclasses.replace(data, batch_size=args.batch_size or data.batch_size, task_feature_lengths=lengths)
+    return dataclasses.replace(config, mesh_shape=args.mesh_shape or config.mesh_shape, data=data)
+
+
+def _load_topology(name: str):
+    from quark_jax.topology import TopologyError, topology
+
+    try:
+        return topology(name)
+    except TopologyError as e:
+        raise UsageError(str(e)) from None
+
+
+def _compile_for(config, topology, verbose: int):
+    """Compiles ``config``'s train step for ``topology``; a mesh or batch the slice cannot take is a
+    UsageError naming it."""
+    from quark_jax.plan import check_batch_split
+    from quark_jax.sharding import parse_mesh_shape
+    from quark_jax.training.aot import DoesNotFit, compile_for_topology
+
+    try:
+        sizes = parse_mesh_shape(config.mesh_shape, topology.num_devices)
+        check_batch_split(sizes, config.data.batch_size, config.optimizer.grad_accum_steps)
+    except ValueError as e:
+        raise UsageError(f"{e} (on {topology.name}: {topology.num_devices} devices)") from None
+    print(f"compiling the train step for {topology.name} ({topology.num_devices} devices) ...", file=sys.stderr,
+          flush=True)
+    try:
+        return compile_for_topology(config, topology)
+    except DoesNotFit as e:
+        raise _DoesNotFitExit(str(e)) from None
+    except ValueError as e:
+        if verbose:
+            raise
+        raise UsageError(str(e)) from None
+
+
+def _plan(args: argparse.Namespace, bindings: list[str]) -> int:
+    from quark_jax.plan import plan
+
+    config = _plan_config(args, bindings)
+    topology = _load_topology(args.topology) if args.topology else None
+    mesh_shape = config.mesh_shape
     num_devices = args.num_devices
+    if topology is not None:
+        if num_devices is not None and num_devices != topology.num_devices:
+            raise UsageError(f"--num_devices={num_devices} but --topology {topology.name} has "
+                             f"{topology.num_devices} devices; drop --num_devices")
+        num_devices = topology.num_devices
     if num_devices is None:
         if "-1" in mesh_shape:
-            print(f"quark plan: MESH_SHAPE={mesh_shape!r} has a -1 axis: pass --num_devices", file=sys.stderr)
-            return EXIT_CONFIG_ERROR
+            raise UsageError(f"MESH_SHAPE={mesh_shape!r} has a -1 axis: pass --num_devices or --topology")
         num_devices = 1
         for part in filter(None, mesh_shape.split(",")):
             num_devices *= int(part.split("=")[1])
     try:
         result = plan(
-            config.model, mesh_shape, num_devices, batch_size=args.batch_size or config.data.batch_size,
-            seq_len=args.seq_len or config.data.task_feature_lengths["targets"],
-            peak_flops_per_s=args.peak_flops_per_s, mfu=args.mfu,
+            config.model, mesh_shape, num_devices, batch_size=config.data.batch_size,
+            seq_len=config.data.task_feature_lengths["targets"], peak_flops_per_s=args.peak_flops_per_s,
+            mfu=args.mfu, grad_accum_steps=config.optimizer.grad_accum_steps,
         )
     except ValueError as e:
-        print(f"quark plan: {e}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    print(json.dumps(result.to_dict()) if args.json else result.describe())
-    return 0
+        raise UsageError(str(e)) from None
+    if not args.json:
+        print(result.describe(), flush=True)
+    report = _compile_for(config, topology, args.verbose) if topology is not None else None
+    if args.json:
+        print(json.dumps({**result.to_dict(), **({"compiled": report.to_dict()} if report else {})}))
+    elif report is not None:
+        print(report.describe(planned_bytes=result.total_bytes))
+    return 0 if report is None or report.fits else 1
+
+
+def _compile_only(args: argparse.Namespace, bindings: list[str]) -> int:
+    """``quark train --compile_only --topology NAME``: the launch command's configuration compiled for the
+    slice, nothing run and nothing written (MODEL_DIR is not touched)."""
+    from quark_jax import gin_utils
+    from quark_jax.plan import plan
+
+    if not args.topology:
+        raise UsageError("--compile_only needs --topology NAME, the slice to compile for (e.g. v5e:16x16)")
+    if not args.compile_only:
+        raise UsageError(f"--topology {args.topology} only compiles: add --compile_only (a training run uses "
+                         "the devices of the machine it runs on)")
+    search_paths = [p for group in args.gin_search_paths for p in group.split(",") if p]
+    try:
+        gin_utils.parse(args.gin_file, bindings, search_paths)
+        config = gin_utils.build_train_config()
+    except gin_utils.GinConfigError as e:
+        raise UsageError(f"gin configuration error: {e}") from None
+    topology = _load_topology(args.topology)
+    report = _compile_for(config, topology, args.verbose)
+    estimate = plan(config.model, config.mesh_shape, topology.num_devices, config.data.batch_size,
+                    config.data.task_feature_lengths["targets"], grad_accum_steps=config.optimizer.grad_accum_steps)
+    print(report.describe(planned_bytes=estimate.total_bytes))
+    return 0 if report.fits else 1
 
 
 def _data(args: argparse.Namespace, bindings: list[str]) -> int:
@@ -618,16 +715,28 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="multi-host: HOST:PORT of process 0 (or env QUARK_COORDINATOR_ADDRESS)")
     train.add_argument("--num_processes", type=int, default=None, help="multi-host: processes in the job")
     train.add_argument("--process_id", type=int, default=None, help="multi-host: this process, 0..N-1")
+    train.add_argument("--compile_only", action="store_true",
+                       help="with --topology: compile the train step for that TPU slice and print XLA's memory "
+                            "per device (exit 1 if it does not fit); runs and writes nothing")
+    train.add_argument("--topology", default=None, help="with --compile_only: a TPU slice, e.g. v5e:16x16 "
+                       "(needs libtpu; any machine)")
 
     pl = add("plan", help="parameters, FLOPs, per-device memory and step time of a config on a mesh")
-    pl.add_argument("--gin_file", action="append", required=True, help="gin file; repeatable")
+    pl.add_argument("--gin_file", action="append", required=True,
+                    help="gin file; repeatable. A model's file alone (configs/models/7b.gin) is planned with the "
+                         "defaults of configs/runs/pretrain.gin")
     pl.add_argument("--gin_search_paths", action="append", default=[], help="comma-separated dirs; repeatable")
     pl.add_argument("--mesh_shape", default=None, help="e.g. 'fsdp=-1,tensor=4' (default: the config's MESH_SHAPE)")
-    pl.add_argument("--num_devices", type=int, default=None, help="devices in the job (needed when an axis is -1)")
+    pl.add_argument("--num_devices", type=int, default=None,
+                    help="devices in the job (needed when an axis is -1, unless --topology gives them)")
     pl.add_argument("--batch_size", type=int, default=None, help="global batch (default: the config's)")
     pl.add_argument("--seq_len", type=int, default=None, help="sequence length (default: the config's)")
     pl.add_argument("--peak_flops_per_s", type=float, default=1.97e14, help="per device (default: TPU v5e bf16)")
     pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for the step time")
+    pl.add_argument("--topology", default=None,
+                    help="also compile the real train step for this TPU slice (e.g. v5e:16x16; needs libtpu, runs "
+                         "on any machine) and print XLA's memory per device beside the plan; exit 1 if it does "
+                         "not fit in HBM")
     pl.add_argument("--json", action="store_true", help="one JSON object instead of text")
 
     gen = add("generate", help="continue prompts with a trained run")
@@ -733,6 +842,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"{_command_name(args)}: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    except _DoesNotFitExit as e:
+        print(f"{_command_name(args)}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -188,6 +188,15 @@ def build_train_config() -> TrainConfig:
     return config
 
 
+def binds_a_run() -> bool:
+    """Whether the parsed files configure a run (``TrainConfig``), not only a model's sizes."""
+    try:
+        gin.query_parameter("quark_jax.TrainConfig.model")
+    except ValueError:
+        return False
+    return True
+
+
 def config_text() -> str:
     """The bindings of this run as gin text (written beside the checkpoints)."""
     return gin.config_str()

@@ -33,6 +33,9 @@ REMAT_POLICIES = ("none", "save_dots", "full")
 # Calibration of the activation model, fitted to XLA's memory_analysis on the CPU over 8 MoE cases (MoE
 # every layer and every 2nd layer, 3 remat policies, 1 and 8 devices; worst case 14% off).
 MOE_BUFFER_COPIES = {"all": 1.25, "dots": 1.0}  # live copies of an expert buffer row per MoE layer
+# FSDP all-gathers live at the peak (see fsdp_gather_bytes): on TPU, layers of the scanned stack; on the CPU,
+# a fraction of the whole model.
+FSDP_GATHER = {"tpu": 2.0, "cpu": 0.5}
 # The dense layers scanned inside an MoE group keep their residuals twice: the inner scan stacks them and the
 # outer scan stacks that stack again.
 NESTED_SCAN_COPIES = 2.0
@@ -198,24 +201,69 @@ class Plan:
         return "\n".join(lines)
 
 
+def fsdp_gather_bytes(config: ModelConfig, sizes: dict[str, int], rules: sh.Rules = sh.DEFAULT_RULES,
+                      platform: str = "tpu") -> int:
+    """Bytes per device of weights all-gathered over the ``fsdp`` axis and live at the step's peak.
+
+    FSDP gathers each weight before its matmul and reduce-scatters its gradient after. XLA's TPU scheduler
+    gathers the scanned layer stack one layer at a time inside the loop, prefetching the next: about
+    ``FSDP_GATHER["tpu"]`` layers' weights (float32, split only over the other mesh axes) are live, plus the
+    output projection for the logits. XLA's CPU scheduler instead hoists the gathers and keeps about half of
+    the gathered model live. Both measured with ``memory_analysis()`` (``tests/plan``)."""
+    if platform not in FSDP_GATHER:
+        raise ValueError(f"platform {platform!r} must be one of {sorted(FSDP_GATHER)}")
+    unsharded = {**sizes, sh.FSDP: 1}
+    if platform == "cpu":
+        return int(4 * param_elements_per_device(config, unsharded, rules) * FSDP_GATHER["cpu"])
+    layer = head = 0
+    abstract = nnx.state(abstract_model(config), nnx.Param)
+    for variable in jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        shape = np.shape(variable.get_value())
+        names = tuple(variable.get_metadata().get("out_sharding") or (None,) * len(shape))
+        elements = _sharded_elements(shape, names, unsharded, rules)
+        if sh.LAYERS in names:  # one layer of the stack
+            layer += elements // shape[names.index(sh.LAYERS)]
+        else:  # embedding, output projection, final norm: the largest is gathered for the logits
+            head = max(head, elements)
+    return int(4 * (FSDP_GATHER["tpu"] * layer + head))
+
+
+def check_batch_split(sizes: dict[str, int], batch_size: int, grad_accum_steps: int = 1,
+                      rules: sh.Rules = sh.DEFAULT_RULES) -> None:
+    """Raises ``ValueError`` unless every micro-batch splits evenly over the mesh's data-parallel axes.
+
+    The rules drop a mesh axis that does not divide an array, so a batch of 8 on ``fsdp=256`` would compile
+    with the batch *replicated*: every device computing all 8 rows, 256 times the work the plan assumes."""
+    table = dict(rules)[sh.BATCH]
+    axes = (table,) if isinstance(table, str) else tuple(table or ())
+    ways = math.prod(sizes[a] for a in axes)
+    if batch_size % grad_accum_steps:
+        raise ValueError(f"BATCH_SIZE={batch_size} does not split into grad_accum_steps={grad_accum_steps} "
+                         "micro-batches; use a multiple of it")
+    if (batch_size // grad_accum_steps) % ways:
+        split = " x ".join(f"{a}={sizes[a]}" for a in axes if sizes[a] > 1)
+        micro = f" per micro-batch ({grad_accum_steps} of them)" if grad_accum_steps > 1 else ""
+        raise ValueError(f"BATCH_SIZE={batch_size} cannot be split{micro} over the {ways} data-parallel devices "
+                         f"of the mesh ({split}); use a multiple of {ways * grad_accum_steps}, "
+                         f"e.g. BATCH_SIZE={max(1, round(batch_size / (ways * grad_accum_steps))) * ways * grad_accum_steps}")
+
+
 def plan(config: ModelConfig, mesh_shape: str | dict[str, int], num_devices: int | None = None,
          batch_size: int = 8, seq_len: int = 256, peak_flops_per_s: float = 1e12, mfu: float = 0.4,
-         rules: sh.Rules = sh.DEFAULT_RULES) -> Plan:
-    """Plans ``config`` on a mesh shape (``"fsdp=-1,tensor=4"`` with ``num_devices``, or a dict of sizes)."""
+         rules: sh.Rules = sh.DEFAULT_RULES, grad_accum_steps: int = 1, platform: str = "tpu") -> Plan:
+    """Plans ``config`` on a mesh shape (``"fsdp=-1,tensor=4"`` with ``num_devices``, or a dict of sizes)
+    for XLA's ``platform`` (``"tpu"``, or ``"cpu"``: see :data:`FSDP_GATHER`). A batch the mesh cannot split
+    raises ``ValueError`` (see :func:`check_batch_split`)."""
     if isinstance(mesh_shape, str):
         if num_devices is None:
             raise ValueError("plan: a MESH_SHAPE string needs num_devices (how many devices the job has)")
         sizes = sh.parse_mesh_shape(mesh_shape, num_devices)
     else:
         sizes = {axis: int(mesh_shape.get(axis, 1)) for axis in sh.MESH_AXES}
+    check_batch_split(sizes, batch_size, grad_accum_steps, rules)
     param_bytes = 4 * param_elements_per_device(config, sizes, rules)
     rows = math.ceil(batch_size / _batch_shards(sizes, rules, batch_size))
-    # FSDP gathers each weight before its matmul (and reduce-scatters its gradient). XLA schedules the
-    # gathers of the scanned layer stack so that about half of the gathered stack is live at the peak
-    # (measured with memory_analysis on the CPU); without FSDP nothing is gathered.
-    gathered = 0
-    if sizes[sh.FSDP] > 1:
-        gathered = 4 * param_elements_per_device(config, {**sizes, sh.FSDP: 1}, rules) // 2
+    gathered = fsdp_gather_bytes(config, sizes, rules, platform) if sizes[sh.FSDP] > 1 else 0
     return Plan(
         mesh=sizes, batch_size=batch_size, seq_len=seq_len, total_params=config.num_params(),
         active_params=config.active_params(), matmul_params=config.matmul_params(),

@@ -28,7 +28,7 @@ def main():
         devices = jax.devices()[: 1 if mesh_shape == "data=1" else 8]
         run = make_sharded_training(config, sh.make_mesh(mesh_shape, devices))
         memory = run.compile(batch, length).memory_analysis()
-        estimate = plan(config, mesh_shape, len(devices), batch, length)
+        estimate = plan(config, mesh_shape, len(devices), batch, length, platform="cpu")
         rows.append({"name": name, "xla_argument_bytes": memory.argument_size_in_bytes,
                      "xla_temp_bytes": memory.temp_size_in_bytes,
                      "plan_state_bytes": estimate.param_bytes + estimate.optimizer_bytes + estimate.batch_bytes,

@@ -82,3 +82,39 @@ def test_cli_plan_needs_num_devices_for_a_wildcard_mesh(capsys):
                      "--mesh_shape=fsdp=-1"])
     assert code == cli.EXIT_CONFIG_ERROR
     assert "--num_devices" in capsys.readouterr().err
+
+
+def test_plan_refuses_a_batch_the_mesh_cannot_split(capsys):
+    with pytest.raises(ValueError, match=r"BATCH_SIZE=8 cannot be split over the 256 data-parallel devices.*"
+                                         r"BATCH_SIZE=256"):
+        plan(model_config("7b.gin"), "fsdp=-1", 256, batch_size=8, seq_len=2048)
+    with pytest.raises(ValueError, match=r"per micro-batch \(4 of them\).*multiple of 16"):
+        plan(model_config("tiny.gin"), "data=2,fsdp=2", 4, batch_size=8, grad_accum_steps=4)
+    assert plan(model_config("tiny.gin"), "data=2,fsdp=2", 4, batch_size=16, grad_accum_steps=4).batch_size == 16
+    code = cli.main(["plan", "--gin_file=configs/models/7b.gin", "--mesh_shape=fsdp=-1", "--num_devices=256"])
+    assert code == cli.EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "BATCH_SIZE=8 cannot be split" in err, err
+
+
+def test_plan_takes_a_model_file_alone_with_run_defaults(capsys):
+    # configs/models/7b.gin binds no run: the plan uses configs/runs/pretrain.gin's defaults (sequence 256).
+    code = cli.main(["plan", "--gin_file=configs/models/7b.gin", "--mesh_shape=fsdp=-1", "--num_devices=256",
+                     "--batch_size=256", "--json"])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(capsys.readouterr().out)
+    assert result["seq_len"] == 256 and result["batch_size"] == 256
+    assert round(result["total_params"] / 1e9, 2) == 6.74
+
+
+def test_fsdp_gathers_on_tpu_are_a_few_layers_not_the_model():
+    # A layer-scanned model on TPU gathers one layer at a time (XLA's TPU memory_analysis: 3.39 GiB peak for
+    # 7B on fsdp=256, batch 256 x 2048); charging the whole model (12.55 GiB) was the CPU's behaviour.
+    config = model_config("7b.gin")
+    tpu = plan(config, "fsdp=-1", 256, batch_size=256, seq_len=2048)
+    cpu = plan(config, "fsdp=-1", 256, batch_size=256, seq_len=2048, platform="cpu")
+    layer = 4 * (4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096)  # one layer's float32 weights and norms
+    head = 4 * 4096 * 32000  # the output projection
+    assert tpu.fsdp_gather_bytes == 2 * layer + head
+    assert cpu.fsdp_gather_bytes > 6 * tpu.fsdp_gather_bytes
+    assert plan(config, "tensor=8", 8, batch_size=8).fsdp_gather_bytes == 0  # no fsdp axis, nothing gathered
