@@ -21,6 +21,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # The slowest test files (real multi-process runs, sharded runs, kill-and-resume) start first, so that with two
 # workers (scripts/test.sh runs pytest-xdist, one file per worker) no long file is left alone at the end.
 SLOW_FIRST = (
+    "tests/plan/test_pod_configs.py", "tests/training/test_cloud_run_dir.py", "tests/inference/test_hf_import.py",
     "tests/sharding/test_objectives_sharded.py", "tests/moe/test_multihost.py", "tests/training/test_run_writers.py",
     "tests/training/test_resume.py", "tests/moe/test_parallelism.py", "tests/sharding/test_sharding.py",
     "tests/training/test_distill.py", "tests/moe/test_moe_train.py",
