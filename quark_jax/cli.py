@@ -32,8 +32,9 @@ import logging
 import os
 import re
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+
+from quark_jax import native_stderr
 
 EXIT_CONFIG_ERROR = 2
 EXIT_PREEMPTED = 143  # 128 + SIGTERM, so schedulers see the job as interrupted and can requeue it
@@ -65,27 +66,6 @@ _NATIVE_NOISE = re.compile(
 )
 
 
-@contextlib.contextmanager
-def _native_stderr_filtered() -> Iterator[None]:
-    """Collects what anything (C++ included) writes to file descriptor 2 inside the block, then writes it back
-    without the start-up lines of :data:`_NATIVE_NOISE`. Only short start-up steps run inside it."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                if not _NATIVE_NOISE.match(line):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
-
-
 def _start_tensorflow(verbose: int) -> None:
     """Imports TensorFlow (if installed) before the command does, hiding its GPUs, and unless ``verbose``
     drops its start-up lines.
@@ -96,7 +76,8 @@ def _start_tensorflow(verbose: int) -> None:
     GPU and TPU runs are unaffected."""
     if "tensorflow" in sys.modules or importlib.util.find_spec("tensorflow") is None:
         return
-    with contextlib.nullcontext() if verbose else _native_stderr_filtered():
+    quiet = native_stderr.filtered(keep=lambda line: not _NATIVE_NOISE.match(line))
+    with contextlib.nullcontext() if verbose else quiet:
         import tensorflow as tf
 
         try:

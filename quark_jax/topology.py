@@ -10,16 +10,14 @@ imported here, lazily, and a CPU user never needs it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
 import math
 import os
 import re
-import sys
-import tempfile
-from collections.abc import Iterator
 from typing import Any
+
+from quark_jax import native_stderr
 
 LIBTPU_REQUIREMENT = "libtpu==0.0.42.1"  # what jax[tpu]==0.10.2 pins
 GIB = 2**30
@@ -70,23 +68,6 @@ def parse_name(name: str) -> tuple[str, tuple[int, ...]]:
     return match.group(1), dims
 
 
-@contextlib.contextmanager
-def _native_stderr_dropped() -> Iterator[None]:
-    """Drops what libtpu writes to file descriptor 2 while it starts: warnings about the environment variables
-    of a real TPU VM (``TPU_ACCELERATOR_TYPE``, worker host names), meaningless when only compiling. A failure
-    still surfaces as the exception it raises."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
 def topology(name: str) -> Topology:
     """The devices of TPU slice ``name`` (``v5e:16x16``) from libtpu, on any machine."""
     chip, dims = parse_name(name)
@@ -98,7 +79,7 @@ def topology(name: str) -> Topology:
     # a machine with libtpu installed), so a second process could not describe a topology while, say, a
     # training run is alive. Describing and compiling use no TPU, so sharing is safe here.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    with _native_stderr_dropped():
+    with native_stderr.filtered():  # libtpu's warnings about a real TPU VM's environment
         try:
             desc = topologies.get_topology_desc(platform="tpu", topology_name=name.strip())
             error = None
