@@ -79,17 +79,11 @@ def _has_os_error(error: BaseException | None) -> bool:
 
 
 def _read_records(model_dir: str) -> list[dict]:
-    path = run_paths.join(model_dir, "metrics.jsonl")
-    if not run_paths.exists(path):
+    """The records of metrics.jsonl (none before the first is written); ``metrics.read_metrics`` explains."""
+    try:
+        return qm.read_metrics(model_dir)
+    except FileNotFoundError:
         return []
-    records = []
-    with run_paths.open_file(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except ValueError:  # a torn last line
-                pass
-    return records
 
 
 def _last_logged(model_dir: str) -> dict[str, float]:
