@@ -71,6 +71,18 @@ class LeaseStore(Protocol):
     def delete(self, generation: Any) -> bool: ...
 
 
+def _delete_if_held(store: LocalLeaseStore | ObjectLeaseStore, generation: Any) -> bool:
+    """Removes the store's lease if it is still at ``generation`` (ours); False if it is gone or someone else's."""
+    current = store.read()
+    if current is None or current[1] != generation:
+        return False
+    try:
+        run_paths.remove(store.path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 class LocalLeaseStore:
     """A lease in a local (or NFS) file; the generation of the content is its ``token``."""
 
@@ -147,14 +159,7 @@ class LocalLeaseStore:
         return data["token"]
 
     def delete(self, generation: Any) -> bool:
-        current = self.read()
-        if current is None or current[1] != generation:
-            return False
-        try:
-            os.remove(self.path)
-        except FileNotFoundError:
-            return False
-        return True
+        return _delete_if_held(self, generation)
 
 
 class ObjectLeaseStore:
@@ -204,14 +209,7 @@ class ObjectLeaseStore:
         return data["token"]
 
     def delete(self, generation: Any) -> bool:
-        current = self.read()
-        if current is None or current[1] != generation:
-            return False
-        try:
-            run_paths.remove(self.path)
-        except FileNotFoundError:
-            return False
-        return True
+        return _delete_if_held(self, generation)
 
 
 def lease_store(run_dir: str) -> LeaseStore:
