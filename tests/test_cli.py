@@ -238,3 +238,32 @@ def test_requests_beyond_the_trained_context_are_refused(trained_run):
                        "--max_new_tokens", "4", "--beyond_context", "warn")
     assert warned.returncode == 0 and warned.stdout.startswith(long_prompt), warned.stderr
     assert "beyond the 128-token context" in warned.stderr
+
+
+def _main_error(capsys, *argv: str) -> str:
+    """Runs ``quark ARGV`` in this process; asserts exit status 2 and one line on stderr, and returns it."""
+    from quark_jax import cli
+
+    assert cli.main(list(argv)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_serve_telemetry_and_feedback_errors_are_one_line(capsys, tmp_path, not_a_run, trained_run):
+    line = _main_error(capsys, "serve", "--model_dir", not_a_run)
+    assert line.startswith("quark serve: ") and not_a_run in line
+    assert "--max_slots=0: must be >= 1" in _main_error(capsys, "serve", "--model_dir", not_a_run, "--max_slots", "0")
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        line = _main_error(capsys, "serve", "--model_dir", trained_run["model_dir"], "--port", port)
+    assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in line and "pick another port" in line
+    line = _main_error(capsys, "telemetry", "--log", str(tmp_path))
+    assert line.startswith("quark telemetry: ") and str(tmp_path) in line and "quark serve --log_dir" in line
+    missing = str(tmp_path / "feedback.jsonl")
+    line = _main_error(capsys, "data", "feedback", "--feedback", missing, "--output", str(tmp_path / "pairs"))
+    assert line.startswith("quark data feedback: ") and missing in line
