@@ -20,8 +20,10 @@ import pytest
 
 from conftest import REPO
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+# Debian's packages (scripts/setup.sh installs them); another place on PATH is taken when /usr/bin has none.
+CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver")
+                else shutil.which("chromedriver") or "/usr/bin/chromedriver")
 PAGE = os.path.join(REPO, "quark_jax", "serving", "static", "chat.html")
 TIMEOUT_S = 120  # one reply of the tiny model on a busy CPU machine, with margin
 
