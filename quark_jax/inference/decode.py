@@ -91,7 +91,9 @@ def sample_rows(
         cumulative = jnp.cumsum(jax.nn.softmax(descending, axis=-1), axis=-1)
         cutoff_index = jnp.minimum(jnp.sum(cumulative < top_p[:, None], axis=-1, keepdims=True), vocab - 1)
         cutoff = jnp.take_along_axis(descending, cutoff_index, axis=-1)
-        scaled = jnp.where(scaled < cutoff, NEG_INF, scaled)
+        # Only rows that ask for top-p are cut: at top_p = 1 the float sum can reach 1 before the tail, and
+        # such a row must sample exactly as it would with filtering compiled out.
+        scaled = jnp.where((top_p < 1.0)[:, None] & (scaled < cutoff), NEG_INF, scaled)
     sampled = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, scaled).astype(jnp.int32)
     return jnp.where(temperature > 0, sampled, greedy)
 

@@ -86,6 +86,17 @@ def attention_mask(
     return same_segment & causal
 
 
+def write_at(cache: Array, new: Array, index: Int[Array, ""] | Int[Array, "B"]) -> Array:
+    """``cache`` [B S ...] with ``new`` [B T ...] written along S from ``index``: one slot shared by the batch
+    (a scalar: rows padded to one length) or one per row (a ``[B]`` vector: the decode slots of a continuous
+    batch, each at its own length)."""
+    trailing = (0,) * (cache.ndim - 2)
+    new = new.astype(cache.dtype)
+    if jnp.ndim(index) == 0:
+        return jax.lax.dynamic_update_slice(cache, new, (0, index, *trailing))
+    return jax.vmap(lambda row, x, i: jax.lax.dynamic_update_slice(row, x, (i, *trailing)))(cache, new, index)
+
+
 def project(equation: str, x: Array, weight: nnx.Variable, dtype) -> Array:
     """``einsum(equation, x, weight)`` in ``dtype``. A weight whose value carries a low-rank adapter
     (``quark_jax.models.lora.LoRAArray``) adds its path x·A·B unmerged; a quantized one dequantizes."""
@@ -115,12 +126,12 @@ class Attention(nnx.Module):
         positions: Int[Array, "B T"],
         segment_ids: Int[Array, "B T"],
         kv: tuple[Float[Array, "B S K H"], Float[Array, "B S K H"]] | None = None,
-        kv_index: Int[Array, ""] | None = None,
+        kv_index: Int[Array, ""] | Int[Array, "B"] | None = None,
         key_positions: Int[Array, "B S"] | None = None,
         key_segment_ids: Int[Array, "B S"] | None = None,
     ) -> tuple[Float[Array, "B T D"], tuple[Float[Array, "B S K H"], Float[Array, "B S K H"]] | None]:
         """Self-attention over the chunk ``x``; with ``kv`` (a layer's KV cache) the chunk's keys and values
-        are written at ``kv_index`` and the queries attend to the whole cache."""
+        are written at ``kv_index`` (shared, or one slot per row) and the queries attend to the whole cache."""
         cfg = self.config
         dtype = cfg.compute_dtype
         q = project("BTD,DNH->BTNH", x, self.wq, dtype)
@@ -134,8 +145,8 @@ class Attention(nnx.Module):
             keys, values, key_positions, key_segment_ids = k, v, positions, segment_ids
         else:
             cache_k, cache_v = kv
-            keys = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, kv_index, 0, 0))
-            values = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, kv_index, 0, 0))
+            keys = write_at(cache_k, k, kv_index)
+            values = write_at(cache_v, v, kv_index)
             kv = (keys, values)
 
         B, T, N, H = q.shape

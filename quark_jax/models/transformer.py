@@ -22,7 +22,7 @@ from jaxtyping import Array, Float, Int
 
 from quark_jax import sharding as sh
 from quark_jax.models.config import ModelConfig
-from quark_jax.models.layers import MLP, Attention, Embed, RMSNorm, param
+from quark_jax.models.layers import MLP, Attention, Embed, RMSNorm, param, write_at
 from quark_jax.models.moe import MoE
 
 _REMAT_POLICIES = {
@@ -35,15 +35,16 @@ _REMAT_POLICIES = {
 class KVCache:
     """Keys and values of every layer plus the positions and segment ids of the cached tokens.
 
-    Slots not yet written have segment id 0 and are never attended to. ``index`` is the next slot to write
-    (shared by the batch: prompts are right-padded to one length and padding is masked by segment id).
+    Slots not yet written have segment id 0 and are never attended to. ``index`` is the next slot to write:
+    a scalar shared by the batch (prompts right-padded to one length, padding masked by segment id), or a
+    ``[B]`` vector, one per row, for the decode slots of a continuous batch (``quark_jax.serving.engine``).
     """
 
     k: Float[Array, "L B S K H"]
     v: Float[Array, "L B S K H"]
     positions: Int[Array, "B S"]
     segment_ids: Int[Array, "B S"]
-    index: Int[Array, ""]
+    index: Int[Array, ""] | Int[Array, "B"]
 
     @classmethod
     def init(cls, config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> KVCache:
@@ -148,8 +149,8 @@ class Transformer(nnx.Module):
             kv, kv_index, key_positions, key_segment_ids = None, None, None, None
         else:
             kv_index = cache.index
-            key_positions = jax.lax.dynamic_update_slice(cache.positions, positions, (0, kv_index))
-            key_segment_ids = jax.lax.dynamic_update_slice(cache.segment_ids, segment_ids, (0, kv_index))
+            key_positions = write_at(cache.positions, positions, kv_index)
+            key_segment_ids = write_at(cache.segment_ids, segment_ids, kv_index)
             kv = (cache.k, cache.v)
 
         block_args = (positions, segment_ids, kv_index, key_positions, key_segment_ids)

@@ -1,0 +1,564 @@
+"""Continuous batching: a fixed set of decode slots over one KV cache, filled and emptied between decode steps.
+
+Axis legend: B decode slots · S tokens per slot (``max_seq_len``) · P prompt bucket · K top log-probabilities ·
+L layers · V vocab.
+
+Iteration-level scheduling, as Orca, vLLM and JetStream do it. One thread owns the model and loops:
+
+1. *admit*: while a slot is free and a request waits, prefill the request's prompt (right-padded to a bucket
+   length, so a handful of compiled prefills serve every length) into the free slot's row of the cache and
+   sample its first token;
+2. *decode*: one compiled step advances every slot by one token; each row writes its key/value at its own
+   cache index (``KVCache.index`` is a ``[B]`` vector here) and samples with its own temperature, top-k,
+   top-p and PRNG key;
+3. *retire*: a row that produced EOS, reached its token limit or a stop string, or whose client went away,
+   frees its slot at once; the next waiting request takes it before the next step.
+
+Every shape is fixed once the engine is built (B slots of S tokens, prompt buckets, K top log-probabilities),
+so after :meth:`Engine.warm_up` serving never compiles again (``trace_count`` counts traces, for tests).
+
+A row's tokens depend only on its own prompt, parameters and seed: nothing in a step mixes rows, and the
+token ``i`` of a row is drawn with ``fold_in(key(seed), i)``, so the same request with the same seed gives
+the same text whatever else shares the batch. A shared prefix (a chat's system prompt) is prefilled once,
+kept in a small LRU, and copied into a slot's row before the rest of the prompt is prefilled on top of it.
+
+Requests come in from any thread (:meth:`Engine.submit`); results go out as :class:`Output` events on the
+request's own queue (an ``asyncio`` queue when the caller gives its event loop, so a web server awaits them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+from jaxtyping import Array, Float, Int
+
+from quark_jax.inference.decode import sample_rows
+from quark_jax.models.transformer import KVCache
+from quark_jax.serving.text import TextStream
+
+log = logging.getLogger(__name__)
+
+TOP_K = 20  # top log-probabilities computed when a request asks for any (OpenAI allows at most 20)
+MIN_BUCKET = 16
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its limit; the caller should retry later (HTTP 429)."""
+
+
+@dataclasses.dataclass
+class EngineRequest:
+    """One sequence to generate, in token ids. ``stop`` holds stop *strings* (matched on the decoded text);
+    ``logprobs`` asks for that many top alternatives per generated token (0: only the chosen token's);
+    ``prompt_logprobs`` asks for the prompt tokens' log-probabilities too (the ``echo`` of legacy completions);
+    ``prefix`` is a shared leading context (a system prompt) prefilled once and reused across requests."""
+
+    prompt: Sequence[int]
+    max_tokens: int
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    logprobs: int = 0
+    prompt_logprobs: bool = False
+    prefix: Sequence[int] = ()
+
+
+@dataclasses.dataclass
+class Output:
+    """A piece of one request's result. ``text`` is new text (never half a character, never stop-string
+    text); ``token_ids``/``logprobs``/``top_logprobs`` are the tokens sampled since the last event (an EOS
+    that ended the request included).
+    The first event of a ``prompt_logprobs`` request carries ``prompt_logprobs`` (None for the first token)
+    and ``prompt_top_logprobs``. The last event has ``finish_reason`` (``"stop"``: EOS or a stop string,
+    ``"length"``: ``max_tokens``, ``"cancelled"``) and the token counts."""
+
+    text: str = ""
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    top_logprobs: list[dict[int, float]] = dataclasses.field(default_factory=list)
+    prompt_logprobs: list[float | None] | None = None
+    prompt_top_logprobs: list[dict[int, float] | None] | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class RequestHandle:
+    """A submitted request: iterate its :class:`Output` events (``async for`` with an event loop, else a plain
+    ``for``); :meth:`cancel` frees its slot (a client that went away)."""
+
+    def __init__(self, request: EngineRequest, loop: asyncio.AbstractEventLoop | None):
+        self.request = request
+        self.loop = loop
+        self.cancelled = threading.Event()
+        self.submitted = time.monotonic()
+        self._queue: Any = asyncio.Queue() if loop is not None else queue.SimpleQueue()
+
+    def _emit(self, output: Output) -> None:
+        if self.loop is None:
+            self._queue.put(output)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self._queue.put_nowait, output)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                self.cancelled.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def __iter__(self):
+        while True:
+            output = self._queue.get()
+            yield output
+            if output.finish_reason is not None:
+                return
+
+    async def __aiter__(self):
+        while True:
+            output = await self._queue.get()
+            yield output
+            if output.finish_reason is not None:
+                return
+
+
+@struct.dataclass
+class Slots:
+    """The device state of every decode slot: the shared cache (one row per slot) and each row's next input
+    token, its position, its sampling parameters, PRNG key and how many tokens it has sampled."""
+
+    cache: KVCache  # index: [B], the next cache slot each row writes
+    tokens: Int[Array, "B"]
+    positions: Int[Array, "B"]
+    temperature: Float[Array, "B"]
+    top_k: Int[Array, "B"]
+    top_p: Float[Array, "B"]
+    keys: jax.Array  # [B] typed PRNG keys
+    steps: Int[Array, "B"]
+
+
+def _top(logprobs: Float[Array, "... V"], k: int):
+    values, ids = jax.lax.top_k(logprobs, k)
+    return ids.astype(jnp.int32), values
+
+
+def make_prefill_fn(graphdef: nnx.GraphDef, prompt_top: bool, trace_counter: list[int]) -> Callable:
+    """``prefill(params, slots, slot, tokens [1, P], length, start, position, temperature, top_k, top_p, key)``
+    -> (slots, first token, its logprob, its top-K ids/logprobs, prompt logprobs [P], prompt top-K [P, K]).
+
+    The prompt is written into row ``slot`` from cache index ``start`` (after a copied prefix; 0 without one)
+    at positions ``position + i``; what the row held past ``start`` is masked out first, so a reused slot never
+    sees its previous request. ``prompt_top`` compiles the prompt tokens' top-K in (echo with logprobs)."""
+
+    def prefill(params, slots: Slots, slot, tokens, length, start, position, temperature, top_k, top_p, key):
+        trace_counter[0] += 1
+        model = nnx.merge(graphdef, params)
+        cache = slots.cache
+        S, P = cache.max_length, tokens.shape[1]
+        row = lambda a: jax.lax.dynamic_slice_in_dim(a, slot, 1, axis=1 if a.ndim == 5 else 0)  # noqa: E731
+        kept = jnp.arange(S)[None, :] < start
+        row_cache = KVCache(k=row(cache.k), v=row(cache.v), positions=row(cache.positions),
+                            segment_ids=jnp.where(kept, row(cache.segment_ids), 0), index=start)
+        steps = jnp.arange(P, dtype=jnp.int32)[None, :]
+        segments = (steps < length).astype(jnp.int32)
+        logits, row_cache, hidden = model(tokens, position + steps, segments, row_cache, return_hidden=True)
+        put = lambda a, r: jax.lax.dynamic_update_slice_in_dim(a, r, slot, axis=1 if a.ndim == 5 else 0)  # noqa: E731
+        index = cache.index.at[slot].set(start + length)
+        cache = KVCache(k=put(cache.k, row_cache.k), v=put(cache.v, row_cache.v),
+                        positions=put(cache.positions, row_cache.positions),
+                        segment_ids=put(cache.segment_ids, row_cache.segment_ids), index=index)
+
+        # Only the last prompt position's logits are needed to continue; the whole [P, V] log-softmax is
+        # computed only for echo (XLA drops the unused full logits otherwise).
+        last_hidden = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, axis=1)
+        last = jax.nn.log_softmax(model.logits(last_hidden)[0, 0], axis=-1)  # [V]
+        seeded = jax.random.fold_in(key, 0)
+        token = sample_rows(last[None], seeded[None], temperature[None], top_k[None], top_p[None], True)[0]
+        first_ids, first_values = _top(last, TOP_K)
+        prompt_logprobs = prompt_top_out = None
+        if prompt_top:
+            logprobs = jax.nn.log_softmax(logits[0, :-1], axis=-1)  # [P-1 V]: predicts tokens 1..P-1
+            prompt_logprobs = jnp.take_along_axis(logprobs, tokens[0, 1:, None], axis=-1)[:, 0]
+            prompt_top_out = _top(logprobs, TOP_K)
+        slots = Slots(
+            cache=cache,
+            tokens=slots.tokens.at[slot].set(token),
+            positions=slots.positions.at[slot].set(position + length),
+            temperature=slots.temperature.at[slot].set(temperature),
+            top_k=slots.top_k.at[slot].set(top_k),
+            top_p=slots.top_p.at[slot].set(top_p),
+            keys=slots.keys.at[slot].set(key),
+            steps=slots.steps.at[slot].set(1),
+        )
+        return slots, (token, last[token], first_ids, first_values, prompt_logprobs, prompt_top_out)
+
+    return jax.jit(prefill, donate_argnums=(1,))
+
+
+def make_decode_fn(graphdef: nnx.GraphDef, filtering: bool, trace_counter: list[int]) -> Callable:
+    """``decode(params, slots)`` -> (slots, tokens [B], logprobs [B], top-K ids [B, K], top-K logprobs [B, K]):
+    one token for every slot. ``filtering`` compiles top-k/top-p in (a sort over the vocabulary)."""
+
+    def decode(params, slots: Slots):
+        trace_counter[0] += 1
+        model = nnx.merge(graphdef, params)
+        cache = slots.cache
+        positions = slots.positions[:, None]
+        logits, cache = model(slots.tokens[:, None], positions, jnp.ones_like(positions), cache)
+        logprobs = jax.nn.log_softmax(logits[:, 0], axis=-1)  # [B V]
+        keys = jax.vmap(jax.random.fold_in)(slots.keys, slots.steps)
+        tokens = sample_rows(logprobs, keys, slots.temperature, slots.top_k, slots.top_p, filtering)
+        chosen = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
+        top_ids, top_values = _top(logprobs, TOP_K)
+        # A free row keeps stepping (fixed shapes); keep its index inside the cache.
+        cache = cache.replace(index=jnp.minimum(cache.index, cache.max_length - 1))
+        slots = slots.replace(cache=cache, tokens=tokens, positions=slots.positions + 1, steps=slots.steps + 1)
+        return slots, (tokens, chosen, top_ids, top_values)
+
+    return jax.jit(decode, donate_argnums=(1,))
+
+
+def make_prefix_fn(graphdef: nnx.GraphDef, trace_counter: list[int]) -> Callable:
+    """``prefix(params, tokens [1, Q], length)`` -> (k, v [L 1 Q K H], segment ids [1, Q]): a shared prefix."""
+
+    def prefix(params, tokens, length):
+        trace_counter[0] += 1
+        model = nnx.merge(graphdef, params)
+        Q = tokens.shape[1]
+        steps = jnp.arange(Q, dtype=jnp.int32)[None, :]
+        segments = (steps < length).astype(jnp.int32)
+        _, cache = model(tokens, steps, segments, KVCache.init(model.config, 1, Q))
+        return cache.k, cache.v, segments
+
+    return jax.jit(prefix)
+
+
+def make_insert_prefix_fn(trace_counter: list[int]) -> Callable:
+    """``insert(slots, slot, k, v, segments)`` -> slots with the prefix copied into the first Q cache slots of row
+    ``slot`` (positions 0..Q-1; the prefix's padding keeps segment id 0)."""
+
+    def insert(slots: Slots, slot, k, v, segments):
+        trace_counter[0] += 1
+        cache = slots.cache
+        Q = k.shape[2]
+        put = lambda a, r: jax.lax.dynamic_update_slice(a, r.astype(a.dtype), (0, slot) + (0,) * (a.ndim - 2))  # noqa: E731
+        cache = cache.replace(
+            k=put(cache.k, k), v=put(cache.v, v),
+            positions=jax.lax.dynamic_update_slice(cache.positions, jnp.arange(Q, dtype=jnp.int32)[None], (slot, 0)),
+            segment_ids=jax.lax.dynamic_update_slice(cache.segment_ids, segments, (slot, 0)),
+        )
+        return slots.replace(cache=cache)
+
+    return jax.jit(insert, donate_argnums=(0,))
+
+
+def buckets(max_seq_len: int, smallest: int = MIN_BUCKET) -> list[int]:
+    """Prompt-length buckets: powers of two from ``smallest`` below ``max_seq_len``, then ``max_seq_len``."""
+    out, b = [], smallest
+    while b < max_seq_len:
+        out.append(b)
+        b *= 2
+    return out + [max_seq_len]
+
+
+@dataclasses.dataclass
+class _Active:
+    handle: RequestHandle
+    text: TextStream
+    generated: int = 0
+
+
+class Engine:
+    """Continuous batching over ``max_slots`` decode slots of ``max_seq_len`` tokens (see the module docstring).
+
+    ``graphdef``/``params`` are the model (quantized parameters work as they are), ``vocabulary`` decodes
+    text. ``max_queue`` bounds the requests waiting for a slot (beyond it :meth:`submit` raises
+    :class:`QueueFull`); ``prefix_cache_size`` shared prefixes are kept."""
+
+    def __init__(self, graphdef: nnx.GraphDef, params: Any, vocabulary: Any, config: Any, *, eos_id: int,
+                 max_slots: int = 8, max_seq_len: int = 512, max_queue: int = 256, prefix_cache_size: int = 8):
+        if max_slots < 1:
+            raise ValueError(f"max_slots={max_slots}: must be >= 1")
+        if max_seq_len < 2:
+            raise ValueError(f"max_seq_len={max_seq_len}: must be >= 2")
+        self.graphdef, self.params, self.vocabulary, self.config = graphdef, params, vocabulary, config
+        self.eos_id = int(eos_id)
+        self.max_slots, self.max_seq_len, self.max_queue = max_slots, max_seq_len, max_queue
+        self.buckets = buckets(max_seq_len)
+        self.trace_count = [0]
+        self._prefill = {flag: make_prefill_fn(graphdef, flag, self.trace_count) for flag in (False, True)}
+        self._decode = {flag: make_decode_fn(graphdef, flag, self.trace_count) for flag in (False, True)}
+        self._prefix_fn = make_prefix_fn(graphdef, self.trace_count)
+        self._insert_fn = make_insert_prefix_fn(self.trace_count)
+        self._prefixes: collections.OrderedDict[tuple[int, ...], tuple] = collections.OrderedDict()
+        self.prefix_cache_size = prefix_cache_size
+        self.prefix_hits = 0
+        self._slots = self._empty_slots()
+        self._active: list[_Active | None] = [None] * max_slots
+        self._waiting: collections.deque[RequestHandle] = collections.deque()
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.ready = False
+        self.steps = 0  # decode steps run
+        self.error: BaseException | None = None  # what stopped the loop, if anything did
+        self.on_step: Callable[[Engine], None] | None = None  # called after every decode step (metrics)
+
+    # ---- public API ------------------------------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def busy_slots(self) -> int:
+        return sum(a is not None for a in self._active)
+
+    def check(self, request: EngineRequest) -> None:
+        """Raises ValueError (naming the field) when ``request`` cannot fit this engine."""
+        prompt = len(request.prefix) + len(request.prompt)
+        if len(request.prompt) == 0:
+            raise ValueError("prompt: must have at least one token")
+        if prompt > self.max_seq_len or prompt + max(request.max_tokens, 0) > self.max_seq_len:
+            raise ValueError(
+                f"prompt: {prompt} prompt tokens + max_tokens {request.max_tokens} exceed this server's context of "
+                f"{self.max_seq_len} tokens; shorten the prompt or lower max_tokens")
+        if request.prefix and len(request.prefix) > self.buckets[-1]:
+            raise ValueError(f"prefix: {len(request.prefix)} tokens, more than {self.buckets[-1]}")
+        bad = [t for t in request.prompt if not 0 <= int(t) < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"prompt: token id {bad[0]} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+
+    def submit(self, request: EngineRequest, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
+        """Queues ``request``; raises ValueError for a request that cannot fit and :class:`QueueFull`."""
+        self.check(request)
+        handle = RequestHandle(request, loop)
+        with self._lock:
+            if self.error is not None:
+                raise RuntimeError(f"the engine stopped: {self.error!r}")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting (the limit is {self.max_queue})")
+            self._waiting.append(handle)
+            self._lock.notify()
+        return handle
+
+    def generate(self, request: EngineRequest) -> Output:
+        """Runs ``request`` to the end from a plain thread; one merged :class:`Output`."""
+        merged = Output()
+        for out in self.submit(request):
+            merged.text += out.text
+            merged.token_ids += out.token_ids
+            merged.logprobs += out.logprobs
+            merged.top_logprobs += out.top_logprobs
+            if out.prompt_logprobs is not None:
+                merged.prompt_logprobs, merged.prompt_top_logprobs = out.prompt_logprobs, out.prompt_top_logprobs
+            merged.finish_reason = out.finish_reason
+            merged.prompt_tokens, merged.completion_tokens = out.prompt_tokens, out.completion_tokens
+        return merged
+
+    def start(self) -> Engine:
+        """Starts the scheduling thread (call :meth:`warm_up` first to compile before traffic)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="quark-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def warm_up(self, progress: Callable[[str], None] | None = None) -> None:
+        """Compiles every function serving can need (each prompt bucket with and without prompt log-probs,
+        both decode variants, a prefix per bucket), so that no request ever waits for a compile."""
+        started = time.monotonic()
+        for bucket in self.buckets:
+            for flag in (False, True):
+                if progress:
+                    progress(f"prefill {bucket}{' + prompt logprobs' if flag else ''}")
+                self._run_prefill(0, np.ones((1, bucket), np.int32), 1, 0, 0, EngineRequest([1], 1), flag)
+            if bucket < self.max_seq_len:
+                k, v, segments = self._prefix_rows(tuple([1] * bucket))
+                self._slots = self._insert_fn(self._slots, np.int32(0), k, v, segments)
+        for flag in (False, True):
+            self._slots, _ = self._decode[flag](self.params, self._slots)
+        self._prefixes.clear()
+        self._slots = self._empty_slots()
+        jax.block_until_ready(self._slots)
+        self.ready = True
+        log.info("compiled %d functions in %.1f s", self.trace_count[0], time.monotonic() - started)
+
+    # ---- the scheduling loop ---------------------------------------------------------------------------
+    def _empty_slots(self) -> Slots:
+        B = self.max_slots
+        cache = KVCache.init(self.config, B, self.max_seq_len)
+        cache = cache.replace(index=jnp.zeros((B,), jnp.int32))
+        return Slots(cache=cache, tokens=jnp.zeros((B,), jnp.int32), positions=jnp.zeros((B,), jnp.int32),
+                     temperature=jnp.zeros((B,), jnp.float32), top_k=jnp.zeros((B,), jnp.int32),
+                     top_p=jnp.ones((B,), jnp.float32), keys=jax.vmap(jax.random.key)(jnp.zeros((B,), jnp.uint32)),
+                     steps=jnp.zeros((B,), jnp.int32))
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    while not self._stop and not self._waiting and self.busy_slots == 0:
+                        self._lock.wait()
+                    if self._stop:
+                        break
+                self._admit()
+                if self.busy_slots:
+                    self._step()
+        except BaseException as e:  # a bug or a device failure: fail every request rather than hang them
+            log.exception("the serving engine stopped")
+            self.error = e
+            self._fail_all()
+        finally:
+            self._fail_all("cancelled")
+
+    def _fail_all(self, reason: str = "error") -> None:
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for i, active in enumerate(self._active):
+            if active is not None:
+                active.handle._emit(Output(finish_reason=reason))
+                self._active[i] = None
+        for handle in waiting:
+            handle._emit(Output(finish_reason=reason))
+
+    def _admit(self) -> None:
+        while True:
+            free = [i for i, a in enumerate(self._active) if a is None]
+            with self._lock:
+                if not free or not self._waiting:
+                    return
+                handle = self._waiting.popleft()
+            if handle.cancelled.is_set():
+                handle._emit(Output(finish_reason="cancelled"))
+                continue
+            self._start(free[0], handle)
+
+    def _prefix_rows(self, prefix: tuple[int, ...]) -> tuple:
+        if prefix in self._prefixes:
+            self._prefixes.move_to_end(prefix)
+            self.prefix_hits += 1
+            return self._prefixes[prefix]
+        bucket = next(b for b in self.buckets if b >= len(prefix))
+        tokens = np.zeros((1, bucket), np.int32)
+        tokens[0, : len(prefix)] = prefix
+        rows = self._prefix_fn(self.params, tokens, np.int32(len(prefix)))
+        self._prefixes[prefix] = rows
+        while len(self._prefixes) > self.prefix_cache_size:
+            self._prefixes.popitem(last=False)
+        return rows
+
+    def _run_prefill(self, slot: int, tokens: np.ndarray, length: int, start: int, position: int,
+                     request: EngineRequest, prompt_top: bool):
+        seed = request.seed if request.seed is not None else secrets.randbits(32)
+        key = jax.random.key(np.uint32(seed % 2**32))
+        self._slots, out = self._prefill[prompt_top](
+            self.params, self._slots, np.int32(slot), tokens, np.int32(length), np.int32(start), np.int32(position),
+            np.float32(request.temperature), np.int32(request.top_k), np.float32(request.top_p), key)
+        return out
+
+    def _start(self, slot: int, handle: RequestHandle) -> None:
+        request = handle.request
+        start = position = 0
+        prompt = list(request.prompt)
+        bucket = next(b for b in self.buckets if b >= len(prompt))
+        prefix_bucket = next((b for b in self.buckets if b >= len(request.prefix)), self.max_seq_len)
+        if request.prefix and prefix_bucket + bucket > self.max_seq_len:
+            # The padded prefix and the prompt's bucket would overrun the row: prefill them as one prompt.
+            prompt = list(request.prefix) + prompt
+            bucket = next(b for b in self.buckets if b >= len(prompt))
+        elif request.prefix:
+            k, v, segments = self._prefix_rows(tuple(int(t) for t in request.prefix))
+            self._slots = self._insert_fn(self._slots, np.int32(slot), k, v, segments)
+            start, position = k.shape[2], len(request.prefix)
+        tokens = np.zeros((1, bucket), np.int32)
+        tokens[0, : len(prompt)] = prompt
+        wants_prompt = request.prompt_logprobs
+        token, logprob, top_ids, top_values, prompt_lps, prompt_top = jax.device_get(self._run_prefill(
+            slot, tokens, len(prompt), start, position, request, wants_prompt))
+        active = _Active(handle, TextStream(self.vocabulary, request.stop))
+        first = Output(prompt_tokens=len(request.prefix) + len(request.prompt))
+        if wants_prompt:
+            n = len(prompt)
+            first.prompt_logprobs = [None] + [float(x) for x in prompt_lps[: n - 1]]
+            ids, values = prompt_top
+            first.prompt_top_logprobs = [None] + [
+                _top_dict(ids[i], values[i], request.logprobs) for i in range(n - 1)]
+        if request.max_tokens == 0:
+            first.finish_reason = "length"
+            handle._emit(first)
+            return
+        self._active[slot] = active
+        self._record(slot, active, int(token), float(logprob), top_ids, top_values, first)
+
+    def _step(self) -> None:
+        filtering = any(a is not None and a.handle.request.temperature > 0
+                        and (a.handle.request.top_k > 0 or a.handle.request.top_p < 1.0) for a in self._active)
+        self._slots, out = self._decode[filtering](self.params, self._slots)
+        tokens, logprobs, top_ids, top_values = jax.device_get(out)
+        self.steps += 1
+        for slot, active in enumerate(self._active):
+            if active is not None:
+                self._record(slot, active, int(tokens[slot]), float(logprobs[slot]), top_ids[slot],
+                             top_values[slot], Output())
+        if self.on_step is not None:
+            self.on_step(self)
+
+    def _record(self, slot: int, active: _Active, token: int, logprob: float, top_ids, top_values,
+                out: Output) -> None:
+        """Hands one sampled token to its request and retires the row if it is finished."""
+        request, handle = active.handle.request, active.handle
+        if handle.cancelled.is_set():
+            self._active[slot] = None
+            out.finish_reason = "cancelled"
+            handle._emit(out)
+            return
+        active.generated += 1
+        finish = None
+        # EOS is reported like any token (an echo of legacy completions counts on one entry per generated
+        # token) but adds no text.
+        out.token_ids.append(token)
+        out.logprobs.append(logprob)
+        out.top_logprobs.append(_top_dict(top_ids, top_values, request.logprobs))
+        if token == self.eos_id:
+            finish = "stop"
+        else:
+            out.text = active.text.push(token)
+            if active.text.stopped:
+                finish = "stop"
+            elif active.generated >= request.max_tokens:
+                finish = "length"
+        if finish is not None:
+            out.text += active.text.finish()
+            out.finish_reason = finish
+            out.prompt_tokens = len(request.prefix) + len(request.prompt)
+            out.completion_tokens = active.generated
+            self._active[slot] = None
+        handle._emit(out)
+
+
+def _top_dict(ids, values, n: int) -> dict[int, float]:
+    return {int(i): float(v) for i, v in zip(ids[:n], values[:n])}
+
+
+__all__ = ["Engine", "EngineRequest", "Output", "QueueFull", "RequestHandle", "buckets"]
