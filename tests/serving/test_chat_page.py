@@ -129,17 +129,6 @@ def save_png(driver, tmp_path, name: str) -> str:
     return path
 
 
-def strings_in(value) -> list[str]:
-    """Every string inside a JSON value (the feedback entry's ``choices`` may be texts or objects)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for v in value.values() for s in strings_in(v)]
-    if isinstance(value, list):
-        return [s for v in value for s in strings_in(v)]
-    return []
-
-
 # --- a stand-in server: exact control over how the stream is cut ------------------------------------------------
 
 # The reply, in the content deltas the stand-in sends: multi-byte characters (2, 3 and 4 bytes in UTF-8).
@@ -298,8 +287,8 @@ def test_chat_page_streams_from_quark_serve_and_logs_feedback(driver, served_mod
 
     # The tiny model may end a sampled reply on EOS at once; a few tries give one that streams several tokens.
     for attempt in range(4):
-        index = send_message(driver, f"Write a short story about a lighthouse, part {attempt + 1}.",
-                             max_tokens=64, temperature=1.0)
+        message = f"Write a short story about a lighthouse, part {attempt + 1}."
+        index = send_message(driver, message, max_tokens=64, temperature=1.0)
         sample, lengths = follow_reply(driver, index)
         if sample["chunks"] > 1:
             break
@@ -321,6 +310,7 @@ def test_chat_page_streams_from_quark_serve_and_logs_feedback(driver, served_mod
                       if e["id"] == sample["id"] and e["rating"] == 1), None),
         10, what=f"a feedback entry for {sample['id']}")
     assert {"id", "rating", "time", "prompt", "choices"} <= set(entry)
-    assert sample["text"] in strings_in(entry["choices"]), (sample["text"], entry["choices"])
+    # The store's entry (quark_jax.serving.feedback): the last user message and the texts by choice index.
+    assert entry["prompt"] == message and entry["choices"][entry.get("choice", 0)] == sample["text"], entry
     save_png(driver, tmp_path, "chat_page_served.png")
     print(f"observed text lengths while streaming: {lengths}; chunks: {sample['chunks']}; stats: {stats}")
