@@ -272,7 +272,8 @@ def read_feedback(log_dir: str) -> list[dict]:
 
 def test_chat_page_streams_from_quark_serve_and_logs_feedback(driver, served_model, tmp_path):
     """The page from ``quark serve``: a reply streams in over several chunks, its stats show the time to
-    first token, and thumbs-up lands in ``LOG_DIR/feedback.jsonl`` with the reply's id and text."""
+    first token, thumbs-up lands in ``LOG_DIR/feedback.jsonl`` with the reply's id and text, and a refused
+    request shows the server's error."""
     import urllib.request
 
     from selenium.webdriver.common.by import By
@@ -312,5 +313,11 @@ def test_chat_page_streams_from_quark_serve_and_logs_feedback(driver, served_mod
     assert {"id", "rating", "time", "prompt", "choices"} <= set(entry)
     # The store's entry (quark_jax.serving.feedback): the last user message and the texts by choice index.
     assert entry["prompt"] == message and entry["choices"][entry.get("choice", 0)] == sample["text"], entry
+
+    # A request the server refuses (more tokens than --max_seq_len 256) shows the server's message in the page.
+    index = send_message(driver, "One more, please.", max_tokens=1000)
+    follow_reply(driver, index)
+    errors = reply_element(driver, index).find_elements(By.CSS_SELECTOR, ".error")
+    assert errors and "max_tokens" in errors[0].text, [e.text for e in errors]
     save_png(driver, tmp_path, "chat_page_served.png")
     print(f"observed text lengths while streaming: {lengths}; chunks: {sample['chunks']}; stats: {stats}")
