@@ -20,10 +20,16 @@ import pytest
 
 from conftest import REPO
 
-# Debian's packages (scripts/setup.sh installs them); another place on PATH is taken when /usr/bin has none.
-CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver")
-                else shutil.which("chromedriver") or "/usr/bin/chromedriver")
+
+def _program(name: str) -> str:
+    """Debian's /usr/bin/<name> (scripts/setup.sh installs chromium and chromium-driver there), else <name>
+    on PATH; the /usr/bin path when neither exists (the skip or failure message names it)."""
+    usual = f"/usr/bin/{name}"
+    return usual if os.path.exists(usual) else shutil.which(name) or usual
+
+
+CHROMIUM = _program("chromium")
+CHROMEDRIVER = _program("chromedriver")
 PAGE = os.path.join(REPO, "quark_jax", "serving", "static", "chat.html")
 TIMEOUT_S = 120  # one reply of the tiny model on a busy CPU machine, with margin
 
