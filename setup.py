@@ -45,7 +45,7 @@ setuptools.setup(
     package_dir=_SHIPPED_PACKAGES,
     package_data={
         "quark_jax.data": ["resources/*.jsonl"],
-        "quark_jax.serving": ["static/*"],
+        "quark_jax.serving": ["static/*"],  # the chat page that `quark serve` serves at /
         **{f"quark_jax._shipped.{tree}": globs for tree, globs in _SHIPPED.items()},
     },
     cmdclass={"build_py": _BuildPy},

@@ -3,7 +3,8 @@
 #
 #   bash scripts/setup.sh runtime   # requirements.txt only: what `quark` needs (scripts/demo.sh)
 #   bash scripts/setup.sh test      # requirements-test.txt: the above plus pytest, pytest-cov, torch and
-#                                   # transformers for the Hugging Face parity tests (scripts/test.sh; default)
+#                                   # transformers for the Hugging Face parity tests (scripts/test.sh; default);
+#                                   # also Chromium and chromedriver (apt, with sudo when not root) if missing
 #
 # Re-running is cheap: each set has its own stamp (a hash of the requirement files and setup.py), and nothing is
 # reinstalled unless one of those changed. A test install also satisfies the runtime stamp.
@@ -19,6 +20,38 @@ case "$WHAT" in
   test) requirements=requirements-test.txt; stamp="$VENV/.quark_installed.test"; hash="$test_hash" ;;
   *) echo "usage: bash scripts/setup.sh [runtime|test]  (got '$WHAT')" >&2; exit 2 ;;
 esac
+
+# The browser tests (tests/serving/test_chat_page.py) drive Debian's Chromium through chromedriver. Checked on
+# every test setup, before the stamp, so that a machine whose venv is ready still gets them; silent when present.
+install_browser() {
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    return 0
+  fi
+  local sudo=()
+  if [[ "$(id -u)" != 0 ]]; then
+    if ! command -v sudo >/dev/null 2>&1; then
+      echo "[setup] chromium and chromium-driver are needed for the browser tests, but this is not root and there" \
+        "is no sudo: install them with 'apt-get install -y chromium chromium-driver' as root" >&2
+      return 1
+    fi
+    sudo=(sudo)
+  fi
+  echo "[setup] installing chromium and chromium-driver (apt) for the browser tests"
+  # `env` after sudo: sudo drops the caller's environment; ${sudo[@]+...}: an empty array under `set -u`.
+  if ! { ${sudo[@]+"${sudo[@]}"} apt-get update -qq && ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive \
+           apt-get install -y -qq chromium chromium-driver >/dev/null; }; then
+    echo "[setup] could not install chromium and chromium-driver with apt-get (needed for the browser tests)" >&2
+    return 1
+  fi
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    echo "[setup] apt-get finished but chromium or chromedriver is still missing from PATH" >&2
+    return 1
+  fi
+}
+if [[ "$WHAT" == test ]]; then
+  install_browser
+fi
+
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$hash" ]]; then
   exit 0
 fi

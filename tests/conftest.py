@@ -24,7 +24,8 @@ SLOW_FIRST = (
     "tests/plan/test_pod_configs.py", "tests/training/test_cloud_run_dir.py", "tests/inference/test_hf_import.py",
     "tests/sharding/test_objectives_sharded.py", "tests/moe/test_multihost.py", "tests/training/test_run_writers.py",
     "tests/training/test_resume.py", "tests/moe/test_parallelism.py", "tests/sharding/test_sharding.py",
-    "tests/training/test_distill.py", "tests/moe/test_moe_train.py",
+    "tests/training/test_distill.py", "tests/moe/test_moe_train.py", "tests/serving/test_lm_eval.py",
+    "tests/serving/test_chat_page.py",
 )
 
 

@@ -90,7 +90,8 @@ def test_wheel_contents(wheel):
                  "quark_jax/_shipped/data/preferences/validation.jsonl",
                  "quark_jax/data/resources/stdlib_api_qa.jsonl",
                  "quark_jax/data/resources/toxicity_labelled.jsonl",
-                 "quark_jax/resources.py"]:
+                 "quark_jax/resources.py",
+                 "quark_jax/serving/static/chat.html"]:
         assert name in names, name
     # Every config of the source tree is in the wheel; no development script or test came along.
     configs = {str(p.relative_to(REPO)) for p in pathlib.Path(REPO, "configs").rglob("*.gin")}
