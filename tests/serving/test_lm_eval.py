@@ -4,7 +4,7 @@
 server's ``/v1/completions`` (``echo`` + ``logprobs``) with its remote tokenizer (``/tokenize``,
 ``/tokenizer_info``), and must get exactly the accuracy, and to float noise the same per-choice
 log-likelihoods, as scoring the same (context, continuation) pairs in-process with ``model.score``.
-LM_EVAL_NOTES.md describes the requests lm_eval sends.
+docs/lm_eval_wire_format.md describes the requests lm_eval sends.
 """
 
 from __future__ import annotations
