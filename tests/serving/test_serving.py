@@ -348,6 +348,14 @@ def test_metrics_feedback_and_the_request_log(server, client):
                                           max_tokens=6, temperature=0.7, n=2, seed=3)
     assert _gauge(server, "quark_time_to_first_token_seconds_count") == before + 1
     assert _gauge(server, "quark_queue_depth") == 0
+    # The autoscaler's custom metric (deployment/k8s/hpa.yaml) is a series this server exports.
+    import os
+
+    import yaml
+
+    hpa = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "..", "deployment", "k8s", "hpa.yaml")))
+    scaled_on = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert scaled_on and all(_gauge(server, name) >= 0 for name in scaled_on)
     ok = httpx.post(server["url"] + "/v1/feedback", json={"id": chat.id, "preferred": 1})
     assert ok.status_code == 200
     unknown = httpx.post(server["url"] + "/v1/feedback", json={"id": "chatcmpl-nope", "rating": 1})
