@@ -314,22 +314,27 @@ def _train_guarded(args: argparse.Namespace, bindings: list[str], sigterms: list
     return 0
 
 
+def _load_for_generation(args: argparse.Namespace, **kwargs):
+    """``qj.load`` of ``--model_dir`` at ``--step``, quantized with ``--quantize``; a load error is a usage error."""
+    import quark_jax as qj
+
+    try:
+        model = qj.load(args.model_dir, step=args.step, **kwargs)
+    except (FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise
+        raise UsageError(str(e)) from e
+    return model.quantize(args.quantize) if args.quantize else model
+
+
 def _generate(args: argparse.Namespace) -> int:
     # Everything a user can get wrong is checked before the (slow) model load.
     _check_generate_args(args)
     requests = _read_requests(args.input_jsonl) if args.input_jsonl else []
     _check_run_dir(args.model_dir)
     _start_tensorflow(args.verbose)
-    import quark_jax as qj
 
-    try:
-        model = qj.load(args.model_dir, step=args.step, beyond_context=args.beyond_context)
-    except (FileNotFoundError, ValueError) as e:
-        if args.verbose:
-            raise
-        raise UsageError(str(e)) from e
-    if args.quantize:
-        model = model.quantize(args.quantize)
+    model = _load_for_generation(args, beyond_context=args.beyond_context)
     try:
         return _print_generations(args, model, requests)
     except ValueError as e:  # what only the tokenized request shows: e.g. longer than the trained context
@@ -645,17 +650,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     _start_tensorflow(args.verbose)
-    import quark_jax as qj
     from quark_jax.serving.app import ServerConfig
 
-    try:
-        model = qj.load(args.model_dir, step=args.step)
-    except (FileNotFoundError, ValueError) as e:
-        if args.verbose:
-            raise
-        raise UsageError(str(e)) from e
-    if args.quantize:
-        model = model.quantize(args.quantize)
+    model = _load_for_generation(args)
     max_seq_len = args.max_seq_len or min(model.trained_context or 2048, 2048)
     if model.trained_context and max_seq_len > model.trained_context:
         print(f"quark serve: --max_seq_len {max_seq_len} is beyond the {model.trained_context}-token context "

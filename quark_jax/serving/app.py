@@ -270,6 +270,41 @@ def _sse(payload: Any) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+async def _outputs(server: Server, handles: list, choices: list[_Choice], timing: _Timing
+                   ) -> AsyncIterator[tuple[int, Output]]:
+    """(choice index, output) as they arrive, accumulated into ``choices``; APIError 500 if the engine failed."""
+    async for i, out in server.merged(handles):
+        choices[i].add(out)
+        if out.token_ids:
+            timing.token()
+        if out.finish_reason == "error":
+            raise APIError(500, "the serving engine failed; see the server log", kind="server_error")
+        yield i, out
+
+
+def _event_stream(num_choices: int, chunks, done) -> StreamingResponse:
+    """Server-sent events of the payloads ``chunks(choices)`` yields, then ``data: [DONE]``; ``done(choices,
+    status, error)`` runs at the end whatever happened (499 when the client went away mid-stream)."""
+
+    async def events() -> AsyncIterator[str]:
+        choices = [_Choice() for _ in range(num_choices)]
+        status, error = 200, None
+        try:
+            async for payload in chunks(choices):
+                yield _sse(payload)
+            yield "data: [DONE]\n\n"
+        except APIError as e:  # headers are sent: the error goes into the stream, as OpenAI does
+            status, error = e.status, "internal_error"
+            yield _sse(e.body())
+        except asyncio.CancelledError:
+            status, error = 499, "disconnected"
+            raise
+        finally:
+            done(choices, status, error)
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 def _failure(choices: Sequence[_Choice]) -> APIError | None:
     if any(c.finish_reason == "error" for c in choices):
         return APIError(500, "the serving engine failed; see the server log", kind="server_error")
@@ -323,43 +358,28 @@ async def completions(server: Server, body: dict[str, Any], timing: _Timing) -> 
         return index // s.n
 
     if s.stream:
-        async def events() -> AsyncIterator[str]:
-            choices = [_Choice() for _ in handles]
-            status, error = 200, None
-            try:
-                if req.echo:
-                    for i in range(len(handles)):
-                        yield _sse({**head, "choices": [{"index": i, "text": prompt_texts[prompt_of(i)],
-                                                         "logprobs": None, "finish_reason": None}]})
-                async for i, out in server.merged(handles):
-                    choices[i].add(out)
-                    if out.token_ids:
-                        timing.token()
-                    if out.finish_reason == "error":
-                        status, error = 500, "internal_error"
-                        yield _sse(APIError(500, "the serving engine failed", kind="server_error").body())
-                        break
-                    if out.text or out.finish_reason:
-                        piece = {"index": i, "text": out.text, "logprobs": None,
-                                 "finish_reason": _finish(out.finish_reason)}
-                        if req.logprobs is not None and out.token_ids:
-                            partial = _Choice(token_ids=out.token_ids, logprobs=out.logprobs,
-                                              top_logprobs=out.top_logprobs)
-                            piece["logprobs"] = _legacy_logprobs(server, partial, None, req.logprobs, 0)
-                        yield _sse({**head, "choices": [piece]})
-                if s.include_usage and status == 200:
-                    yield _sse({**head, "choices": [], "usage": _usage(choices)})
-                yield "data: [DONE]\n\n"
-            except asyncio.CancelledError:
-                status, error = 499, "disconnected"
-                raise
-            finally:
-                server.remember(request_id, first_prompt, [c.text for c in choices], None)
-                server.record(request_id, "/v1/completions", timing, status, error,
-                              sum(c.prompt_tokens for c in choices[:: s.n]), sum(c.completion_tokens for c in choices),
-                              True, first_prompt)
+        async def chunks(choices: list[_Choice]) -> AsyncIterator[dict[str, Any]]:
+            if req.echo:
+                for i in range(len(handles)):
+                    yield {**head, "choices": [{"index": i, "text": prompt_texts[prompt_of(i)], "logprobs": None,
+                                                "finish_reason": None}]}
+            async for i, out in _outputs(server, handles, choices, timing):
+                if out.text or out.finish_reason:
+                    piece = {"index": i, "text": out.text, "logprobs": None, "finish_reason": _finish(out.finish_reason)}
+                    if req.logprobs is not None and out.token_ids:
+                        partial = _Choice(token_ids=out.token_ids, logprobs=out.logprobs, top_logprobs=out.top_logprobs)
+                        piece["logprobs"] = _legacy_logprobs(server, partial, None, req.logprobs, 0)
+                    yield {**head, "choices": [piece]}
+            if s.include_usage:
+                yield {**head, "choices": [], "usage": _usage(choices)}
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        def done(choices: list[_Choice], status: int, error: str | None) -> None:
+            server.remember(request_id, first_prompt, [c.text for c in choices], None)
+            server.record(request_id, "/v1/completions", timing, status, error,
+                          sum(c.prompt_tokens for c in choices[:: s.n]), sum(c.completion_tokens for c in choices),
+                          True, first_prompt)
+
+        return _event_stream(len(handles), chunks, done)
 
     choices = await server.collect(handles, timing)
     failure = _failure(choices)
@@ -495,50 +515,37 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
     if s.stream:
         chunk_head = {**head, "object": "chat.completion.chunk"}
 
-        async def events() -> AsyncIterator[str]:
-            choices = [_Choice() for _ in handles]
-            status, error = 200, None
-            try:
-                for i in range(len(handles)):
-                    yield _sse({**chunk_head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                           "logprobs": None, "finish_reason": None}]})
-                async for i, out in server.merged(handles):
-                    choices[i].add(out)
-                    if out.token_ids:
-                        timing.token()
-                    if out.finish_reason == "error":
-                        status, error = 500, "internal_error"
-                        yield _sse(APIError(500, "the serving engine failed", kind="server_error").body())
-                        break
-                    if out.text and not tool_mode:
-                        piece = {"index": i, "delta": {"content": out.text}, "logprobs": None, "finish_reason": None}
-                        if req.logprobs:
-                            piece["logprobs"] = _chat_logprobs(server, _Choice(
-                                token_ids=out.token_ids, logprobs=out.logprobs, top_logprobs=out.top_logprobs), n_top)
-                        yield _sse({**chunk_head, "choices": [piece]})
-                    if out.finish_reason is not None:
-                        delta, reason = {}, _finish(out.finish_reason)
-                        if tool_mode:  # a call is only known once it is whole: send it in one delta
-                            message, is_call = _chat_message(req, choices[i].text)
-                            if is_call:
-                                delta = {"tool_calls": [{"index": 0, **message["tool_calls"][0]}]}
-                                reason = "tool_calls"
-                            elif message["content"]:
-                                delta = {"content": message["content"]}
-                        yield _sse({**chunk_head, "choices": [{"index": i, "delta": delta, "logprobs": None,
-                                                               "finish_reason": reason}]})
-                if s.include_usage and status == 200:
-                    yield _sse({**chunk_head, "choices": [], "usage": _usage(choices, prompt_tokens)})
-                yield "data: [DONE]\n\n"
-            except asyncio.CancelledError:
-                status, error = 499, "disconnected"
-                raise
-            finally:
-                server.remember(request_id, user, [c.text for c in choices], system)
-                server.record(request_id, "/v1/chat/completions", timing, status, error, prompt_tokens,
-                              sum(c.completion_tokens for c in choices), True, user)
+        async def chunks(choices: list[_Choice]) -> AsyncIterator[dict[str, Any]]:
+            for i in range(len(handles)):
+                yield {**chunk_head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                  "logprobs": None, "finish_reason": None}]}
+            async for i, out in _outputs(server, handles, choices, timing):
+                if out.text and not tool_mode:
+                    piece = {"index": i, "delta": {"content": out.text}, "logprobs": None, "finish_reason": None}
+                    if req.logprobs:
+                        piece["logprobs"] = _chat_logprobs(server, _Choice(
+                            token_ids=out.token_ids, logprobs=out.logprobs, top_logprobs=out.top_logprobs), n_top)
+                    yield {**chunk_head, "choices": [piece]}
+                if out.finish_reason is not None:
+                    delta, reason = {}, _finish(out.finish_reason)
+                    if tool_mode:  # a call is only known once it is whole: send it in one delta
+                        message, is_call = _chat_message(req, choices[i].text)
+                        if is_call:
+                            delta = {"tool_calls": [{"index": 0, **message["tool_calls"][0]}]}
+                            reason = "tool_calls"
+                        elif message["content"]:
+                            delta = {"content": message["content"]}
+                    yield {**chunk_head, "choices": [{"index": i, "delta": delta, "logprobs": None,
+                                                      "finish_reason": reason}]}
+            if s.include_usage:
+                yield {**chunk_head, "choices": [], "usage": _usage(choices, prompt_tokens)}
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        def done(choices: list[_Choice], status: int, error: str | None) -> None:
+            server.remember(request_id, user, [c.text for c in choices], system)
+            server.record(request_id, "/v1/chat/completions", timing, status, error, prompt_tokens,
+                          sum(c.completion_tokens for c in choices), True, user)
+
+        return _event_stream(len(handles), chunks, done)
 
     choices = await server.collect(handles, timing)
     failure = _failure(choices)
