@@ -32,14 +32,16 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quark_jax.data import chat
+from quark_jax.serving import chat_prompt
 from quark_jax.serving import feedback as feedback_lib
 from quark_jax.serving import protocol
 from quark_jax.serving.engine import Engine, EngineRequest, Output, QueueFull
+from quark_jax.serving.metrics import CountRequests, Metrics
 from quark_jax.serving.protocol import APIError
 from quark_jax.serving.telemetry import RequestLog
 from quark_jax.serving.text import token_text
@@ -47,9 +49,6 @@ from quark_jax.serving.text import token_text
 log = logging.getLogger(__name__)
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-ENDPOINTS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/feedback", "/tokenize", "/detokenize",
-             "/tokenizer_info", "/health", "/ready", "/metrics", "/")
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
 @dataclasses.dataclass
@@ -63,51 +62,6 @@ class ServerConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     retry_after_s: int = 1  # the Retry-After of a 429
     recent_responses: int = 10_000  # responses kept in memory for feedback
-
-
-class Metrics:
-    """The Prometheus series of one server (a registry of its own, so tests can build many)."""
-
-    def __init__(self, engine: Engine):
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("quark_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
-                                registry=r)
-        self.prompt_tokens = Counter("quark_prompt_tokens", "prompt tokens of finished generations", registry=r)
-        self.generation_tokens = Counter("quark_generation_tokens", "tokens generated", registry=r)
-        self.errors = Counter("quark_request_errors", "failed generation requests by kind", ["kind"], registry=r)
-        queue_depth = Gauge("quark_queue_depth", "requests waiting for a decode slot", registry=r)
-        queue_depth.set_function(lambda: engine.queue_depth)
-        busy = Gauge("quark_busy_slots", "decode slots generating", registry=r)
-        busy.set_function(lambda: engine.busy_slots)
-        slots = Gauge("quark_slots", "decode slots in all", registry=r)
-        slots.set(engine.max_slots)
-        self.ttft = Histogram("quark_time_to_first_token_seconds", "arrival to first token", registry=r,
-                              buckets=LATENCY_BUCKETS)
-        self.itl = Histogram("quark_inter_token_latency_seconds", "time between streamed tokens", registry=r,
-                             buckets=LATENCY_BUCKETS)
-        self.e2e = Histogram("quark_e2e_request_latency_seconds", "arrival to last token", registry=r,
-                             buckets=LATENCY_BUCKETS)
-
-
-class _CountRequests:
-    """ASGI middleware counting responses by endpoint and status (streaming-safe, unlike BaseHTTPMiddleware)."""
-
-    def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        endpoint = path if path in ENDPOINTS else ("/static" if path.startswith("/static/") else "other")
-
-        async def counted_send(message):
-            if message["type"] == "http.response.start":
-                self.metrics.requests.labels(endpoint, str(message["status"])).inc()
-            await send(message)
-
-        await self.app(scope, receive, counted_send)
 
 
 @dataclasses.dataclass
@@ -365,7 +319,8 @@ async def completions(server: Server, body: dict[str, Any], timing: _Timing) -> 
                                                 "finish_reason": None}]}
             async for i, out in _outputs(server, handles, choices, timing):
                 if out.text or out.finish_reason:
-                    piece = {"index": i, "text": out.text, "logprobs": None, "finish_reason": _finish(out.finish_reason)}
+                    piece = {"index": i, "text": out.text, "logprobs": None,
+                             "finish_reason": _finish(out.finish_reason)}
                     if req.logprobs is not None and out.token_ids:
                         partial = _Choice(token_ids=out.token_ids, logprobs=out.logprobs, top_logprobs=out.top_logprobs)
                         piece["logprobs"] = _legacy_logprobs(server, partial, None, req.logprobs, 0)
@@ -413,67 +368,6 @@ def _usage(choices: Sequence[_Choice], prompt_tokens: int | None = None) -> dict
 
 # ---- chat completions ----------------------------------------------------------------------------------------
 
-def _encode_turns(server: Server, messages: Sequence[dict[str, str]]) -> list[int]:
-    """Token ids of rendered turns, each marker and content encoded on its own as training does
-    (``chat.tokenize_conversation``), so a prefix split at a turn boundary tokenizes exactly as the whole."""
-    ids: list[int] = []
-    for m in messages:
-        for piece in (chat.ROLE_MARKERS[m["role"]], m["content"], chat.END):
-            if piece:
-                ids += server.vocabulary.encode(piece)
-    return ids
-
-
-def _chat_prompt(server: Server, req: protocol.ChatRequest) -> tuple[list[int], list[int], str | None, str]:
-    """(prefix ids: the leading system turns, prompt ids, system text, last user text)."""
-    messages = [dict(m) for m in req.messages]
-    if req.tools and req.tool_choice != "none":
-        tools = protocol.tools_text(req.tools)
-        if messages[0]["role"] == "system":
-            messages[0]["content"] += "\n\n" + tools
-        else:
-            messages.insert(0, {"role": "system", "content": tools})
-    lead = len([m for m in messages[: next((i for i, m in enumerate(messages) if m["role"] != "system"),
-                                            len(messages))]])
-    prefix = server.lead + _encode_turns(server, messages[:lead]) if lead else []
-    prompt = ([] if lead else list(server.lead)) + _encode_turns(server, messages[lead:])
-    prompt += server.vocabulary.encode(chat.ROLE_MARKERS["assistant"])
-    forced = _forced_tool(req)
-    if forced is not None:
-        prompt += server.vocabulary.encode(chat.tokenizer.TOOL_CALL)
-        prompt += server.vocabulary.encode(_forced_opening(forced))
-    if not prompt:
-        prompt = server.vocabulary.encode(chat.ROLE_MARKERS["assistant"])
-    system = "\n".join(m["content"] for m in req.messages if m["role"] == "system") or None
-    user = next((m["content"] for m in reversed(req.messages) if m["role"] == "user"), "")
-    return prefix, prompt, system, user
-
-
-def _forced_tool(req: protocol.ChatRequest) -> str | None:
-    if isinstance(req.tool_choice, dict):
-        return req.tool_choice["function"]["name"]
-    if req.tool_choice == "required" and len(req.tools) == 1:
-        return req.tools[0]["function"]["name"]
-    return None
-
-
-def _forced_opening(name: str) -> str:
-    return '{"name": ' + json.dumps(name) + ', "arguments": '
-
-
-def _chat_message(req: protocol.ChatRequest, text: str) -> tuple[dict[str, Any], bool]:
-    """The assistant message for generated ``text``: content, or ``tool_calls`` when it is a tool call."""
-    forced = _forced_tool(req)
-    call = None
-    if forced is not None:  # the prompt ended with the call's opening: the text is its arguments (and a "}")
-        call = protocol.forced_tool_call(forced, text)
-    elif req.tools and req.tool_choice != "none" and text.startswith(chat.tokenizer.TOOL_CALL):
-        call = protocol.parse_tool_call(text[len(chat.tokenizer.TOOL_CALL):])
-    if call is not None:
-        return {"role": "assistant", "content": None, "tool_calls": [call]}, True
-    return {"role": "assistant", "content": text}, False
-
-
 def _chat_logprobs(server: Server, choice: _Choice, n_top: int) -> dict[str, Any]:
     vocab, entries = server.vocabulary, []
     for t, lp, top in zip(choice.token_ids, choice.logprobs, choice.top_logprobs):
@@ -493,7 +387,7 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
     req = protocol.chat_request(body, server.config.max_n)
     server.check_model(req.sampling.model)
     s = req.sampling
-    prefix, prompt, system, user = _chat_prompt(server, req)
+    prefix, prompt, system, user = chat_prompt.build(server.vocabulary, server.lead, req)
     room = server.engine.max_seq_len - len(prefix) - len(prompt)
     if room < 1:
         raise APIError(400, f"messages: {len(prefix) + len(prompt)} prompt tokens leave no room in this server's "
@@ -529,7 +423,7 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
                 if out.finish_reason is not None:
                     delta, reason = {}, _finish(out.finish_reason)
                     if tool_mode:  # a call is only known once it is whole: send it in one delta
-                        message, is_call = _chat_message(req, choices[i].text)
+                        message, is_call = chat_prompt.assistant_message(req, choices[i].text)
                         if is_call:
                             delta = {"tool_calls": [{"index": 0, **message["tool_calls"][0]}]}
                             reason = "tool_calls"
@@ -554,7 +448,9 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
         raise failure
     out = []
     for i, c in enumerate(choices):
-        message, is_call = _chat_message(req, c.text) if tool_mode else ({"role": "assistant", "content": c.text}, False)
+        message, is_call = ({"role": "assistant", "content": c.text}, False)
+        if tool_mode:
+            message, is_call = chat_prompt.assistant_message(req, c.text)
         out.append({"index": i, "message": message,
                     "logprobs": _chat_logprobs(server, c, n_top) if req.logprobs else None,
                     "finish_reason": "tool_calls" if is_call else _finish(c.finish_reason)})
@@ -584,7 +480,7 @@ def create_app(engine: Engine, vocabulary: Any, config: ServerConfig) -> FastAPI
     server = Server(engine, vocabulary, config)
     app = FastAPI(title="quark_jax", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
-    app.add_middleware(_CountRequests, metrics=server.metrics)
+    app.add_middleware(CountRequests, metrics=server.metrics)
     if os.path.isdir(STATIC_DIR):
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -646,7 +542,7 @@ def create_app(engine: Engine, vocabulary: Any, config: ServerConfig) -> FastAPI
         special = protocol._boolean(body, "add_special_tokens", True)
         if "messages" in body:
             req = protocol.chat_request({"messages": body["messages"]}, 1)
-            prefix, prompt, _, _ = _chat_prompt(server, req)
+            prefix, prompt, _, _ = chat_prompt.build(server.vocabulary, server.lead, req)
             tokens = prefix + prompt
         else:
             text = body.get("prompt")

@@ -255,7 +255,9 @@ def make_insert_prefix_fn(trace_counter: list[int]) -> Callable:
         trace_counter[0] += 1
         cache = slots.cache
         Q = k.shape[2]
-        put = lambda a, r: jax.lax.dynamic_update_slice(a, r.astype(a.dtype), (0, slot) + (0,) * (a.ndim - 2))  # noqa: E731
+        def put(a, r):
+            return jax.lax.dynamic_update_slice(a, r.astype(a.dtype), (0, slot) + (0,) * (a.ndim - 2))
+
         cache = cache.replace(
             k=put(cache.k, k), v=put(cache.v, v),
             positions=jax.lax.dynamic_update_slice(cache.positions, jnp.arange(Q, dtype=jnp.int32)[None], (slot, 0)),

@@ -125,7 +125,8 @@ def _usable(entry: Any) -> bool:
         return False
     if "preferred" in entry:
         return _is_index(entry["preferred"]) and entry["preferred"] < len(choices)
-    return entry.get("rating") in (1, -1) and _is_index(entry.get("choice", 0)) and entry.get("choice", 0) < len(choices)
+    choice = entry.get("choice", 0)
+    return entry.get("rating") in (1, -1) and _is_index(choice) and choice < len(choices)
 
 
 def read_feedback(path: str) -> tuple[list[dict[str, Any]], int]:

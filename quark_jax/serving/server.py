@@ -27,7 +27,8 @@ def check_port(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); pick another port") from None
+            raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); "
+                             "pick another port") from None
 
 
 def build_engine(model: Any, max_slots: int, max_seq_len: int, max_queue: int) -> Engine:
