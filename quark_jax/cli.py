@@ -13,6 +13,9 @@
         --topology=v5e:16x16      (also compiles the train step for that TPU slice here; needs libtpu)
     quark train ... --compile_only --topology=v5e:4x4   (a launch command compiled for its slice, not run)
     quark train ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (multi-host)
+    quark serve --model_dir=/tmp/run --port 8000 --log_dir /tmp/serve_logs   (OpenAI-compatible server, chat page at /)
+    quark telemetry --log /tmp/serve_logs
+    quark data feedback --feedback /tmp/serve_logs/feedback.jsonl --output /tmp/pairs   (pairs for dpo.gin)
     quark data list
     quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
     quark tokenizer train --mixture quark_demo --output tokenizers/quark_demo_4k --vocab_size 4096
@@ -576,6 +579,13 @@ def _compile_only(args: argparse.Namespace, bindings: list[str]) -> int:
 
 
 def _data(args: argparse.Namespace, bindings: list[str]) -> int:
+    if args.data_command == "feedback":
+        from quark_jax.serving import feedback
+
+        try:
+            return feedback.feedback_to_pairs_main(args.feedback, args.output, args.validation_fraction, args.seed)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     _start_tensorflow(args.verbose)
     if args.data_command == "list":
         from quark_jax.data import catalogue
@@ -620,6 +630,55 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
           f"--gin.MIXTURE_OR_TASK_NAME=\"'{report['name']}'\" and QUARK_DATA_DIRS={report['output']}, "
           f"or --gin_file={report['output']}/data.gin")
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    _check_at_least(args, 1, "max_slots", "max_queue", "max_n")
+    _check_at_least(args, 2, "max_seq_len")
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port}: must be in 1..65535")
+    _check_run_dir(args.model_dir)
+    from quark_jax.serving import server
+
+    try:
+        server.check_port(args.host, args.port)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    _start_tensorflow(args.verbose)
+    import quark_jax as qj
+    from quark_jax.serving.app import ServerConfig
+
+    try:
+        model = qj.load(args.model_dir, step=args.step)
+    except (FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise
+        raise UsageError(str(e)) from e
+    if args.quantize:
+        model = model.quantize(args.quantize)
+    max_seq_len = args.max_seq_len or min(model.trained_context or 2048, 2048)
+    if model.trained_context and max_seq_len > model.trained_context:
+        print(f"quark serve: --max_seq_len {max_seq_len} is beyond the {model.trained_context}-token context "
+              "the model was trained on; answers past it may degrade", file=sys.stderr)
+    name = args.served_model_name or server.default_model_name(args.model_dir)
+    engine = server.build_engine(model, args.max_slots, max_seq_len, args.max_queue)
+    config = ServerConfig(model_name=name, log_dir=args.log_dir, log_prompts=args.log_prompts, max_n=args.max_n)
+    url = f"http://{args.host}:{args.port}"
+    print(f"quark serve: {name} on {url} ({args.max_slots} slots of {max_seq_len} tokens); compiling, "
+          f"{url}/ready answers 200 when done", flush=True)
+    server.serve(engine, model.tokenizer, config, args.host, args.port,
+                 on_ready=lambda s: print(f"quark serve: ready in {s:.0f} s — chat at {url}/, OpenAI API at "
+                                          f"{url}/v1", flush=True))
+    return 0
+
+
+def _telemetry(args: argparse.Namespace) -> int:
+    from quark_jax.serving import telemetry
+
+    try:
+        return telemetry.telemetry_main(args.log, args.png)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _tokenizer(args: argparse.Namespace) -> int:
@@ -782,6 +841,35 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--packing_length", type=int, default=256,
                        help="report the packing efficiency at this sequence length (0: skip)")
 
+    fb = data_sub.add_parser("feedback", parents=[common],
+                             help="turn `quark serve` feedback into preference pairs for configs/runs/dpo.gin")
+    fb.add_argument("--feedback", required=True, help="the server's LOG_DIR/feedback.jsonl")
+    fb.add_argument("--output", required=True, help="directory for train.jsonl and validation.jsonl")
+    fb.add_argument("--validation_fraction", type=float, default=0.1)
+    fb.add_argument("--seed", type=int, default=0)
+
+    serve = add("serve", help="an OpenAI-compatible HTTP server (continuous batching, streaming, chat page)",
+                description="Serve a run directory over HTTP: /v1/completions, /v1/chat/completions, /tokenize, "
+                            "/metrics, /health, /ready, and a chat page at /.")
+    serve.add_argument("--model_dir", required=True, help="run directory (quark train, quantize, import_hf ...)")
+    serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    serve.add_argument("--quantize", choices=("int8", "int4"), help="weight-only quantization before serving")
+    serve.add_argument("--max_slots", type=int, default=8, help="decode slots: requests generated at once")
+    serve.add_argument("--max_seq_len", type=int, default=None,
+                       help="tokens per slot, prompt + answer (default: the trained context, at most 2048)")
+    serve.add_argument("--max_queue", type=int, default=256, help="requests waiting for a slot; beyond: 429")
+    serve.add_argument("--max_n", type=int, default=8, help="most choices (n) per request")
+    serve.add_argument("--served_model_name", default=None, help="the model id clients use (default: the dir name)")
+    serve.add_argument("--log_dir", default=None,
+                       help="request log (requests.jsonl, rotated) and feedback.jsonl; default: none written")
+    serve.add_argument("--log_prompts", action="store_true", help="put prompt text into the request log")
+
+    tel = add("telemetry", help="usage, failures and latency hotspots of a `quark serve --log_dir` request log")
+    tel.add_argument("--log", required=True, help="the server's --log_dir")
+    tel.add_argument("--png", default=None, help="plot path (default LOG/telemetry.png)")
+
     tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a mixture")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)
     tok_train = tok_sub.add_parser("train", parents=[common], help="train and write <output>.model / .vocab; prints fertility")
@@ -817,7 +905,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "generate": lambda: _generate(args), "quantize": lambda: _quantize(args),
                 "merge_lora": lambda: _merge_lora(args), "data": lambda: _data(args, bindings),
                 "tokenizer": lambda: _tokenizer(args), "eval": lambda: _eval(args),
-                "import_hf": lambda: _import_hf(args)}
+                "import_hf": lambda: _import_hf(args), "serve": lambda: _serve(args),
+                "telemetry": lambda: _telemetry(args)}
     try:
         return commands[args.command]()
     except UsageError as e:

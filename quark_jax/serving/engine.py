@@ -332,10 +332,13 @@ class Engine:
         prompt = len(request.prefix) + len(request.prompt)
         if len(request.prompt) == 0:
             raise ValueError("prompt: must have at least one token")
-        if prompt > self.max_seq_len or prompt + max(request.max_tokens, 0) > self.max_seq_len:
+        if prompt > self.max_seq_len:
+            raise ValueError(f"prompt: {prompt} tokens, longer than this server's context of {self.max_seq_len} "
+                             "tokens; shorten the prompt")
+        if prompt + max(request.max_tokens, 0) > self.max_seq_len:
             raise ValueError(
-                f"prompt: {prompt} prompt tokens + max_tokens {request.max_tokens} exceed this server's context of "
-                f"{self.max_seq_len} tokens; shorten the prompt or lower max_tokens")
+                f"max_tokens: {prompt} prompt tokens + max_tokens {request.max_tokens} exceed this server's context "
+                f"of {self.max_seq_len} tokens; lower max_tokens or shorten the prompt")
         if request.prefix and len(request.prefix) > self.buckets[-1]:
             raise ValueError(f"prefix: {len(request.prefix)} tokens, more than {self.buckets[-1]}")
         bad = [t for t in request.prompt if not 0 <= int(t) < self.config.vocab_size]
