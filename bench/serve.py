@@ -214,9 +214,11 @@ def free_port() -> int:
 
 
 class Server:
-    """``python -m quark_jax.cli serve`` on a free loopback port, output to ``log_path``; stopped on exit."""
+    """``python -m quark_jax.cli serve`` on a free loopback port, output to ``log_path``; stopped on exit.
+    ``compilation_cache``: JAX's persistent compilation cache directory for the server (None: off)."""
 
-    def __init__(self, run_dir: str, max_slots: int, max_seq_len: int, log_dir: str):
+    def __init__(self, run_dir: str, max_slots: int, max_seq_len: int, log_dir: str, compilation_cache: str | None):
+        self.compilation_cache = compilation_cache
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(log_dir, "server.out")
@@ -227,6 +229,8 @@ class Server:
 
     def __enter__(self) -> Server:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+        if self.compilation_cache:  # JAX reads it at start-up: a restarted server loads what it compiled before
+            env["JAX_COMPILATION_CACHE_DIR"] = self.compilation_cache
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         return self
@@ -391,7 +395,7 @@ async def server_phases(url: str, prompts, counts: dict[str, int], rate: float |
 
 # ---- continuous vs static batching, in process --------------------------------------------------------------
 def batching(config, params, vocabulary, prompts, items: list[Item], max_seq_len: int, budget: Budget,
-             skipped: list[str]) -> tuple[dict, list]:
+             compilation_cache: bool) -> tuple[dict, list]:
     """Output tokens/s of the in-process Engine (32 slots) and of static batches of 32 through Generator, on the
     same requests with EOS disabled. Also returns the static completions of the first batch (for agreement)."""
     from flax import nnx
@@ -430,7 +434,7 @@ def batching(config, params, vocabulary, prompts, items: list[Item], max_seq_len
     finally:
         engine.stop()
 
-    generator = Generator(graphdef, params, vocabulary, eos_id=-1)
+    generator = Generator(graphdef, params, vocabulary, eos_id=-1, compilation_cache=compilation_cache)
     requests = [Request(prompts[i.prompt][1], i.max_tokens, seed=i.seed) for i in items]
     batches = [requests[k: k + BATCH] for k in range(0, len(requests), BATCH)]
     started = time.perf_counter()
@@ -499,7 +503,9 @@ def transformers_speed(config, params, prompts, items: list[Item], b1_requests: 
 
     run(items[:2])  # first-call overheads out of the timing
     agreement = None
-    for name, size, count in (("b32", BATCH, len(items)), ("b1", 1, b1_requests)):
+    # Batch 32 on the first static batch's requests (every batch of the workload holds the same mix); batch 1 on
+    # the first ``b1_requests``.
+    for name, size, count in (("b32", BATCH, BATCH), ("b1", 1, b1_requests)):
         phase = f"transformers_{name}"
         if budget.left() <= 0:
             skipped.append(phase)
@@ -534,6 +540,8 @@ def main() -> None:
     parser.add_argument("--max_seconds", type=float, default=300.0, help="the whole run's time budget")
     parser.add_argument("--max_seq_len", type=int, default=256, help="tokens per decode slot (server and engine)")
     parser.add_argument("--startup_timeout", type=float, default=300.0, help="seconds to wait for GET /ready")
+    parser.add_argument("--cold", action="store_true",
+                        help="no persistent compilation cache (start-up and warm-up times then include compiling)")
     parser.add_argument("--skip", nargs="*", default=(), choices=("server", "batching", "transformers"))
     args = parser.parse_args()
     if max(PROMPT_TOKENS) + max(MAX_TOKENS) > args.max_seq_len + 8:
@@ -545,7 +553,9 @@ def main() -> None:
     from quark_jax.data.tokenizer import get_vocabulary
     from quark_jax.inference.generate import enable_compilation_cache
 
-    enable_compilation_cache()  # the server does the same: the engine here reuses what it compiled
+    # The persistent compilation cache, shared with the server: a second run (and the engine here, which compiles
+    # the same functions as the server) loads executables instead of compiling them. --cold turns it off.
+    cache_dir = None if args.cold else enable_compilation_cache()
     config = model_config(args.model)
     params = random_params(config)
     vocabulary = get_vocabulary()
@@ -557,7 +567,7 @@ def main() -> None:
         "bench": "serve", "model": args.model, "params_M": round(config.num_params() / 1e6, 1),
         "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(), "max_seq_len": args.max_seq_len,
         "prompt_tokens": [len(p[1]) for p in prompts], "max_tokens_mix": list(MAX_TOKENS),
-        "max_seconds": args.max_seconds}
+        "max_seconds": args.max_seconds, "compilation_cache": cache_dir is not None}
     skipped: list[str] = []
     work = tempfile.mkdtemp(prefix="quark_bench_serve_")
     try:
@@ -565,18 +575,18 @@ def main() -> None:
             run_dir = write_run_dir(os.path.join(work, "run"), config, params, trained_context=args.max_seq_len)
             log_dir = os.path.join(work, "logs")
             os.makedirs(log_dir, exist_ok=True)
-            with Server(run_dir, BATCH, args.max_seq_len, log_dir) as server:
+            with Server(run_dir, BATCH, args.max_seq_len, log_dir, cache_dir) as server:
                 try:
                     startup = server.wait_ready(args.startup_timeout)
                     served = asyncio.run(server_phases(server.url, prompts, counts, args.rate, budget, skipped))
                     result["server"] = {"startup_s": round(startup, 1), "max_slots": BATCH, **served}
                 except Exception as e:  # noqa: BLE001 -- report why, and go on with the in-process parts
                     result["server"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
-        items = workload(max(n, BATCH), len(prompts))
+        items = workload(max(n, 2 * BATCH), len(prompts))  # two static batches at least: refills show
         reference = None
         if "batching" not in args.skip and budget.left() > 0:
             result["batching"], reference = batching(config, params, vocabulary, prompts, items, args.max_seq_len,
-                                                     budget, skipped)
+                                                     budget, cache_dir is not None)
             http = result.get("server", {}).get("c32", {}).get("output_tokens_per_s")
             if http:
                 result["batching"]["http_c32_tokens_per_s"] = http
