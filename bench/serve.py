@@ -541,7 +541,8 @@ def transformers_speed(config, params, prompts, items: list[Item], b1_requests: 
                 break
             batch = items[k: k + size]
             generated = run(batch)
-            tokens += sum(i.max_tokens for i in batch)  # each request's own tokens; the rest is padding work
+            # Each request's own tokens (what it asked for, if generated); the rest of its row is padding work.
+            tokens += sum(min(len(g), i.max_tokens) for g, i in zip(generated, batch))
             if k == 0 and size == BATCH and reference:
                 agreement = float(np.mean([g[:8] == r.tokens[:8] for g, r in zip(generated, reference)]))
             done += len(batch)
