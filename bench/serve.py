@@ -43,7 +43,8 @@ seeded random order. Greedy (temperature 0).
   first requests. ``vs_transformers`` = the
   continuous engine's tokens/s / transformers' batch-32 tokens/s (goal >= 1.5); ``vs_transformers_static`` = our static batches'
   tokens/s / the same (batching alike); ``vs_transformers_b1`` = the server's concurrency-1 tokens/s /
-  transformers' batch-1 tokens/s. ``greedy_agreement``: the fraction of the
+  transformers' batch-1 tokens/s (``vs_transformers_b1_chat_server``: the same with the chat64 server's
+  concurrency-1 tokens/s, fewer slots). ``greedy_agreement``: the fraction of the
   first batch's rows whose first 8 tokens equal our static generator's (same weights, same greedy decode).
 
 The run is bounded: every setting has a request count (scaled by ``--requests``) and no new request or batch is
@@ -405,6 +406,7 @@ async def chat_phases(url: str, prompts, counts: dict[str, int], budget: Budget,
             "ttft_ms": percentiles([r["ttft"] for r in ok if r["ttft"] is not None]),
             "itl_ms": percentiles([g for r in ok for g in r["itl"]]),
             "tokens": sorted({r["completion_tokens"] for r in ok}),
+            "output_tokens_per_s": round(sum(r["completion_tokens"] for r in ok) / wall, 1) if wall > 0 else None,
             "errors": dict(Counter(r["error"] for r in results if "error" in r)),
             **({"truncated": True} if cut else {})}
     if "c1" in chat and chat["c1"]["e2e_s"]["p50"] is not None:
@@ -645,6 +647,9 @@ def main() -> None:
             ours_b1 = result.get("server", {}).get("c1", {}).get("output_tokens_per_s")
             if ours_b1 and "b1" in hf:
                 result["vs_transformers_b1"] = round(ours_b1 / hf["b1"]["output_tokens_per_s"], 2)
+            chat_b1 = result.get("chat64", {}).get("c1", {}).get("output_tokens_per_s")
+            if chat_b1 and "b1" in hf:  # one client on the --chat_slots server
+                result["vs_transformers_b1_chat_server"] = round(chat_b1 / hf["b1"]["output_tokens_per_s"], 2)
             result["vs_transformers_goal"] = 1.5
         elif "transformers" not in args.skip:
             skipped.append("transformers")
