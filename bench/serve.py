@@ -597,7 +597,9 @@ def main() -> None:
         "bench": "serve", "model": args.model, "params_M": round(config.num_params() / 1e6, 1),
         "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(), "max_seq_len": args.max_seq_len,
         "prompt_tokens": [len(p[1]) for p in prompts], "max_tokens_mix": list(MAX_TOKENS),
-        "max_seconds": args.max_seconds, "compilation_cache": cache_dir is not None}
+        "max_seconds": args.max_seconds, "compilation_cache": cache_dir is not None,
+        # The machine's 1-minute load average at the start and the end: other work on the cores skews every figure.
+        "loadavg_start": round(os.getloadavg()[0], 2)}
     skipped: list[str] = []
     work = tempfile.mkdtemp(prefix="quark_bench_serve_")
     try:
@@ -658,6 +660,7 @@ def main() -> None:
     if "batching" in result:
         result["continuous_vs_static"] = result["batching"]["continuous_vs_static"]
     result["skipped"] = skipped
+    result["loadavg_end"] = round(os.getloadavg()[0], 2)
     result["wall_s"] = round(time.monotonic() - budget.start, 1)
     print(json.dumps(result), flush=True)
 
