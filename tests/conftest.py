@@ -108,16 +108,28 @@ def copy_without_newest_checkpoint(model_dir, copy_to) -> int:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
-    """The tiny model trained for 40 steps in this process through ``qj.Trainer`` (shared by many tests)."""
+    """The tiny model trained for 40 steps through ``qj.Trainer``, shared by many tests: trained once per test
+    session by the first pytest-xdist worker that needs it (under a file lock), and reused by the others.
+    Tests only read it; one that writes copies it first. ``summary`` is the run's ``summary.json``."""
+    import fcntl
+
     import quark_jax as qj
 
-    model_dir = tmp_path_factory.mktemp("tiny_run")
-    trainer = qj.Trainer.from_gin(
-        RUN_CONFIG,
-        tiny_overrides(model_dir, 40, **{"quark_jax.TrainConfig.eval_every": 20, "CHECKPOINT_PERIOD": 20}),
-    )
-    summary = trainer.run()
-    return {"model_dir": str(model_dir), "summary": summary, "trainer": trainer}
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session directory all workers share
+    model_dir = root / "tiny_run"
+    with open(root / "tiny_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if training fails
+        if not (model_dir / "summary.json").exists():
+            shutil.rmtree(model_dir, ignore_errors=True)  # what a failed attempt of another worker left
+            trainer = qj.Trainer.from_gin(
+                RUN_CONFIG,
+                tiny_overrides(model_dir, 40, **{"quark_jax.TrainConfig.eval_every": 20, "CHECKPOINT_PERIOD": 20}),
+            )
+            trainer.run()
+    summary = json.loads((model_dir / "summary.json").read_text())
+    return {"model_dir": str(model_dir), "summary": summary}
 
 
 def assert_greedy_completion(model, prompt: str, completion, max_new_tokens: int) -> None:

@@ -4,6 +4,7 @@ import glob
 import json
 import math
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -16,7 +17,17 @@ from quark_jax.training.trainer import NonFiniteLossError, Trainer
 LOGGED = {"step", "loss", "accuracy", "grad_norm", "learning_rate", "tokens_per_s", "mfu"}
 
 
-def test_run_writes_metrics_config_checkpoints_and_plots(trained_run):
+@pytest.fixture(scope="module")
+def resumed(trained_run, tmp_path_factory):
+    """A Trainer re-run on a copy of the finished shared run: it restores step 40 and trains nothing, which gives
+    the trained parameters and the run's configuration as objects (the shared run may come from another worker)."""
+    run = tmp_path_factory.mktemp("resumed") / "run"
+    shutil.copytree(trained_run["model_dir"], run)
+    trainer = qj.Trainer.from_gin(RUN_CONFIG, tiny_overrides(run, 40))
+    return {"trainer": trainer, "summary": trainer.run(), "model_dir": str(run)}
+
+
+def test_run_writes_metrics_config_checkpoints_and_plots(trained_run, resumed):
     model_dir = trained_run["model_dir"]
     records = read_metrics(model_dir)
     train = [r for r in records if "loss" in r]
@@ -26,8 +37,8 @@ def test_run_writes_metrics_config_checkpoints_and_plots(trained_run):
     # MFU = training FLOPs per token × tokens/s / (peak × devices), with the FLOPs counted here independently:
     # 6 × every weight that multiplies a token's activations (all arrays but the RMSNorm scales; the tied
     # embedding counts once, as the output projection) + 6·L·T·N·H for causal attention scores and values.
-    model = trained_run["trainer"].config.model
-    params = trained_run["trainer"].params
+    model = resumed["trainer"].config.model
+    params = resumed["trainer"].params
     matmul_weights = sum(int(np.prod(leaf.shape)) for path, leaf in jax.tree_util.tree_leaves_with_path(params)
                          if "scale" not in jax.tree_util.keystr(path))
     assert model.tie_embeddings and "lm_head" not in params
@@ -60,20 +71,21 @@ def test_loss_falls(trained_run):
     assert math.isfinite(summary["val_perplexity"]) and summary["val_perplexity"] < 1000
 
 
-def test_rerunning_a_finished_run_resumes_and_does_nothing(trained_run):
-    trainer = qj.Trainer.from_gin(RUN_CONFIG, tiny_overrides(trained_run["model_dir"], 40))
-    summary = trainer.run()
+def test_rerunning_a_finished_run_resumes_and_does_nothing(trained_run, resumed):
+    summary = resumed["summary"]
     assert summary["start_step"] == 40 and summary["final_step"] == 40
     assert "params" not in summary  # figures only: printing a summary in a notebook stays short
-    for a, b in zip(jax.tree.leaves(trainer.params), jax.tree.leaves(trained_run["trainer"].params)):
+    # Nothing trained, nothing logged.
+    assert read_metrics(resumed["model_dir"]) == read_metrics(trained_run["model_dir"])
+    assert sorted(os.listdir(os.path.join(resumed["model_dir"], "checkpoints"))) == ["20", "40"]
+    restored = qj.load(trained_run["model_dir"])
+    for a, b in zip(jax.tree.leaves(resumed["trainer"].params), jax.tree.leaves(restored.params)):
         np.testing.assert_array_equal(a, b)
 
 
-def test_load_and_generate(trained_run):
+def test_load_and_generate(trained_run, resumed):
     model = qj.load(trained_run["model_dir"])
-    assert model.step == 40 and model.config == trained_run["trainer"].config.model
-    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(trained_run["trainer"].params)):
-        np.testing.assert_array_equal(a, b)
+    assert model.step == 40 and model.config == resumed["trainer"].config.model
     assert model.tokenizer.vocab_size == 4096
     prompts = ["def fib(n):", "import"]
     greedy = model.generate(prompts, max_new_tokens=8)
@@ -118,7 +130,7 @@ def test_nonfinite_loss_stops_naming_the_step(tmp_path):
     assert summary["final_step"] == 3
 
 
-def test_a_failed_attempt_with_another_model_writes_nothing(trained_run, tmp_path):
+def test_a_failed_attempt_with_another_model_writes_nothing(trained_run, resumed, tmp_path):
     """With model_config.json gone, a command with another model is refused from the checkpoint's own shapes,
     before anything in the run directory is written; the right command still resumes afterwards."""
     import shutil
@@ -137,4 +149,5 @@ def test_a_failed_attempt_with_another_model_writes_nothing(trained_run, tmp_pat
     assert sorted(os.listdir(run / "checkpoints")) == ["20", "40"] and not (run / "checkpoints_unreadable").exists()
     trainer = Trainer.from_gin(RUN_CONFIG, tiny_overrides(run, 40))
     assert trainer.run()["start_step"] == 40
-    assert json.loads((run / "model_config.json").read_text())["num_layers"] == trained_run["trainer"].config.model.num_layers
+    layers = json.loads((run / "model_config.json").read_text())["num_layers"]
+    assert layers == resumed["trainer"].config.model.num_layers
