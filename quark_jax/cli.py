@@ -638,7 +638,7 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _check_at_least(args, 1, "max_slots", "max_queue", "max_n")
+    _check_at_least(args, 1, "max_slots", "max_queue", "max_n", "decode_block")
     _check_at_least(args, 2, "max_seq_len")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: must be in 1..65535")
@@ -658,7 +658,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"quark serve: --max_seq_len {max_seq_len} is beyond the {model.trained_context}-token context "
               "the model was trained on; answers past it may degrade", file=sys.stderr)
     name = args.served_model_name or server.default_model_name(args.model_dir)
-    engine = server.build_engine(model, args.max_slots, max_seq_len, args.max_queue)
+    engine = server.build_engine(model, args.max_slots, max_seq_len, args.max_queue, args.decode_block)
     config = ServerConfig(model_name=name, log_dir=args.log_dir, log_prompts=args.log_prompts, max_n=args.max_n)
     url = f"http://{args.host}:{args.port}"
     print(f"quark serve: {name} on {url} ({args.max_slots} slots of {max_seq_len} tokens); compiling, "
@@ -857,6 +857,8 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max_seq_len", type=int, default=None,
                        help="tokens per slot, prompt + answer (default: the trained context, at most 2048)")
     serve.add_argument("--max_queue", type=int, default=256, help="requests waiting for a slot; beyond: 429")
+    serve.add_argument("--decode_block", type=int, default=8,
+                       help="tokens per slot per compiled decode call (1 while a waiting request needs a slot)")
     serve.add_argument("--max_n", type=int, default=8, help="most choices (n) per request")
     serve.add_argument("--served_model_name", default=None, help="the model id clients use (default: the dir name)")
     serve.add_argument("--log_dir", default=None,

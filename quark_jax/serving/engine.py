@@ -8,9 +8,11 @@ Iteration-level scheduling, as Orca, vLLM and JetStream do it. One thread owns t
 1. *admit*: while a slot is free and a request waits, prefill the request's prompt (right-padded to a bucket
    length, so a handful of compiled prefills serve every length) into the free slot's row of the cache and
    sample its first token;
-2. *decode*: one compiled step advances every slot by one token; each row writes its key/value at its own
-   cache index (``KVCache.index`` is a ``[B]`` vector here) and samples with its own temperature, top-k,
-   top-p and PRNG key;
+2. *decode*: one compiled call advances every slot by a block of ``decode_block`` tokens (one token while a
+   waiting request could take a slot that frees sooner); each row writes its key/value at its own cache index
+   (``KVCache.index`` is a ``[B]`` vector here) and samples with its own temperature, top-k, top-p and PRNG
+   key. Inside the block the cache stays in a loop carry, updated in place; a row that ends inside it has its
+   later tokens ignored;
 3. *retire*: a row that produced EOS, reached its token limit or a stop string, or whose client went away,
    frees its slot at once; the next waiting request takes it before the next step.
 
@@ -209,13 +211,15 @@ def make_prefill_fn(graphdef: nnx.GraphDef, prompt_top: bool, trace_counter: lis
     return jax.jit(prefill, donate_argnums=(1,))
 
 
-def make_decode_fn(graphdef: nnx.GraphDef, filtering: bool, trace_counter: list[int]) -> Callable:
-    """``decode(params, slots)`` -> (slots, tokens [B], logprobs [B], top-K ids [B, K], top-K logprobs [B, K]):
-    one token for every slot. ``filtering`` compiles top-k/top-p in (a sort over the vocabulary)."""
+def make_decode_fn(graphdef: nnx.GraphDef, filtering: bool, steps: int, trace_counter: list[int]) -> Callable:
+    """``decode(params, slots)`` -> (slots, tokens [B, N], logprobs [B, N], top-K ids [B, N, K], top-K logprobs
+    [B, N, K]): ``steps`` (N) tokens for every slot, in one call.
 
-    def decode(params, slots: Slots):
-        trace_counter[0] += 1
-        model = nnx.merge(graphdef, params)
+    N > 1 keeps the cache in a ``fori_loop`` carry, updated in place, instead of passing it through the jit
+    boundary after every token, and pays Python's dispatch once per N tokens; a row that ends inside the block
+    simply has its later tokens ignored. ``filtering`` compiles top-k/top-p in (a sort over the vocabulary)."""
+
+    def one(model, slots: Slots):
         cache = slots.cache
         positions = slots.positions[:, None]
         logits, cache = model(slots.tokens[:, None], positions, jnp.ones_like(positions), cache)
@@ -228,6 +232,20 @@ def make_decode_fn(graphdef: nnx.GraphDef, filtering: bool, trace_counter: list[
         cache = cache.replace(index=jnp.minimum(cache.index, cache.max_length - 1))
         slots = slots.replace(cache=cache, tokens=tokens, positions=slots.positions + 1, steps=slots.steps + 1)
         return slots, (tokens, chosen, top_ids, top_values)
+
+    def decode(params, slots: Slots):
+        trace_counter[0] += 1
+        model = nnx.merge(graphdef, params)
+        B = slots.tokens.shape[0]
+        outputs = (jnp.zeros((B, steps), jnp.int32), jnp.zeros((B, steps), jnp.float32),
+                   jnp.zeros((B, steps, TOP_K), jnp.int32), jnp.zeros((B, steps, TOP_K), jnp.float32))
+
+        def body(i, carry):
+            slots, outputs = carry
+            slots, step = one(model, slots)
+            return slots, tuple(o.at[:, i].set(x) for o, x in zip(outputs, step))
+
+        return jax.lax.fori_loop(0, steps, body, (slots, outputs))
 
     return jax.jit(decode, donate_argnums=(1,))
 
@@ -292,18 +310,23 @@ class Engine:
     :class:`QueueFull`); ``prefix_cache_size`` shared prefixes are kept."""
 
     def __init__(self, graphdef: nnx.GraphDef, params: Any, vocabulary: Any, config: Any, *, eos_id: int,
-                 max_slots: int = 8, max_seq_len: int = 512, max_queue: int = 256, prefix_cache_size: int = 8):
+                 max_slots: int = 8, max_seq_len: int = 512, max_queue: int = 256, prefix_cache_size: int = 8,
+                 decode_block: int = 8):
         if max_slots < 1:
             raise ValueError(f"max_slots={max_slots}: must be >= 1")
         if max_seq_len < 2:
             raise ValueError(f"max_seq_len={max_seq_len}: must be >= 2")
+        if decode_block < 1:
+            raise ValueError(f"decode_block={decode_block}: must be >= 1")
         self.graphdef, self.params, self.vocabulary, self.config = graphdef, params, vocabulary, config
         self.eos_id = int(eos_id)
         self.max_slots, self.max_seq_len, self.max_queue = max_slots, max_seq_len, max_queue
         self.buckets = buckets(max_seq_len)
         self.trace_count = [0]
         self._prefill = {flag: make_prefill_fn(graphdef, flag, self.trace_count) for flag in (False, True)}
-        self._decode = {flag: make_decode_fn(graphdef, flag, self.trace_count) for flag in (False, True)}
+        self.decode_block = decode_block
+        self._decode = {(flag, n): make_decode_fn(graphdef, flag, n, self.trace_count)
+                        for flag in (False, True) for n in sorted({1, decode_block})}
         self._prefix_fn = make_prefix_fn(graphdef, self.trace_count)
         self._insert_fn = make_insert_prefix_fn(self.trace_count)
         self._prefixes: collections.OrderedDict[tuple[int, ...], tuple] = collections.OrderedDict()
@@ -401,8 +424,8 @@ class Engine:
             if bucket < self.max_seq_len:
                 k, v, segments = self._prefix_rows(tuple([1] * bucket))
                 self._slots = self._insert_fn(self._slots, np.int32(0), k, v, segments)
-        for flag in (False, True):
-            self._slots, _ = self._decode[flag](self.params, self._slots)
+        for key in self._decode:
+            self._slots, _ = self._decode[key](self.params, self._slots)
         self._prefixes.clear()
         self._slots = self._empty_slots()
         jax.block_until_ready(self._slots)
@@ -488,8 +511,9 @@ class Engine:
         prompt = list(request.prompt)
         bucket = next(b for b in self.buckets if b >= len(prompt))
         prefix_bucket = next((b for b in self.buckets if b >= len(request.prefix)), self.max_seq_len)
-        if request.prefix and prefix_bucket + bucket > self.max_seq_len:
-            # The padded prefix and the prompt's bucket would overrun the row: prefill them as one prompt.
+        if request.prefix and prefix_bucket + max(bucket, len(prompt) + request.max_tokens) > self.max_seq_len:
+            # After the padded prefix, the prompt's bucket or the whole answer would overrun the row: prefill
+            # prefix and prompt as one prompt (check() guarantees that fits).
             prompt = list(request.prefix) + prompt
             bucket = next(b for b in self.buckets if b >= len(prompt))
         elif request.prefix:
@@ -513,31 +537,37 @@ class Engine:
             first.finish_reason = "length"
             handle._emit(first)
             return
-        self._active[slot] = active
-        self._record(slot, active, int(token), float(logprob), top_ids, top_values, first)
+        if not self._record(active, int(token), float(logprob), top_ids, top_values, first):
+            self._active[slot] = active
+        handle._emit(first)
 
     def _step(self) -> None:
-        filtering = any(a is not None and a.handle.request.temperature > 0
-                        and (a.handle.request.top_k > 0 or a.handle.request.top_p < 1.0) for a in self._active)
-        self._slots, out = self._decode[filtering](self.params, self._slots)
+        active = [(slot, a) for slot, a in enumerate(self._active) if a is not None]
+        filtering = any(a.handle.request.temperature > 0 and (a.handle.request.top_k > 0 or a.handle.request.top_p < 1.0)
+                        for _, a in active)
+        # A block of tokens per call, unless a waiting request could take a slot that frees sooner.
+        soonest = min(a.handle.request.max_tokens - a.generated for _, a in active)
+        steps = self.decode_block if not self._waiting or soonest >= self.decode_block else 1
+        self._slots, out = self._decode[(filtering, steps)](self.params, self._slots)
         tokens, logprobs, top_ids, top_values = jax.device_get(out)
-        self.steps += 1
-        for slot, active in enumerate(self._active):
-            if active is not None:
-                self._record(slot, active, int(tokens[slot]), float(logprobs[slot]), top_ids[slot],
-                             top_values[slot], Output())
+        self.steps += steps
+        for slot, a in active:
+            out = Output()
+            for j in range(steps):
+                if self._record(a, int(tokens[slot, j]), float(logprobs[slot, j]), top_ids[slot, j],
+                                top_values[slot, j], out):
+                    self._active[slot] = None
+                    break
+            a.handle._emit(out)
         if self.on_step is not None:
             self.on_step(self)
 
-    def _record(self, slot: int, active: _Active, token: int, logprob: float, top_ids, top_values,
-                out: Output) -> None:
-        """Hands one sampled token to its request and retires the row if it is finished."""
+    def _record(self, active: _Active, token: int, logprob: float, top_ids, top_values, out: Output) -> bool:
+        """Adds one sampled token to ``out``; True (with ``out.finish_reason`` set) when the request is finished."""
         request, handle = active.handle.request, active.handle
         if handle.cancelled.is_set():
-            self._active[slot] = None
             out.finish_reason = "cancelled"
-            handle._emit(out)
-            return
+            return True
         active.generated += 1
         finish = None
         # EOS is reported like any token (an echo of legacy completions counts on one entry per generated
@@ -548,18 +578,18 @@ class Engine:
         if token == self.eos_id:
             finish = "stop"
         else:
-            out.text = active.text.push(token)
+            out.text += active.text.push(token)
             if active.text.stopped:
                 finish = "stop"
             elif active.generated >= request.max_tokens:
                 finish = "length"
-        if finish is not None:
-            out.text += active.text.finish()
-            out.finish_reason = finish
-            out.prompt_tokens = len(request.prefix) + len(request.prompt)
-            out.completion_tokens = active.generated
-            self._active[slot] = None
-        handle._emit(out)
+        if finish is None:
+            return False
+        out.text += active.text.finish()
+        out.finish_reason = finish
+        out.prompt_tokens = len(request.prefix) + len(request.prompt)
+        out.completion_tokens = active.generated
+        return True
 
 
 def _top_dict(ids, values, n: int) -> dict[int, float]:

@@ -31,10 +31,10 @@ def check_port(host: str, port: int) -> None:
                              "pick another port") from None
 
 
-def build_engine(model: Any, max_slots: int, max_seq_len: int, max_queue: int) -> Engine:
+def build_engine(model: Any, max_slots: int, max_seq_len: int, max_queue: int, decode_block: int = 8) -> Engine:
     """An :class:`Engine` over a loaded model (``quark_jax.load``; quantized or not)."""
     return Engine(model.graphdef, model.params, model.tokenizer, model.config, eos_id=model.tokenizer.eos_id,
-                  max_slots=max_slots, max_seq_len=max_seq_len, max_queue=max_queue)
+                  max_slots=max_slots, max_seq_len=max_seq_len, max_queue=max_queue, decode_block=decode_block)
 
 
 def serve(engine: Engine, vocabulary: Any, config: ServerConfig, host: str, port: int,

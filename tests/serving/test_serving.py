@@ -122,6 +122,19 @@ def test_a_shared_prefix_is_prefilled_once_and_changes_nothing(engine, model):
     assert engine.prefix_hits == hits + 1  # the second request reused the first one's prefill
 
 
+def test_a_prefixed_answer_that_fills_the_row_equals_the_whole_prompt(engine, model):
+    """A prefix is copied in at its padded length: when the answer would then run past the row's end, the
+    engine prefills prefix and prompt as one prompt instead (tokens and log-probabilities unchanged)."""
+    vocab = model.tokenizer
+    prefix = (vocab.encode("You are a careful assistant who answers with one short example. ") * 3)[:17]
+    prompt = vocab.encode("def fibonacci(n, memo):")[:5]
+    limit = CONTEXT - len(prefix) - len(prompt)  # 17 padded to 32: 32 + 5 + 106 would overrun 128
+    with_prefix = engine.generate(EngineRequest(prompt, limit, prefix=prefix))
+    whole = engine.generate(EngineRequest(prefix + prompt, limit))
+    assert with_prefix.token_ids == whole.token_ids
+    np.testing.assert_allclose(with_prefix.logprobs, whole.logprobs, atol=1e-5)
+
+
 def test_prompt_logprobs_match_scoring(engine, model):
     vocab = model.tokenizer
     ids = vocab.encode("The cat sat on the mat and looked at the dog.")
