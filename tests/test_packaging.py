@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO
 
 # What a build reads: setup.py, its requirement files, the package and the trees shipped as package data.
-BUILD_INPUTS = ["setup.py", "requirements.txt", "requirements-test.txt", "quark_jax", "configs", "tokenizers", "data"]
+BUILD_INPUTS = ["setup.py", "requirements.txt", "requirements-test.txt", "quark_jax", "configs", "tokenizers", "data", "evals"]
 
 CHECK = textwrap.dedent("""
     import json, os, pathlib, sys
