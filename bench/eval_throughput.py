@@ -120,7 +120,8 @@ def bench_mc(model: LoadedModel, batch_size: int, limit: int | None, repeats: in
         "task": "stdlib_mc", "examples": len(examples), "pairs": len(pairs), "tokens": real_tokens,
         "padded_tokens": padded_tokens, "batch_size": batch_size, "batches": len(batches),
         "harness_s": round(harness_s, 4), "forward_s": round(forward_s, 4),
-        "harness_tokens_per_s": round(real_tokens / harness_s, 1), "forward_tokens_per_s": round(real_tokens / forward_s, 1),
+        "harness_tokens_per_s": round(real_tokens / harness_s, 1),
+        "forward_tokens_per_s": round(real_tokens / forward_s, 1),
         "ratio": round(forward_s / harness_s, 3), "goal_ratio": 0.8, "meets_goal": forward_s / harness_s >= 0.8,
     }
 
