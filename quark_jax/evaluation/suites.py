@@ -166,6 +166,12 @@ def _sample(items: list[dict], count: int, tag: str) -> list[dict]:
 # ---- suites ----------------------------------------------------------------------------------------
 
 
+def _gives_away(module: str, *texts: str) -> bool:
+    """Whether a question text names the module it asks for (``symtable.symtable``)."""
+    last = module.rsplit(".", 1)[-1].lower()
+    return any(last in text.lower() for text in texts)
+
+
 def stdlib_qa(defs: list[Definition], definers: dict[str, set[str]], count: int = 80) -> list[dict]:
     """Short-answer questions: the module that defines a name (answer: a module name) and what a function
     does (answer: its docstring's first sentence, at most 60 characters)."""
@@ -174,7 +180,7 @@ def stdlib_qa(defs: list[Definition], definers: dict[str, set[str]], count: int 
         if d.qualname.count(".") != d.module.count(".") + 1:
             continue  # top-level names only
         sentence = first_sentence(d.doc, max_chars=60)
-        if definers.get(d.name) == {d.module} and sentence:
+        if definers.get(d.name) == {d.module} and sentence and not _gives_away(d.module, d.name, sentence):
             which.append({
                 "question": f"Which module of the Python standard library defines the {d.kind} `{d.name}` "
                             f"(\"{sentence}\")?",
@@ -225,6 +231,8 @@ def stdlib_mc(defs: list[Definition], definers: dict[str, set[str]], count: int 
     module_items, docstring_items = [], []
     for d in defs:
         if d.qualname.count(".") != d.module.count(".") + 1 or definers.get(d.name) != {d.module}:
+            continue
+        if _gives_away(d.module, d.name):
             continue
         others = [m for m in modules if m not in definers.get(d.name, ())]
         choices = rng.sample(others, 3) + [d.module]
