@@ -280,7 +280,8 @@ def score_generations(task: EvalTask, examples: list[dict], predictions: list[li
     statuses: list[list[str]] | None = None
 
     if any(name.startswith("pass@") for name in task.metrics):
-        jobs = [(prompts[i] + prediction, str(examples[i][task.tests])) for i in range(n) for prediction in predictions[i]]
+        jobs = [(prompts[i] + prediction, str(examples[i][task.tests]))
+                for i in range(n) for prediction in predictions[i]]
         results = iter(_run_tests(jobs, test_timeout_s))
         tests_passed, statuses = [], []
         for i in range(n):
