@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from jaxtyping import Float, Int
+from jaxtyping import Float
 
 from quark_jax.evaluation import tasks as task_lib
 from quark_jax.evaluation.tasks import EvalTask
@@ -40,38 +40,16 @@ DEFAULT_CONTEXT = 2048
 
 
 # ---- bootstrap -------------------------------------------------------------------------------------------
-def bootstrap(statistic: Callable[[Int[np.ndarray, "n"]], float], n: int, confidence: float = 0.95,
-              seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float, float]:
-    """(value, low, high): ``statistic`` of all ``n`` examples (given their indices) and the percentile
-    bootstrap interval of ``resamples`` resamples of the examples with replacement."""
-    value = float(statistic(np.arange(n)))
-    if n < 2:
-        return value, value, value
-    rng = np.random.default_rng(seed)
-    stats = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)], np.float64)
-    stats = stats[np.isfinite(stats)]
-    if stats.size == 0:
-        return value, value, value
-    alpha = (1 - confidence) / 2
-    return value, float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
-
-
-def _mean_ci(values: Sequence[float], confidence: float, seed: int) -> dict[str, float]:
-    array = np.asarray(values, np.float64)
-    # Resampling a mean only needs the values: vectorised for speed.
-    value = float(array.mean())
-    if array.size < 2:
-        return {"value": value, "ci_low": value, "ci_high": value}
-    rng = np.random.default_rng(seed)
-    means = array[rng.integers(0, array.size, (BOOTSTRAP_RESAMPLES, array.size))].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    return {"value": value, "ci_low": float(np.quantile(means, alpha)), "ci_high": float(np.quantile(means, 1 - alpha))}
-
-
-def _stat_ci(statistic: Callable[[Int[np.ndarray, "n"]], float], n: int, confidence: float, seed: int
-             ) -> dict[str, float]:
-    value, low, high = bootstrap(statistic, n, confidence, seed)
-    return {"value": value, "ci_low": low, "ci_high": high}
+def _figure(examples: Sequence[Any], statistic: Callable[[Sequence[Any]], float] | None, confidence: float,
+            seed: int) -> dict[str, float]:
+    """``{"value", "ci_low", "ci_high"}``: ``statistic`` of all examples (the mean of numbers by default) and its
+    percentile bootstrap interval (:func:`metrics.bootstrap_ci`, resampling examples)."""
+    m = _metrics_module()
+    statistic = statistic or m.mean
+    value = float(statistic(list(examples)))
+    low, high = m.bootstrap_ci(list(examples), statistic, confidence=confidence, resamples=BOOTSTRAP_RESAMPLES,
+                               seed=seed)
+    return {"value": value, "ci_low": min(low, value), "ci_high": max(high, value)}
 
 
 # ---- tokenization ----------------------------------------------------------------------------------------
@@ -221,15 +199,15 @@ def evaluate_multiple_choice(model: Any, task: EvalTask, examples: list[dict], b
         lls = [float(s.sum()) for s in scores[position: position + len(choices)]]
         position += len(choices)
         gold = task_lib.gold_index(task, example)
-        pred = int(m.choose(lls, choices, False))
-        pred_norm = int(m.choose(lls, choices, True))
+        pred = m.choose(lls, choices, False)
+        pred_norm = m.choose(lls, choices, True)
         values = {"acc": float(pred == gold), "acc_norm": float(pred_norm == gold)}
         for name in task.metrics:
             per_metric[name].append(values[name])
         records.append({"line": example["_line"], "prompt": task_lib.render_prompt(task, example), "choices": choices,
                         "target": gold, "loglikelihoods": lls, "prediction": pred, "prediction_norm": pred_norm,
                         "metrics": {k: values[k] for k in task.metrics}})
-    metrics = {name: _mean_ci(per_metric[name], confidence, seed) for name in task.metrics}
+    metrics = {name: _figure(per_metric[name], None, confidence, seed) for name in task.metrics}
     return {"metrics": metrics, "samples": records}
 
 
@@ -251,21 +229,21 @@ def evaluate_rolling(model: Any, task: EvalTask, examples: list[dict], batch_siz
         nll[index] -= s.sum()
         counts[index] += s.size
     nbytes = np.array([len(example[task.text].encode("utf-8")) for example in examples], np.float64)
-    figures: dict[str, Callable[[np.ndarray], float]] = {
-        "perplexity": lambda idx: math.exp(nll[idx].sum() / counts[idx].sum()),
-        "bits_per_byte": lambda idx: nll[idx].sum() / (math.log(2) * nbytes[idx].sum()),
-        "loglikelihood": lambda idx: -nll[idx].sum() / len(idx),
+    m = _metrics_module()
+    figures: dict[str, Callable[[Sequence[int]], float]] = {
+        "perplexity": lambda idx: m.perplexity(float(nll[idx].sum()), int(counts[idx].sum())),
+        "bits_per_byte": lambda idx: m.bits_per_byte(float(nll[idx].sum()), int(nbytes[idx].sum())),
     }
     metrics = {}
     for name in task.metrics:
         if name not in figures:
-            raise ValueError(f"{task.path}: metric {name!r} is not computed for loglikelihood_rolling tasks "
-                             f"(use {', '.join(figures)})")
-        metrics[name] = _stat_ci(figures[name], len(examples), confidence, seed)
+            raise ValueError(f"{task.path}: metric {name!r} is not computed for loglikelihood_rolling tasks")
+        metrics[name] = _figure(list(range(len(examples))), lambda idx, f=figures[name]: f(np.asarray(idx)),
+                                confidence, seed)
     records = [{"line": ex["_line"], "text": ex[task.text][:200], "loglikelihood": -float(nll[i]),
                 "tokens": int(counts[i]), "bytes": int(nbytes[i]),
-                "metrics": {"perplexity": math.exp(nll[i] / counts[i]),
-                            "bits_per_byte": nll[i] / (math.log(2) * nbytes[i])}}
+                "metrics": {"perplexity": m.perplexity(float(nll[i]), int(counts[i])),
+                            "bits_per_byte": m.bits_per_byte(float(nll[i]), int(nbytes[i]))}}
                for i, ex in enumerate(examples)]
     return {"metrics": metrics, "samples": records}
 
@@ -285,10 +263,10 @@ def score_generations(task: EvalTask, examples: list[dict], predictions: list[li
     ``samples`` completions of ``examples[i]``.
 
     * ``exact_match``: completion == target after stripping surrounding whitespace (mean over samples).
-    * ``rouge``: ROUGE-1/2/L/Lsum F-measures (rouge-score, Porter stemming), reported as ``rouge1`` ... (mean
-      over samples); ``rouge1``/``rouge2``/``rougeL``/``rougeLsum`` may be asked for singly.
-    * ``bleu`` / ``chrf``: sacreBLEU corpus figures over the first sample of each example (the interval
-      resamples examples and recomputes the corpus figure).
+    * ``rouge``: ROUGE-1/2/L/Lsum F-measures (rouge-score, Porter stemming), reported as ``rouge1``,
+      ``rouge2``, ``rougeL``, ``rougeLsum`` (mean over samples, then over examples).
+    * ``bleu`` / ``chrf``: sacreBLEU corpus figures (0-100) over the first sample of each example (the interval
+      resamples examples and recomputes the corpus figure); their signatures go to ``signatures``.
     * ``pass@k`` (code tasks): ``prompt + completion`` run with the example's ``tests`` in the sandbox; per
       example the unbiased estimator 1 - C(n-c, k) / C(n, k) with n samples of which c passed, averaged.
     """
@@ -297,12 +275,13 @@ def score_generations(task: EvalTask, examples: list[dict], predictions: list[li
     prompts = [task_lib.render_prompt(task, ex) for ex in examples]
     targets = [str(ex[task.target]) if task.target else None for ex in examples]
     per_example: dict[str, list[float]] = {}
-    corpus: dict[str, Callable[[np.ndarray], float]] = {}
+    corpus: dict[str, tuple[list, Callable]] = {}
     tests_passed: list[list[bool]] | None = None
     statuses: list[list[str]] | None = None
 
     if any(name.startswith("pass@") for name in task.metrics):
-        jobs = [(prompts[i] + prediction, str(examples[i][task.tests])) for i in range(n) for prediction in predictions[i]]
+        jobs = [(prompts[i] + prediction, str(examples[i][task.tests]))
+                for i in range(n) for prediction in predictions[i]]
         results = iter(_run_tests(jobs, test_timeout_s))
         tests_passed, statuses = [], []
         for i in range(n):
@@ -310,33 +289,31 @@ def score_generations(task: EvalTask, examples: list[dict], predictions: list[li
             tests_passed.append([bool(r.passed) for r in rs])
             statuses.append([str(getattr(r, "status", "")) for r in rs])
 
+    signatures: dict[str, Any] = {}
     for name in task.metrics:
         if name == "exact_match":
-            per_example[name] = [float(np.mean([m.exact_match(p, targets[i]) for p in predictions[i]]))
-                                 for i in range(n)]
-        elif name in ("rouge", "rouge1", "rouge2", "rougeL", "rougeLsum"):
-            scores = [[m.rouge(p, targets[i]) for p in predictions[i]] for i in range(n)]
-            keys = ("rouge1", "rouge2", "rougeL", "rougeLsum") if name == "rouge" else (name,)
-            for key in keys:
-                per_example[key] = [float(np.mean([s[key] for s in scores[i]])) for i in range(n)]
+            scores = [m.exact_match(predictions[i], [targets[i]] * len(predictions[i])) for i in range(n)]
+            per_example[name] = [float(np.mean(s)) for s in scores]
+        elif name == "rouge":
+            scores = [m.rouge(predictions[i], [targets[i]] * len(predictions[i])) for i in range(n)]
+            for key in m.ROUGE_TYPES:
+                per_example[key] = [float(np.mean(s[key])) for s in scores]
+            signatures[name] = m.rouge_signature()
         elif name in ("bleu", "chrf"):
-            function = m.corpus_bleu if name == "bleu" else m.corpus_chrf
-            first = [predictions[i][0] for i in range(n)]
-
-            def figure(idx, function=function, first=first):
-                return float(function([first[j] for j in idx], [targets[j] for j in idx]))
-
-            corpus[name] = figure
+            pairs = [(predictions[i][0], targets[i]) for i in range(n)]
+            corpus[name] = (pairs, m.corpus_statistic(name))
+            signatures[name] = (m.bleu if name == "bleu" else m.chrf)([p for p, _ in pairs],
+                                                                      [r for _, r in pairs])["signature"]
         elif name.startswith("pass@"):
             k = int(name.split("@", 1)[1])
             if k > task.samples:
                 raise ValueError(f"{task.path}: {name} needs samples >= {k} (the task draws {task.samples})")
-            per_example[name] = [float(m.pass_at_k(len(p), sum(p), k)) for p in tests_passed]
+            per_example[name] = [m.pass_at_k(len(p), sum(p), k) for p in tests_passed]
         else:
             raise ValueError(f"{task.path}: metric {name!r} is not computed for generate_until tasks")
 
-    metrics = {name: _mean_ci(values, confidence, seed) for name, values in per_example.items()}
-    metrics.update({name: _stat_ci(figure, n, confidence, seed) for name, figure in corpus.items()})
+    metrics = {name: _figure(values, None, confidence, seed) for name, values in per_example.items()}
+    metrics.update({name: _figure(pairs, statistic, confidence, seed) for name, (pairs, statistic) in corpus.items()})
     records = []
     for i, example in enumerate(examples):
         record = {"line": example["_line"], "prompt": prompts[i], "target": targets[i], "predictions": predictions[i],
@@ -344,7 +321,6 @@ def score_generations(task: EvalTask, examples: list[dict], predictions: list[li
         if tests_passed is not None:
             record["tests_passed"], record["test_status"] = tests_passed[i], statuses[i]
         records.append(record)
-    signatures = {name: m.signature(name) for name in corpus if hasattr(m, "signature")}
     return {"metrics": metrics, "samples": records, **({"signatures": signatures} if signatures else {})}
 
 

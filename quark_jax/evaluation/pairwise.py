@@ -266,3 +266,16 @@ def pairwise_read_main(out_dir: str, ratings_path: str) -> int:
         json.dump(result, f, indent=1)
     print(summarize(result))
     return 0
+
+
+def pairwise_write_main(prompts: Sequence[str], answers_a: Sequence[str], answers_b: Sequence[str], out_dir: str,
+                        a_name: str = "A", b_name: str = "B", seed: int = 0,
+                        title: str = "Which answer is better?") -> int:
+    """``quark eval pairwise --a RUN --b RUN --task T --output DIR`` after the answers are generated: write the
+    sheet and key, print where they are and what to do next; exit code 0."""
+    info = write_sheet(prompts, answers_a, answers_b, out_dir, seed=seed, title=title, a_name=a_name,
+                       b_name=b_name)
+    print(f"wrote {info['sheet']} ({info['items']} items): give it to the rater (it does not say which model is "
+          f"which)\nkeep {info['key']} to yourself; read the ratings back with: quark eval pairwise --read {out_dir} "
+          f"--ratings ratings.json")
+    return 0

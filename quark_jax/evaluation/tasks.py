@@ -181,7 +181,7 @@ def load_task(path: str | os.PathLike) -> EvalTask:
             metric_registry.check_metric(name, output_type)
         except (ValueError, KeyError) as e:
             message = str(e.args[0]) if e.args else str(e)
-            raise _fail(path, f"metric {name!r}: {message}") from None
+            raise _fail(path, message if repr(name) in message else f"metric {name!r}: {message}") from None
     if any(m.startswith("pass@") for m in metrics) and not raw.get("tests"):
         raise _fail(path, "pass@k metrics need 'tests' (the field with each example's test code)")
 

@@ -257,3 +257,17 @@ def test_cli_main_report_gate_and_usage_errors(trained_run, mc_task, tmp_path, c
                            baseline=str(base), progress=False) == 1
     assert "| mc | acc |" in capsys.readouterr().out.split("regression(s):")[1]
     _one_line_error(lambda: eval_tasks_main(trained_run["model_dir"], "nope", str(out)), "unknown task 'nope'")
+
+
+def test_builtin_suites_load_and_reference_solutions_pass():
+    found = tasks.find_tasks("all")
+    names = {t.task for t in found}
+    assert {"stdlib_mc", "code_doctest", "stdlib_qa"} <= names
+    assert [t.task for t in tasks.find_tasks("stdlib_mc,code_doctest")] == ["stdlib_mc", "code_doctest"]
+    code = next(t for t in found if t.task == "code_doctest")
+    examples = tasks.load_examples(code, limit=3)
+    # The reference solutions pass their doctest-derived tests in the sandbox; a wrong body does not.
+    out = harness.score_generations(code, examples, [[ex["solution"], "    return None\n"] for ex in examples])
+    assert [r["tests_passed"] for r in out["samples"]] == [[True, False]] * 3
+    assert out["metrics"]["pass@1"]["value"] == pytest.approx(0.5)
+    assert out["metrics"]["pass@2"]["value"] == pytest.approx(1.0)

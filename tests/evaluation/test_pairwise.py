@@ -120,3 +120,9 @@ def test_bad_files(tmp_path, capsys):
     path.write_text(json.dumps({"q001": "tie"}))
     assert pairwise.pairwise_read_main(str(out), str(path)) == 0
     assert json.loads((out / "result.json").read_text())["ties"] == 1
+
+
+def test_write_main_prints_next_step(tmp_path, capsys):
+    assert pairwise.pairwise_write_main(["p"], ["a"], ["b"], str(tmp_path / "s"), a_name="x", b_name="y") == 0
+    out = capsys.readouterr().out
+    assert "sheet.html (1 items)" in out and "--read" in out
