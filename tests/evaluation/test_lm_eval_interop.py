@@ -57,34 +57,44 @@ def test_simple_evaluate_equals_the_quark_harness_on_stdlib_mc(trained_run, mode
 
 def test_is_greedy_is_true_exactly_for_the_greedy_continuation(model):
     lm = lm_eval_adapter.QuarkLM(model=model, batch_size=8)
-    prompts = ["def add(a, b):\n    return", "import os\nimport", "Q: What does `operator.add` do?\nA:"]
+    prompts = ["def add(a, b):\n    return", "import os\nimport", "Q: What does `operator.add` do?\nA:",
+               "x = 1\ny =", "class Point:\n    def"]
     contexts = [list(model.tokenizer.encode(p)) for p in prompts]
     pairs, expected = [], []
-    for context, completion in zip(contexts, model.generator.generate_requests([Request(c, 6) for c in contexts])):
+    greedy_runs = model.generator.generate_requests([Request(c, 6) for c in contexts])
+    for context, completion in zip(contexts, greedy_runs):
         greedy_tokens = completion.tokens
-        assert len(greedy_tokens) >= 2, "pick prompts whose greedy run does not stop at once"
+        if len(greedy_tokens) < 2:
+            continue  # the greedy run stopped (EOS) at once
         changed = list(greedy_tokens)
         changed[-1] = (changed[-1] + 7) % model.config.vocab_size  # another token at the last position
         pairs += [(context, greedy_tokens), (context, changed), (context, greedy_tokens[:1])]
         expected += [True, False, True]
+    assert pairs, "every greedy run stopped at once: pick other prompts"
     results = lm._loglikelihood_tokens([(None, c, x) for c, x in pairs])
     assert [g for _, g in results] == expected
     # The log-likelihoods are the plain scoring path's.
     plain = model.generator.score_tokens([c for c, _ in pairs], [x for _, x in pairs])
     assert [lp for lp, _ in results] == pytest.approx([sum(p) for p in plain], abs=1e-4)
 
-    # Through lm-eval's own request path (text in, its context/continuation split): a greedy text
-    # continuation is greedy when it re-tokenizes to the same ids.
-    texts = model.generate(prompts, max_new_tokens=6)
-    requests = [Instance("loglikelihood", {}, (p, t), 0) for p, t in zip(prompts, texts)]
-    checked = []
-    for (p, t), (_, is_greedy) in zip(zip(prompts, texts), lm.loglikelihood(requests, disable_tqdm=True)):
-        ctx, cont = lm._encode_pair(p, t)
-        if ctx == list(model.tokenizer.encode(p)) and cont:  # the split left the prompt's ids intact
-            checked.append((ctx, cont, is_greedy))
-    reruns = model.generator.generate_requests([Request(ctx, len(cont)) for ctx, cont, _ in checked]) if checked else []
-    for (ctx, cont, is_greedy), rerun in zip(checked, reruns):
-        assert is_greedy == (rerun.tokens[: len(cont)] == cont)
+    # Through lm-eval's own request path (text in; lm-eval splits context and continuation itself): every
+    # prefix of a greedy generation whose text re-tokenizes to the same ids is greedy; an arbitrary text is not
+    # (its tokens are not the arg-max ones: checked against a greedy rerun of the same length).
+    requests, expected = [], []
+    for prompt, context, completion in zip(prompts, contexts, greedy_runs):
+        for k in range(1, len(completion.tokens) + 1):
+            text = model.tokenizer.decode(completion.tokens[:k])
+            if lm._encode_pair(prompt, text) == (context, completion.tokens[:k]):
+                requests.append((prompt, text))
+                expected.append(True)
+    assert requests, "no greedy prefix re-tokenizes to its own ids: pick other prompts"
+    other = " the quick brown fox"
+    _, other_ids = lm._encode_pair(prompts[0], other)
+    rerun = model.generator.generate_requests([Request(contexts[0], len(other_ids))])[0].tokens
+    requests.append((prompts[0], other))
+    expected.append(rerun[: len(other_ids)] == other_ids)
+    results = lm.loglikelihood([Instance("loglikelihood", {}, r, 0) for r in requests], disable_tqdm=True)
+    assert [g for _, g in results] == expected and expected[-1] is False
 
 
 def test_generate_until_equals_greedy_generation(model):
