@@ -86,6 +86,20 @@ class QuarkLM(TemplateLM):
         self.max_gen_toks = int(max_gen_toks)
         self.prompt_prefix_ids = list(getattr(self.vocabulary, "prompt_prefix_ids", ()))
 
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None):
+        """lm_eval's constructor path. ``model_args`` win over the run-wide settings (``--batch_size``,
+        ``--device``...) instead of colliding with them, so ``model_args=...,batch_size=32`` works next to
+        the command line's default ``--batch_size 1``."""
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **extra)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
     # ---- tokenizer ------------------------------------------------------------------------------------
     @property
     def eot_token_id(self) -> int:

@@ -105,3 +105,11 @@ def test_generate_until_equals_greedy_generation(model):
                             disable_tqdm=True)
     reference = model.generate(prompts, max_new_tokens=8, stop=["\n\n"])
     assert out == reference
+
+
+def test_model_args_win_over_the_command_line_defaults(model):
+    # lm_eval's CLI passes --batch_size (default 1) and --device next to model_args; they must not collide.
+    lm = lm_eval_adapter.QuarkLM.create_from_arg_obj({"model": model, "batch_size": 32},
+                                                     {"batch_size": 1, "max_batch_size": None, "device": "cpu"})
+    assert lm.batch_size == 32 and lm.max_length == model.trained_context
+    assert lm_eval_adapter.QuarkLM.create_from_arg_obj({"model": model}, {"batch_size": "auto"}).batch_size == 16
