@@ -33,11 +33,12 @@ import sys
 import textwrap
 from collections.abc import Iterator
 
+from quark_jax import resources
 from quark_jax.data import chat, corpus
 from quark_jax.data.splits import split_of
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-INSTRUCTIONS_VALIDATION = REPO / "data" / "instructions" / "validation.jsonl"
+INSTRUCTIONS_VALIDATION = resources.shipped("data/instructions/validation.jsonl")
 SEED = "quark-evals-v1"
 DATA_DIR = "data"
 
@@ -372,7 +373,8 @@ CODE_SPECS: list[tuple[str, str, list[tuple[str, str]], str]] = [
      "return [x for xs in lists for x in xs]"),
     ("unique(xs)", "Return the items of xs without repeats, keeping the first occurrence of each.",
      [("unique([3, 1, 3, 2, 1])", "[3, 1, 2]"), ("unique([])", "[]")],
-     "seen = set()\nout = []\nfor x in xs:\n    if x not in seen:\n        seen.add(x)\n        out.append(x)\nreturn out"),
+     "seen = set()\nout = []\nfor x in xs:\n    if x not in seen:\n        seen.add(x)\n        out.append(x)\n"
+     "return out"),
     ("word_count(s)", "Return a dict mapping each whitespace-separated word of s to how often it occurs.",
      [("word_count('a b a')", "{'a': 2, 'b': 1}"), ("word_count('')", "{}")],
      "counts = {}\nfor w in s.split():\n    counts[w] = counts.get(w, 0) + 1\nreturn counts"),
@@ -534,7 +536,7 @@ def _yaml_scalar(value) -> str:
 def task_yaml(name: str) -> str:
     """The YAML text of one built-in task (keys in the documented order; strings JSON-quoted)."""
     config = {"task": name, **TASKS[name], "data": f"{DATA_DIR}/{name}.jsonl"}
-    lines = [f"# Built by `python -m quark_jax.evaluation.suites --output evals/tasks`; do not edit by hand",
+    lines = ["# Built by `python -m quark_jax.evaluation.suites --output evals/tasks`; do not edit by hand",
              "# (change quark_jax/evaluation/suites.py and rebuild)."]
     lines += [f"{key}: {_yaml_scalar(config[key])}" for key in _KEY_ORDER if key in config]
     return "\n".join(lines) + "\n"
@@ -558,12 +560,23 @@ def build_examples() -> dict[str, list[dict]]:
     }
 
 
+def check_held_out(name: str, examples: list[dict]) -> None:
+    """Raises unless every corpus-derived example's source document is in the validation split."""
+    for example in examples:
+        key = example["source"]
+        if name == "code_doctest" or key.startswith("arithmetic:"):
+            continue  # our own specs; generated sums (split by quark_jax.data.instructions' own hash rule)
+        if split_of(key) != "validation":
+            raise AssertionError(f"{name}: an example comes from {key}, a training document")
+
+
 def build(output: str | os.PathLike) -> dict[str, int]:
     """Writes every task YAML to ``output`` and its JSONL to ``output/data``; returns examples per task."""
     output = pathlib.Path(output)
     (output / DATA_DIR).mkdir(parents=True, exist_ok=True)
     counts = {}
     for name, examples in build_examples().items():
+        check_held_out(name, examples)
         if not examples:
             raise RuntimeError(f"suite {name} came out empty on Python {sys.version.split()[0]}")
         (output / f"{name}.yaml").write_text(task_yaml(name), encoding="utf-8")
