@@ -184,13 +184,12 @@ def evaluate_multiple_choice(model: Any, task: EvalTask, examples: list[dict], b
     """acc / acc_norm of a ``multiple_choice`` task (see the module docstring)."""
     m = _metrics_module()
     generator, max_length = model.generator, _max_length(model)
-    pairs, owners = [], []
-    for index, example in enumerate(examples):
+    pairs = []
+    for example in examples:
         context = task_lib.render_prompt(task, example)
         for choice in example[task.choices]:
             ctx, cont = encode_pair(generator, context, task.target_delimiter + choice)
-            pairs.append(_fit(ctx, cont, max_length, f"{task.task} example line {example['_line']}"))
-            owners.append(index)
+            pairs.append(_fit(ctx, cont, max_length, f"{task.data}:{example['_line']}"))
     scores = score_pairs(generator, pairs, batch_size, progress, task.task)
     records, per_metric = [], {name: [] for name in task.metrics}
     position = 0

@@ -184,6 +184,10 @@ def load_task(path: str | os.PathLike) -> EvalTask:
             raise _fail(path, message if repr(name) in message else f"metric {name!r}: {message}") from None
     if any(m.startswith("pass@") for m in metrics) and not raw.get("tests"):
         raise _fail(path, "pass@k metrics need 'tests' (the field with each example's test code)")
+    needs_reference = [m for m in metrics if m in ("exact_match", "rouge", "bleu", "chrf")]
+    if output_type == "generate_until" and needs_reference and not raw.get("target"):
+        raise _fail(path, f"metric {needs_reference[0]!r} compares with a reference: set 'target' (the field "
+                          "holding the reference text)")
 
     data = str(raw["data"])
     data_path = data if os.path.isabs(data) else os.path.join(os.path.dirname(os.path.abspath(path)), data)

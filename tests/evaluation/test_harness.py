@@ -189,6 +189,9 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("task: x\ndata: [unclosed\n")
     _one_line_error(lambda: tasks.load_task(bad_yaml), str(bad_yaml), "not valid YAML")
+    path = write_task(tmp_path, "noref", {"output_type": "generate_until", "prompt": "{question}",
+                                          "metrics": ["exact_match"], "tests": "question"}, MC_ITEMS[:1])
+    _one_line_error(lambda: tasks.load_task(path), path, "'exact_match'", "'target'")
     path = write_task(tmp_path, "gold", MC_SPEC, [{**MC_ITEMS[0], "answer": 7}])
     _one_line_error(lambda: tasks.load_examples(tasks.load_task(path)), "gold.jsonl:1", "not an index")
 
