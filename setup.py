@@ -22,6 +22,8 @@ _SHIPPED = {
     "configs": ["*.gin", "*/*.gin"],
     "tokenizers": ["*.model"],
     "data": ["instructions/*.jsonl", "preferences/*.jsonl"],
+    # The evaluation suites (quark eval --tasks): task YAML, their JSONL data and the regression baselines.
+    "evals": ["tasks/*.yaml", "tasks/*.jsonl", "tasks/*/*.jsonl", "tasks/*/*.json", "baselines/*.json"],
 }
 _SHIPPED_PACKAGES = {f"quark_jax._shipped.{tree}": tree for tree in _SHIPPED}
 

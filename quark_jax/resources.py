@@ -1,6 +1,6 @@
-"""Files shipped with quark_jax: the tokenizer, the gin configs and the built data sets.
+"""Files shipped with quark_jax: the tokenizer, the gin configs, the built data sets and the evaluation suites.
 
-In a source checkout they are the repository's top-level ``tokenizers/``, ``configs/`` and ``data/``; an
+In a source checkout they are the repository's top-level ``tokenizers/``, ``configs/``, ``data/`` and ``evals/``; an
 installed wheel carries the same trees as package data under ``quark_jax/_shipped/`` (see ``setup.py``).
 :func:`shipped` is the one place that knows both layouts.
 """
@@ -12,7 +12,7 @@ import importlib.resources
 import pathlib
 
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
-SHIPPED_TREES = ("configs", "tokenizers", "data")
+SHIPPED_TREES = ("configs", "tokenizers", "data", "evals")
 
 
 @functools.cache

@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO
 
 # What a build reads: setup.py, its requirement files, the package and the trees shipped as package data.
-BUILD_INPUTS = ["setup.py", "requirements.txt", "requirements-test.txt", "quark_jax", "configs", "tokenizers", "data"]
+BUILD_INPUTS = ["setup.py", "requirements.txt", "requirements-test.txt", "quark_jax", "configs", "tokenizers", "data", "evals"]
 
 CHECK = textwrap.dedent("""
     import json, os, pathlib, sys
@@ -46,7 +46,10 @@ CHECK = textwrap.dedent("""
 
     found = {name: resources.shipped(name) for name in (
         "tokenizers/quark_stdlib_4k.model", "configs/runs/pretrain_tiny.gin", "data/preferences/train.jsonl",
-        "data/instructions")}
+        "data/instructions", "evals/tasks/stdlib_mc.yaml", "evals/tasks/data/stdlib_mc.jsonl")}
+    from quark_jax.evaluation.tasks import find_tasks
+
+    eval_tasks = find_tasks("all")
     print(json.dumps({
         "cwd": os.getcwd(),
         "vocab_size": vocabulary.vocab_size, "num_ids": len(ids), "round_trip": vocabulary.decode(ids) == text,
@@ -55,6 +58,8 @@ CHECK = textwrap.dedent("""
         "inside": {name: path.resolve().is_relative_to(unpacked) for name, path in found.items()},
         "preference_lines": sum(1 for _ in open(found["data/preferences/train.jsonl"])),
         "instruction_files": sorted(p.name for p in found["data/instructions"].iterdir()),
+        "eval_tasks_inside": all(pathlib.Path(t.data).resolve().is_relative_to(unpacked) for t in eval_tasks),
+        "eval_tasks": len(eval_tasks),
     }))
 """)
 
@@ -91,12 +96,16 @@ def test_wheel_contents(wheel):
                  "quark_jax/data/resources/stdlib_api_qa.jsonl",
                  "quark_jax/data/resources/toxicity_labelled.jsonl",
                  "quark_jax/resources.py",
-                 "quark_jax/serving/static/chat.html"]:
+                 "quark_jax/serving/static/chat.html",
+                 "quark_jax/_shipped/evals/tasks/stdlib_mc.yaml",
+                 "quark_jax/_shipped/evals/tasks/data/stdlib_mc.jsonl",
+                 "quark_jax/_shipped/evals/baselines/tiny_test.json"]:
         assert name in names, name
     # Every config of the source tree is in the wheel; no development script or test came along.
     configs = {str(p.relative_to(REPO)) for p in pathlib.Path(REPO, "configs").rglob("*.gin")}
     assert {f"quark_jax/_shipped/{c}" for c in configs} <= names and len(configs) > 20
     assert not [n for n in names if n.startswith(("tests/", "quark_jax/_shipped/tokenizers/train_tokenizer"))]
+    assert not [n for n in names if n.startswith("quark_jax/_shipped/evals/") and n.endswith(".py")]
 
 
 def test_the_installed_wheel_finds_its_tokenizer_configs_and_data(wheel, tmp_path):
@@ -117,3 +126,4 @@ def test_the_installed_wheel_finds_its_tokenizer_configs_and_data(wheel, tmp_pat
     assert (report["d_model"], report["steps"], report["mixture"]) == (256, 3, "stdlib")
     assert report["preference_lines"] > 100
     assert report["instruction_files"] == ["train.jsonl", "validation.jsonl"]
+    assert report["eval_tasks"] >= 7 and report["eval_tasks_inside"]

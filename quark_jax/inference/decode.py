@@ -265,15 +265,20 @@ def make_generate_fn(
     return jax.jit(generate)
 
 
-def make_score_fn(graphdef: nnx.GraphDef) -> Callable[..., Float[Array, "B T"]]:
+def make_score_fn(graphdef: nnx.GraphDef, greedy: bool = False) -> Callable[..., Any]:
     """Builds a jitted ``score(params, tokens [B, T], lengths [B]) -> logprobs [B, T]``.
 
     ``logprobs[b, t]`` is log p(tokens[b, t] | tokens[b, :t]) for ``1 <= t < lengths[b]`` and 0 elsewhere
     (token 0 has no context). One forward pass, no cache: this is what evaluation harnesses call to rank
     continuations.
+
+    With ``greedy=True`` the function returns ``(logprobs, is_max)``: ``is_max[b, t]`` is True where
+    tokens[b, t] has the largest log-probability of the vocabulary at its position (ties count as the
+    maximum), False elsewhere (token 0 and padding included). A continuation is what greedy decoding would
+    produce exactly when ``is_max`` holds for all its tokens (lm-evaluation-harness's ``is_greedy``).
     """
 
-    def score(params: Any, tokens: Int[Array, "B T"], lengths: Int[Array, "B"]) -> Float[Array, "B T"]:
+    def score(params: Any, tokens: Int[Array, "B T"], lengths: Int[Array, "B"]):
         model = nnx.merge(graphdef, params)
         steps = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
         positions = jnp.broadcast_to(steps, tokens.shape)
@@ -281,8 +286,12 @@ def make_score_fn(graphdef: nnx.GraphDef) -> Callable[..., Float[Array, "B T"]]:
         logits, _ = model(tokens, positions, segments)
         logprobs = jax.nn.log_softmax(logits[:, :-1], axis=-1)  # predicts tokens[:, 1:]
         chosen = jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
-        chosen = jnp.where(steps[:, 1:] < lengths[:, None], chosen, 0.0)
-        return jnp.pad(chosen, ((0, 0), (1, 0)))
+        valid = steps[:, 1:] < lengths[:, None]
+        out = jnp.pad(jnp.where(valid, chosen, 0.0), ((0, 0), (1, 0)))
+        if not greedy:
+            return out
+        is_max = valid & (chosen >= jnp.max(logprobs, axis=-1))
+        return out, jnp.pad(is_max, ((0, 0), (1, 0)))
 
     return jax.jit(score)
 

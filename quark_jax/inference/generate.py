@@ -398,9 +398,15 @@ class Generator:
 
     # ---- scoring ---------------------------------------------------------------------------------
     def score_tokens(
-        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]
-    ) -> list[list[float]]:
-        """log p(continuation token | prompt, earlier continuation tokens) for every continuation token."""
+        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], greedy: bool = False
+    ) -> list[list[float]] | tuple[list[list[float]], list[list[bool]]]:
+        """log p(continuation token | prompt, earlier continuation tokens) for every continuation token.
+
+        All pairs run as one padded batch through one compiled forward pass (callers chunk large request
+        sets). With ``greedy=True`` returns ``(logprobs, is_max)`` where ``is_max[i][j]`` says whether
+        continuation token j of pair i is the arg-max of the model's distribution at its position (the
+        continuation is the greedy one exactly when all are True).
+        """
         if len(prompts) != len(continuations):
             raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
         if any(len(p) == 0 for p in prompts) or any(len(c) == 0 for c in continuations):
@@ -413,9 +419,16 @@ class Generator:
         lengths = np.ones(batch_bucket, np.int32)
         for row, f in enumerate(full):
             tokens[row, : len(f)], lengths[row] = f, len(f)
-        fn = self._function(("score", batch_bucket, length_bucket), lambda: make_score_fn(self.graphdef))
-        logprobs = np.asarray(jax.device_get(self._call(fn, self.params, tokens, lengths)))
-        return [logprobs[row, len(p): len(f)].tolist() for row, (p, f) in enumerate(zip(prompts, full))]
+        key = ("score", batch_bucket, length_bucket) + (("greedy",) if greedy else ())
+        fn = self._function(key, lambda: make_score_fn(self.graphdef, greedy=greedy))
+        out = jax.device_get(self._call(fn, self.params, tokens, lengths))
+        spans = [(len(p), len(f)) for p, f in zip(prompts, full)]
+        if not greedy:
+            logprobs = np.asarray(out)
+            return [logprobs[row, a:b].tolist() for row, (a, b) in enumerate(spans)]
+        logprobs, is_max = np.asarray(out[0]), np.asarray(out[1])
+        return ([logprobs[row, a:b].tolist() for row, (a, b) in enumerate(spans)],
+                [[bool(x) for x in is_max[row, a:b]] for row, (a, b) in enumerate(spans)])
 
     def score(self, prompts: Sequence[str], continuations: Sequence[str]) -> list[dict[str, Any]]:
         """Log-likelihood of each continuation given its prompt (what evaluation harnesses call).

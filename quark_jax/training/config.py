@@ -72,6 +72,12 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 100  # 0 disables periodic evaluation (the final one still runs if eval_batches > 0)
     eval_batches: int = 4
+    # Evaluation suites (quark_jax.evaluation: built-in task names or task YAML paths) run every
+    # eval_tasks_every steps (0: never) on the first eval_tasks_limit examples of each task; each figure goes to
+    # metrics.jsonl and TensorBoard as eval/<task>/<metric>.
+    eval_tasks: Sequence[str] = ()
+    eval_tasks_every: int = 0
+    eval_tasks_limit: int = 32
     sample_prompts: Sequence[str] = ("def ", "import os\n", "class ")
     sample_max_new_tokens: int = 32
     on_nonfinite: str = "stop"  # "stop": raise naming the step; "skip": drop that update and go on
@@ -104,5 +110,12 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lease_stale_after_s={self.lease_stale_after_s} must be > 0")
         if self.steps < 1:
             raise ValueError(f"TrainConfig.steps={self.steps} must be >= 1")
+        if isinstance(self.eval_tasks, str):  # "a,b" or a list of names / YAML paths
+            object.__setattr__(self, "eval_tasks", tuple(t.strip() for t in self.eval_tasks.split(",") if t.strip()))
+        else:
+            object.__setattr__(self, "eval_tasks", tuple(self.eval_tasks))
+        if self.eval_tasks_every < 0 or self.eval_tasks_limit < 1:
+            raise ValueError(f"TrainConfig.eval_tasks_every={self.eval_tasks_every} must be >= 0 and "
+                             f"eval_tasks_limit={self.eval_tasks_limit} >= 1")
         if not self.model_dir:
             raise ValueError("TrainConfig.model_dir is empty: set MODEL_DIR, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"")

@@ -93,8 +93,10 @@ def _last_logged(model_dir: str) -> dict[str, float]:
 
 
 def _logged_eval(model_dir: str, step: int) -> bool:
-    """Whether metrics.jsonl holds an evaluation record (one without a training ``loss``) of ``step``."""
-    return any(r.get("step") == step and "loss" not in r for r in _read_records(model_dir))
+    """Whether metrics.jsonl holds an evaluation record (one without a training ``loss``, other than the task
+    suites' ``eval/...`` record) of ``step``."""
+    return any(r.get("step") == step and "loss" not in r and any(k != "step" and not k.startswith("eval/") for k in r)
+               for r in _read_records(model_dir))
 
 
 def _sampled(model_dir: str, step: int) -> bool:
@@ -267,6 +269,49 @@ class Trainer:
         outputs = self._generator.generate(list(cfg.sample_prompts), max_new_tokens=cfg.sample_max_new_tokens)
         return list(zip(cfg.sample_prompts, outputs))
 
+    def _resolve_eval_tasks(self) -> list:
+        """The ``eval_tasks`` of the config, loaded and checked before the first step (a bad name or file fails
+        now, not after hours of training)."""
+        cfg = self.config
+        if not (cfg.eval_tasks and cfg.eval_tasks_every):
+            return []
+        from quark_jax.evaluation import tasks as task_lib
+
+        selected = task_lib.find_tasks(",".join(cfg.eval_tasks))
+        for task in selected:
+            task_lib.load_examples(task, cfg.eval_tasks_limit)
+        return selected
+
+    def evaluate_tasks(self, params: Any, step: int) -> dict[str, float]:
+        """Runs the configured evaluation suites (:mod:`quark_jax.evaluation.harness`) on ``params`` through the
+        same generator as the samples; returns ``{"eval/<task>/<metric>": value}``."""
+        import types
+
+        from quark_jax.evaluation import harness
+
+        cfg = self.config
+        if not getattr(self, "_eval_tasks", None):
+            return {}
+        if jax.process_count() > 1:  # the generator fetches whole arrays to one host
+            log.info("multi-host run: skipping the evaluation suites (use `quark eval --tasks` on the checkpoint)")
+            return {}
+        params = self.objective.model_params(params, self.training.frozen)
+        if not hasattr(self, "_generator"):
+            from quark_jax.inference.generate import Generator
+
+            self._generator = Generator(self.graphdef, params, self.vocabulary)
+        self._generator.params = params
+        view = types.SimpleNamespace(generator=self._generator, step=step, model_dir=cfg.model_dir,
+                                     trained_context=int(cfg.data.task_feature_lengths["targets"]))
+        with sh.activate(self.mesh):
+            results = harness.evaluate(view, self._eval_tasks, limit=cfg.eval_tasks_limit, progress=False,
+                                       seed=cfg.seed, model_dir=cfg.model_dir)
+        values = {f"eval/{name}/{metric}": figure["value"]
+                  for name, task in results["tasks"].items() for metric, figure in task["metrics"].items()}
+        self.last_task_results = results
+        log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        return values
+
     def _evaluate_and_log(self, step: int, params: Any, completing: bool = False) -> dict[str, float]:
         """Evaluates and samples; ``completing``: a re-run completing a final evaluation that a killed run may
         have partly logged -- what is already in metrics.jsonl / samples.txt for ``step`` is not written again."""
@@ -378,6 +423,7 @@ class Trainer:
 
     def _run(self, stop_requested: preemption.PreemptionGuard) -> dict[str, Any]:
         cfg = self.config
+        self._eval_tasks = self._resolve_eval_tasks()
         self._setup()
         # Nothing of the run's own files is written until the directory is known to hold this model: a failed
         # attempt with another config must not overwrite the run files that the right command needs.
@@ -495,14 +541,20 @@ class Trainer:
                 is_ckpt = step % cfg.checkpoint.period == 0 or step == cfg.steps
                 is_eval = cfg.eval_batches > 0 and (cfg.eval_every and step % cfg.eval_every == 0) \
                     and step < cfg.steps  # the final evaluation is part of _finish
+                is_task_eval = bool(self._eval_tasks) and step % cfg.eval_tasks_every == 0
                 stopping = agreed.at_step()  # read once: a SIGTERM may arrive anywhere in this iteration
-                if is_ckpt or is_eval or stopping:
+                if is_ckpt or is_eval or is_task_eval or stopping:
                     handle(*pending)  # a checkpoint never holds a state whose loss we have not checked
                     pending = None
                 if is_ckpt or stopping:
                     self._save_checked(state, step, force=step == cfg.steps or not is_ckpt)
                 if is_eval:
                     summary.update(self._evaluate_and_log(step, state.params))
+                if is_task_eval:
+                    task_values = self.evaluate_tasks(state.params, step)
+                    if task_values:
+                        self.writer.write(step, task_values)
+                        summary.update(task_values)
                 if stopping:
                     # SIGTERM (e.g. a preempted TPU VM or a cluster scheduler): the step is checkpointed; wait
                     # for the commit and leave cleanly (exit 143 from the CLI). A second SIGTERM changes nothing.
