@@ -423,6 +423,10 @@ def _import_hf(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    if args.mode == "pairwise" or args.tasks:
+        return _eval_tasks(args)
+    if args.model_dir is None:
+        raise UsageError("--model_dir is required (the run to evaluate)")
     _check_at_least(args, 1, "batch_size")
     _check_at_least(args, 2, "sequence_length")
     _check_at_least(args, 0, "batches", "step")
@@ -458,6 +462,45 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from e
     print(json.dumps({"model_dir": args.model_dir, "step": model.step, **result}))
     return 0
+
+
+def _eval_tasks(args: argparse.Namespace) -> int:
+    """``quark eval --tasks ...`` (the task suites, report, baseline gate) and ``quark eval pairwise ...``."""
+    from quark_jax.evaluation import cli_main, pairwise
+
+    _check_at_least(args, 1, "batch_size", "limit")
+    if args.mode == "pairwise" and args.read:
+        if not args.ratings:
+            raise UsageError("--read DIR needs --ratings FILE (the ratings.json the sheet saved)")
+        return pairwise.pairwise_read_main(args.read, args.ratings)
+    if args.mode == "pairwise":
+        missing = [f"--{name}" for name in ("a", "b", "task", "output") if not getattr(args, name)]
+        if missing:
+            raise UsageError(f"pairwise needs {', '.join(missing)} (or --read DIR --ratings FILE)")
+        for run in (args.a, args.b):
+            _check_run_dir(run)
+        runner = lambda: cli_main.pairwise_main(args.a, args.b, args.task, args.output,  # noqa: E731
+                                                args.limit or 50, args.seed, args.batch_size)
+    else:
+        if args.model_dir is None:
+            raise UsageError("--model_dir is required (the run to evaluate)")
+        _check_run_dir(args.model_dir)
+        steps = None
+        if args.steps:
+            try:
+                steps = [int(s) for s in args.steps.split(",") if s.strip()]
+            except ValueError:
+                raise UsageError(f"--steps {args.steps!r}: must be checkpoint steps separated by commas, e.g. 20,40") from None
+        runner = lambda: cli_main.eval_tasks_main(  # noqa: E731
+            args.model_dir, args.tasks, args.output, args.batch_size, args.limit, steps, args.baseline,
+            args.write_baseline, args.seed, not args.no_progress)
+    _start_tensorflow(args.verbose)
+    try:
+        return runner()
+    except (FileNotFoundError, ValueError) as e:
+        if args.verbose:
+            raise
+        raise UsageError(str(e)) from e
 
 
 RUN_DEFAULTS = "configs/runs/pretrain.gin"  # what `quark plan` assumes when given a model's gin file alone
@@ -814,8 +857,25 @@ def _build_parser() -> argparse.ArgumentParser:
     ih.add_argument("--mesh_shape", default="data=-1",
                     help="mesh the weights are read onto, shard by shard, e.g. 'fsdp=-1,tensor=4'")
 
-    ev = add("eval", help="validation loss and perplexity of a trained run")
-    ev.add_argument("--model_dir", required=True)
+    ev = add("eval", help="task suites with confidence intervals (--tasks), validation perplexity, pairwise sheets",
+             description="Without --tasks: validation loss and perplexity on a seqio task. With --tasks: the task "
+                         "suites (evals/tasks/*.yaml or your own YAML), a report, and a regression gate. "
+                         "`quark eval pairwise`: a blind side-by-side sheet of two runs for people to rate.")
+    ev.add_argument("mode", nargs="?", choices=("pairwise",), help="pairwise: human side-by-side rating")
+    ev.add_argument("--model_dir", default=None)
+    ev.add_argument("--tasks", default=None, help="'all', task names or YAML paths, comma-separated")
+    ev.add_argument("--output", default=None, help="report directory (default MODEL_DIR/eval)")
+    ev.add_argument("--limit", type=int, default=None, help="first N examples of each task")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--steps", default=None, help="checkpoints to evaluate, e.g. 20,40 (curves in the report)")
+    ev.add_argument("--baseline", default=None, help="results JSON to gate on: exit 1 naming each regression")
+    ev.add_argument("--write_baseline", default=None, help="write these results as a baseline file")
+    ev.add_argument("--no_progress", action="store_true")
+    ev.add_argument("--a", default=None, help="pairwise: run A")
+    ev.add_argument("--b", default=None, help="pairwise: run B")
+    ev.add_argument("--task", default=None, help="pairwise: one generation task")
+    ev.add_argument("--read", default=None, help="pairwise: a sheet directory to score")
+    ev.add_argument("--ratings", default=None, help="pairwise: the ratings.json saved from the sheet")
     ev.add_argument("--mixture_or_task_name", default="stdlib")
     ev.add_argument("--split", default="validation")
     ev.add_argument("--sequence_length", type=int, default=256)

@@ -60,3 +60,29 @@ def eval_tasks_main(model_dir: str, tasks: str, output: str | None = None, batch
         if regressions:
             return 1
     return 0
+
+
+def pairwise_main(run_a: str, run_b: str, task_spec: str, output: str, limit: int | None = 50, seed: int = 0,
+                  batch_size: int = 16) -> int:
+    """``quark eval pairwise --a RUN --b RUN --task T --output DIR``: both runs answer the same prompts of one
+    generation task (the task's own decoding settings, seed ``seed``), and a blind side-by-side sheet is written
+    for people to rate (:mod:`quark_jax.evaluation.pairwise`); ``--read DIR --ratings FILE`` scores it."""
+    import quark_jax
+    from quark_jax.evaluation import harness, pairwise
+    from quark_jax.evaluation import tasks as task_lib
+
+    selected = task_lib.find_tasks(task_spec)
+    if len(selected) != 1 or selected[0].output_type != "generate_until":
+        raise ValueError(f"--task {task_spec}: pairwise rating needs one generation task (output_type "
+                         "generate_until), e.g. --task stdlib_qa")
+    task = selected[0]
+    prompts = [task_lib.render_prompt(task, e) for e in task_lib.load_examples(task, limit)]
+    answers = []
+    for run in (run_a, run_b):
+        model = quark_jax.load(run)
+        answers.append(harness.generate_texts(
+            model.generator, prompts, [seed] * len(prompts), task.max_tokens, task.temperature, task.until,
+            harness.context_length(model), batch_size))
+        del model
+    return pairwise.pairwise_write_main(prompts, answers[0], answers[1], output, a_name=run_a, b_name=run_b,
+                                        seed=seed, title=f"{task.name}: which answer is better?")

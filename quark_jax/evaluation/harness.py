@@ -23,7 +23,6 @@ resample).
 from __future__ import annotations
 
 import concurrent.futures
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -174,7 +173,7 @@ def _metrics_module():
     return metrics
 
 
-def _max_length(model: Any) -> int:
+def context_length(model: Any) -> int:
     return int(getattr(model, "trained_context", None) or getattr(model.generator, "max_context", None)
                or DEFAULT_CONTEXT)
 
@@ -183,7 +182,7 @@ def evaluate_multiple_choice(model: Any, task: EvalTask, examples: list[dict], b
                              confidence: float, seed: int) -> dict[str, Any]:
     """acc / acc_norm of a ``multiple_choice`` task (see the module docstring)."""
     m = _metrics_module()
-    generator, max_length = model.generator, _max_length(model)
+    generator, max_length = model.generator, context_length(model)
     pairs = []
     for example in examples:
         context = task_lib.render_prompt(task, example)
@@ -213,7 +212,7 @@ def evaluate_multiple_choice(model: Any, task: EvalTask, examples: list[dict], b
 def evaluate_rolling(model: Any, task: EvalTask, examples: list[dict], batch_size: int, progress: bool,
                      confidence: float, seed: int) -> dict[str, Any]:
     """perplexity / bits_per_byte of a ``loglikelihood_rolling`` task (see :func:`rolling_windows`)."""
-    generator, max_length = model.generator, _max_length(model)
+    generator, max_length = model.generator, context_length(model)
     prefix = _prefix_ids(generator) or [generator.eos_id]
     pairs, owners = [], []
     for index, example in enumerate(examples):
@@ -330,7 +329,7 @@ def evaluate_generation(model: Any, task: EvalTask, examples: list[dict], batch_
     flat_prompts = [p for p in prompts for _ in range(task.samples)]
     seeds = [seed + i for _ in prompts for i in range(task.samples)]
     texts = generate_texts(model.generator, flat_prompts, seeds, task.max_tokens, task.temperature, task.until,
-                           _max_length(model), batch_size, progress, task.task)
+                           context_length(model), batch_size, progress, task.task)
     predictions = [texts[i * task.samples: (i + 1) * task.samples] for i in range(len(examples))]
     return score_generations(task, examples, predictions, confidence, seed)
 
@@ -376,7 +375,7 @@ def evaluate(model: Any, tasks: str | EvalTask | Sequence[EvalTask | str], batch
         "step": int(getattr(model, "step", 0) or 0),
         "tasks": results,
         "config": {"batch_size": batch_size, "limit": limit, "seed": seed, "confidence": confidence,
-                   "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "max_length": _max_length(model),
+                   "bootstrap_resamples": BOOTSTRAP_RESAMPLES, "max_length": context_length(model),
                    "tasks": [t.path for t in resolved]},
         "seconds": time.perf_counter() - start,
     }
