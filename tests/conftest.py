@@ -25,7 +25,9 @@ SLOW_FIRST = (
     "tests/sharding/test_objectives_sharded.py", "tests/moe/test_multihost.py", "tests/training/test_run_writers.py",
     "tests/training/test_resume.py", "tests/moe/test_parallelism.py", "tests/sharding/test_sharding.py",
     "tests/training/test_distill.py", "tests/moe/test_moe_train.py", "tests/serving/test_lm_eval.py",
-    "tests/serving/test_chat_page.py",
+    "tests/serving/test_chat_page.py", "tests/evaluation/test_baseline_gate.py", "tests/evaluation/test_harness.py",
+    "tests/evaluation/test_periodic_eval.py", "tests/evaluation/test_lm_eval_interop.py",
+    "tests/serving/test_serving.py",
 )
 
 
