@@ -83,32 +83,6 @@ class _Timing:
         self.last = t
 
 
-@dataclasses.dataclass
-class _Choice:
-    """One choice's result, accumulated from engine outputs."""
-
-    text: str = ""
-    token_ids: list[int] = dataclasses.field(default_factory=list)
-    logprobs: list[float] = dataclasses.field(default_factory=list)
-    top_logprobs: list[dict[int, float]] = dataclasses.field(default_factory=list)
-    prompt_logprobs: list | None = None
-    prompt_top_logprobs: list | None = None
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def add(self, out: Output) -> None:
-        self.text += out.text
-        self.token_ids += out.token_ids
-        self.logprobs += out.logprobs
-        self.top_logprobs += out.top_logprobs
-        if out.prompt_logprobs is not None:
-            self.prompt_logprobs, self.prompt_top_logprobs = out.prompt_logprobs, out.prompt_top_logprobs
-        if out.finish_reason is not None:
-            self.finish_reason = out.finish_reason
-            self.prompt_tokens, self.completion_tokens = out.prompt_tokens, out.completion_tokens
-
-
 class Server:
     """The state behind the routes: engine, vocabulary, metrics, logs, and recent responses for feedback."""
 
@@ -180,9 +154,9 @@ class Server:
             entry["prompt"] = prompt
         self.request_log.write(entry)
 
-    async def collect(self, handles: list, timing: _Timing) -> list[_Choice]:
+    async def collect(self, handles: list, timing: _Timing) -> list[Output]:
         """Waits for every handle to finish (non-streaming)."""
-        choices = [_Choice() for _ in handles]
+        choices = [Output() for _ in handles]
 
         async def one(i, handle):
             async for out in handle:
@@ -224,7 +198,7 @@ def _sse(payload: Any) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def _outputs(server: Server, handles: list, choices: list[_Choice], timing: _Timing
+async def _outputs(server: Server, handles: list, choices: list[Output], timing: _Timing
                    ) -> AsyncIterator[tuple[int, Output]]:
     """(choice index, output) as they arrive, accumulated into ``choices``; APIError 500 if the engine failed."""
     async for i, out in server.merged(handles):
@@ -241,7 +215,7 @@ def _event_stream(num_choices: int, chunks, done) -> StreamingResponse:
     status, error)`` runs at the end whatever happened (499 when the client went away mid-stream)."""
 
     async def events() -> AsyncIterator[str]:
-        choices = [_Choice() for _ in range(num_choices)]
+        choices = [Output() for _ in range(num_choices)]
         status, error = 200, None
         try:
             async for payload in chunks(choices):
@@ -259,7 +233,7 @@ def _event_stream(num_choices: int, chunks, done) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def _failure(choices: Sequence[_Choice]) -> APIError | None:
+def _failure(choices: Sequence[Output]) -> APIError | None:
     if any(c.finish_reason == "error" for c in choices):
         return APIError(500, "the serving engine failed; see the server log", kind="server_error")
     return None
@@ -267,7 +241,7 @@ def _failure(choices: Sequence[_Choice]) -> APIError | None:
 
 # ---- completions ---------------------------------------------------------------------------------------------
 
-def _legacy_logprobs(server: Server, choice: _Choice, prompt_ids: list[int] | None, n_top: int, offset: int
+def _legacy_logprobs(server: Server, choice: Output, prompt_ids: list[int] | None, n_top: int, offset: int
                      ) -> dict[str, Any]:
     """OpenAI's legacy ``logprobs`` object: tokens, token_logprobs, top_logprobs, text_offset."""
     vocab = server.vocabulary
@@ -312,7 +286,7 @@ async def completions(server: Server, body: dict[str, Any], timing: _Timing) -> 
         return index // s.n
 
     if s.stream:
-        async def chunks(choices: list[_Choice]) -> AsyncIterator[dict[str, Any]]:
+        async def chunks(choices: list[Output]) -> AsyncIterator[dict[str, Any]]:
             if req.echo:
                 for i in range(len(handles)):
                     yield {**head, "choices": [{"index": i, "text": prompt_texts[prompt_of(i)], "logprobs": None,
@@ -322,13 +296,12 @@ async def completions(server: Server, body: dict[str, Any], timing: _Timing) -> 
                     piece = {"index": i, "text": out.text, "logprobs": None,
                              "finish_reason": _finish(out.finish_reason)}
                     if req.logprobs is not None and out.token_ids:
-                        partial = _Choice(token_ids=out.token_ids, logprobs=out.logprobs, top_logprobs=out.top_logprobs)
-                        piece["logprobs"] = _legacy_logprobs(server, partial, None, req.logprobs, 0)
+                        piece["logprobs"] = _legacy_logprobs(server, out, None, req.logprobs, 0)
                     yield {**head, "choices": [piece]}
             if s.include_usage:
                 yield {**head, "choices": [], "usage": _usage(choices)}
 
-        def done(choices: list[_Choice], status: int, error: str | None) -> None:
+        def done(choices: list[Output], status: int, error: str | None) -> None:
             server.remember(request_id, first_prompt, [c.text for c in choices], None)
             server.record(request_id, "/v1/completions", timing, status, error,
                           sum(c.prompt_tokens for c in choices[:: s.n]), sum(c.completion_tokens for c in choices),
@@ -360,7 +333,7 @@ def _finish(reason: str | None) -> str | None:
     return None if reason is None else ("stop" if reason in ("stop", "cancelled") else reason)
 
 
-def _usage(choices: Sequence[_Choice], prompt_tokens: int | None = None) -> dict[str, int]:
+def _usage(choices: Sequence[Output], prompt_tokens: int | None = None) -> dict[str, int]:
     if prompt_tokens is None:
         prompt_tokens = max((c.prompt_tokens for c in choices), default=0)
     return protocol.usage(prompt_tokens, sum(c.completion_tokens for c in choices))
@@ -368,7 +341,7 @@ def _usage(choices: Sequence[_Choice], prompt_tokens: int | None = None) -> dict
 
 # ---- chat completions ----------------------------------------------------------------------------------------
 
-def _chat_logprobs(server: Server, choice: _Choice, n_top: int) -> dict[str, Any]:
+def _chat_logprobs(server: Server, choice: Output, n_top: int) -> dict[str, Any]:
     vocab, entries = server.vocabulary, []
     for t, lp, top in zip(choice.token_ids, choice.logprobs, choice.top_logprobs):
         if t == server.engine.eos_id:
@@ -409,7 +382,7 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
     if s.stream:
         chunk_head = {**head, "object": "chat.completion.chunk"}
 
-        async def chunks(choices: list[_Choice]) -> AsyncIterator[dict[str, Any]]:
+        async def chunks(choices: list[Output]) -> AsyncIterator[dict[str, Any]]:
             for i in range(len(handles)):
                 yield {**chunk_head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                   "logprobs": None, "finish_reason": None}]}
@@ -417,8 +390,7 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
                 if out.text and not tool_mode:
                     piece = {"index": i, "delta": {"content": out.text}, "logprobs": None, "finish_reason": None}
                     if req.logprobs:
-                        piece["logprobs"] = _chat_logprobs(server, _Choice(
-                            token_ids=out.token_ids, logprobs=out.logprobs, top_logprobs=out.top_logprobs), n_top)
+                        piece["logprobs"] = _chat_logprobs(server, out, n_top)
                     yield {**chunk_head, "choices": [piece]}
                 if out.finish_reason is not None:
                     delta, reason = {}, _finish(out.finish_reason)
@@ -434,7 +406,7 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
             if s.include_usage:
                 yield {**chunk_head, "choices": [], "usage": _usage(choices, prompt_tokens)}
 
-        def done(choices: list[_Choice], status: int, error: str | None) -> None:
+        def done(choices: list[Output], status: int, error: str | None) -> None:
             server.remember(request_id, user, [c.text for c in choices], system)
             server.record(request_id, "/v1/chat/completions", timing, status, error, prompt_tokens,
                           sum(c.completion_tokens for c in choices), True, user)

@@ -99,6 +99,18 @@ class Output:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
+    def add(self, later: Output) -> None:
+        """Appends a later event of the same request (a request's events added in order make its whole result)."""
+        self.text += later.text
+        self.token_ids += later.token_ids
+        self.logprobs += later.logprobs
+        self.top_logprobs += later.top_logprobs
+        if later.prompt_logprobs is not None:
+            self.prompt_logprobs, self.prompt_top_logprobs = later.prompt_logprobs, later.prompt_top_logprobs
+        if later.finish_reason is not None:
+            self.finish_reason = later.finish_reason
+            self.prompt_tokens, self.completion_tokens = later.prompt_tokens, later.completion_tokens
+
 
 class RequestHandle:
     """A submitted request: iterate its :class:`Output` events (``async for`` with an event loop, else a plain
@@ -387,14 +399,7 @@ class Engine:
         """Runs ``request`` to the end from a plain thread; one merged :class:`Output`."""
         merged = Output()
         for out in self.submit(request):
-            merged.text += out.text
-            merged.token_ids += out.token_ids
-            merged.logprobs += out.logprobs
-            merged.top_logprobs += out.top_logprobs
-            if out.prompt_logprobs is not None:
-                merged.prompt_logprobs, merged.prompt_top_logprobs = out.prompt_logprobs, out.prompt_top_logprobs
-            merged.finish_reason = out.finish_reason
-            merged.prompt_tokens, merged.completion_tokens = out.prompt_tokens, out.completion_tokens
+            merged.add(out)
         return merged
 
     def start(self) -> Engine:
