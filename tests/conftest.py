@@ -17,6 +17,8 @@ RUN_CONFIG = os.path.join(REPO, "configs", "runs", "pretrain_tiny.gin")
 # the killed, resumed and unbroken runs of the resume test compile the same step once.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".cache", "jax_test_compilation"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# The parsed standard-library corpus (quark_jax.data.corpus), read by every training process.
+os.environ.setdefault("QUARK_CACHE_DIR", os.path.join(REPO, ".cache", "quark_test_cache"))
 
 # The slowest test files (real multi-process runs, sharded runs, kill-and-resume) start first, so that with two
 # workers (scripts/test.sh runs pytest-xdist, one file per worker) no long file is left alone at the end.

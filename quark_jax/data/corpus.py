@@ -16,6 +16,11 @@ other kind.
 
 Note: the corpus is whatever stdlib the running interpreter ships; different Python versions give
 different (but individually deterministic) corpora.
+
+Reading and parsing the library takes seconds, and every ``quark train`` process needs it, so the result is
+kept in a JSON file under ``$QUARK_CACHE_DIR`` (default ``~/.cache/quark_jax``), named by a fingerprint of
+the interpreter, this module's source and every eligible file's path, size and modification time: a changed
+library or a changed extraction is a different file. An unreadable cache file is ignored and rewritten.
 """
 
 from __future__ import annotations
@@ -23,12 +28,21 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import hashlib
+import json
+import logging
+import os
 import pathlib
+import sys
 import sysconfig
+import tempfile
 
 from quark_jax.data.splits import SPLITS, split_of
 
 KINDS = ("stdlib_code", "stdlib_docstrings")
+CACHE_ENV = "QUARK_CACHE_DIR"
+_CACHE_FORMAT = 1
+log = logging.getLogger(__name__)
 
 # Directories that are not "the library": third-party packages, test suites (huge, repetitive, and full
 # of deliberately odd code), and bundled applications or wheels.
@@ -78,18 +92,70 @@ def _is_excluded(relpath: pathlib.PurePath) -> bool:
     return any(part in _EXCLUDED_DIRS for part in relpath.parts[:-1])
 
 
+def _candidates(root: pathlib.Path) -> list[pathlib.PurePosixPath]:
+    """Relative paths of the ``.py`` files outside the excluded directories, sorted (symbolic links to
+    directories are not followed)."""
+    found = []
+    for directory, subdirs, names in os.walk(root):
+        subdirs[:] = [d for d in subdirs if d not in _EXCLUDED_DIRS]
+        rel = pathlib.PurePosixPath(pathlib.Path(directory).relative_to(root).as_posix())
+        found.extend(rel / n for n in names if n.endswith(".py"))
+    return sorted(found, key=lambda p: p.as_posix())
+
+
+def cache_dir() -> pathlib.Path:
+    """Where quark_jax keeps derived data that is safe to delete: ``$QUARK_CACHE_DIR`` or ~/.cache/quark_jax."""
+    return pathlib.Path(os.environ.get(CACHE_ENV) or pathlib.Path.home() / ".cache" / "quark_jax")
+
+
+def _fingerprint(root: pathlib.Path, paths: list[pathlib.PurePosixPath]) -> str:
+    digest = hashlib.sha256(f"{_CACHE_FORMAT}\0{sys.version}\0{root}\0".encode())
+    digest.update(pathlib.Path(__file__).read_bytes())
+    for rel in paths:
+        try:
+            stat = (root / rel).stat()
+        except OSError:
+            continue
+        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
 @functools.lru_cache(maxsize=None)
-def _scan() -> _Scan:
-    """Reads every eligible stdlib file once, in sorted relative-path order."""
+def _corpus() -> dict:
+    """The scanned files, their counters and both splits' docstring documents: from the cache file when its
+    fingerprint matches, else computed and written (atomically) for the next process."""
     root = stdlib_root()
-    paths = sorted(
-        (p.relative_to(root) for p in root.rglob("*.py")),
-        key=lambda rel: rel.as_posix(),
-    )
+    paths = _candidates(root)
+    path = cache_dir() / "stdlib_corpus" / f"{_fingerprint(root, paths)}.json"
+    try:
+        with open(path, encoding="utf-8") as f:
+            cached = json.load(f)
+        cached["files"] = tuple(SourceFile(rel, text) for rel, text in cached["files"])
+        return cached
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if not isinstance(e, FileNotFoundError):
+            log.warning("ignoring an unreadable corpus cache %s (%s); rebuilding it", path, e)
+    scan = _read_files(root, paths)
+    corpus = {"files": scan.files, "too_large": scan.too_large, "undecodable": scan.undecodable,
+              "empty": scan.empty, "docstrings": {}, "unparsable": {}}
+    for split in SPLITS:
+        docs, unparsable = _parse_docstrings(f for f in scan.files if split_of(f.relpath) == split)
+        corpus["docstrings"][split], corpus["unparsable"][split] = docs, unparsable
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False,
+                                         encoding="utf-8") as f:
+            json.dump({**corpus, "files": [[s.relpath, s.text] for s in scan.files]}, f)
+        os.replace(f.name, path)
+    except OSError as e:  # a read-only home: every process parses the library itself
+        log.warning("could not write the corpus cache %s: %s", path, e)
+    return corpus
+
+
+def _read_files(root: pathlib.Path, paths: list[pathlib.PurePosixPath]) -> _Scan:
+    """Reads every eligible stdlib file once, in sorted relative-path order."""
     files, too_large, undecodable, empty = [], 0, 0, 0
     for rel in paths:
-        if _is_excluded(rel):
-            continue
         path = root / rel
         if not path.is_file():
             continue
@@ -110,6 +176,12 @@ def _scan() -> _Scan:
             continue
         files.append(SourceFile(rel.as_posix(), text))
     return _Scan(tuple(files), too_large, undecodable, empty)
+
+
+def _scan() -> _Scan:
+    """Every eligible stdlib file, in sorted relative-path order, and what was left out."""
+    c = _corpus()
+    return _Scan(c["files"], c["too_large"], c["undecodable"], c["empty"])
 
 
 def _module_name(relpath: str) -> str:
@@ -171,11 +243,10 @@ def stdlib_files(split: str) -> tuple[SourceFile, ...]:
     return tuple(f for f in _scan().files if split_of(f.relpath) == split)
 
 
-@functools.lru_cache(maxsize=None)
-def _docstring_documents(split: str) -> tuple[tuple[str, ...], int]:
-    """(documents, number of modules that failed to parse) for one split."""
+def _parse_docstrings(files) -> tuple[list[str], int]:
+    """(docstring documents, number of modules that failed to parse) of some files."""
     docs, unparsable = [], 0
-    for source in stdlib_files(split):
+    for source in files:
         try:
             tree = ast.parse(source.text, filename=source.relpath)
         except (SyntaxError, ValueError):
@@ -184,7 +255,13 @@ def _docstring_documents(split: str) -> tuple[tuple[str, ...], int]:
         doc = docstring_document(tree, source.relpath)
         if doc is not None:
             docs.append(doc)
-    return tuple(docs), unparsable
+    return docs, unparsable
+
+
+def _docstring_documents(split: str) -> tuple[tuple[str, ...], int]:
+    """(documents, number of modules that failed to parse) for one split."""
+    c = _corpus()
+    return tuple(c["docstrings"][split]), c["unparsable"][split]
 
 
 @functools.lru_cache(maxsize=None)

@@ -25,3 +25,28 @@ def test_documents_are_real_python_and_docstrings():
     stats = corpus.corpus_stats()
     assert stats["stdlib_code/train/documents"] > stats["stdlib_code/validation/documents"] > 0
     assert stats["stdlib_docstrings/train/characters"] > 0
+
+
+def test_the_parsed_library_is_cached_by_fingerprint_and_a_broken_cache_is_rebuilt(tmp_path, monkeypatch, caplog):
+    """Every `quark train` process reads the library: the second reads one JSON file instead of parsing it. The
+    result is the same, a corrupted cache file is ignored with a warning and rewritten, and a library file
+    whose size or time changes is a new fingerprint."""
+    monkeypatch.setenv(corpus.CACHE_ENV, str(tmp_path))
+    corpus._corpus.cache_clear()
+    try:
+        parsed = corpus._corpus()
+        [cached_file] = (tmp_path / "stdlib_corpus").iterdir()
+        corpus._corpus.cache_clear()
+        assert corpus._corpus() == parsed
+        cached_file.write_text('{"files": [["os.py", ')  # a process killed while writing it (not atomic)
+        corpus._corpus.cache_clear()
+        assert corpus._corpus() == parsed
+        assert "ignoring an unreadable corpus cache" in caplog.text
+        assert cached_file.read_text().startswith('{"files": [[')
+        assert len(cached_file.read_text()) > 1_000_000
+    finally:
+        corpus._corpus.cache_clear()
+    root = corpus.stdlib_root()
+    paths = corpus._candidates(root)
+    moved = [p for p in paths if (root / p).is_file()][:1]
+    assert corpus._fingerprint(root, paths) != corpus._fingerprint(root, [p for p in paths if p not in moved])
