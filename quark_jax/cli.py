@@ -15,6 +15,7 @@
     quark train ... --coordinator_address=HOST:PORT --num_processes=N --process_id=I   (multi-host)
     quark serve --model_dir=/tmp/run --port 8000 --log_dir /tmp/serve_logs   (OpenAI-compatible server, chat page at /)
     quark telemetry --log /tmp/serve_logs
+    quark rag --model_dir=/tmp/sft --index /tmp/stdlib_index --question "What are the parameters of `json.dumps`?"
     quark data feedback --feedback /tmp/serve_logs/feedback.jsonl --output /tmp/pairs   (pairs for dpo.gin)
     quark data list
     quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
@@ -712,6 +713,18 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rag(args: argparse.Namespace) -> int:
+    from quark_jax.retrieval import rag_cli
+
+    try:
+        rag_cli.check_arguments(args)
+        _check_run_dir(args.model_dir)
+        _start_tensorflow(args.verbose)
+        return rag_cli.run(args, _load_for_generation)
+    except rag_cli.RagUsageError as e:
+        raise UsageError(str(e)) from None
+
+
 def _telemetry(args: argparse.Namespace) -> int:
     from quark_jax.serving import telemetry
 
@@ -929,6 +942,20 @@ def _build_parser() -> argparse.ArgumentParser:
     tel.add_argument("--log", required=True, help="the server's --log_dir")
     tel.add_argument("--png", default=None, help="plot path (default LOG/telemetry.png)")
 
+    rag = add("rag", help="answer a question from an index with a run, citing the sources (retrieve, rerank, generate)")
+    rag.add_argument("--model_dir", required=True, help="run directory (an SFT'd model answers best)")
+    rag.add_argument("--index", required=True, help="index directory (quark_jax.retrieval.index)")
+    rag.add_argument("--question", required=True, help="the question to answer")
+    rag.add_argument("--k", type=int, default=5, help="passages retrieved")
+    rag.add_argument("--mode", default=None, help="search mode of the index (default: the index's own)")
+    rag.add_argument("--rerank", action="store_true", help="rerank by the model's log p(question | passage)")
+    rag.add_argument("--budget", type=int, default=None,
+                     help="prompt tokens (default: the trained context minus --max_new_tokens)")
+    rag.add_argument("--max_new_tokens", type=int, default=32)
+    rag.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    rag.add_argument("--json", action="store_true", help="one JSON object: answer, citations, sources, prompt")
+    rag.set_defaults(quantize=None)
+
     tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a mixture")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)
     tok_train = tok_sub.add_parser("train", parents=[common], help="train and write <output>.model / .vocab; prints fertility")
@@ -965,7 +992,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "merge_lora": lambda: _merge_lora(args), "data": lambda: _data(args, bindings),
                 "tokenizer": lambda: _tokenizer(args), "eval": lambda: _eval(args),
                 "import_hf": lambda: _import_hf(args), "serve": lambda: _serve(args),
-                "telemetry": lambda: _telemetry(args)}
+                "telemetry": lambda: _telemetry(args), "rag": lambda: _rag(args)}
     try:
         return commands[args.command]()
     except UsageError as e:
