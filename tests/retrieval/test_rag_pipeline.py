@@ -122,3 +122,26 @@ def test_cli_error_paths(trained_run, tmp_path, capsys):
         cli.main(["rag", "--index", str(tmp_path), "--question", "q"])
     assert exit_info.value.code == 2
     assert "the following arguments are required: --model_dir" in capsys.readouterr().err
+
+
+def test_cli_answers_with_sources_as_json(trained_run, model, tmp_path, capsys, monkeypatch):
+    import json
+
+    from quark_jax.retrieval import rag_cli
+
+    class StoredIndex:  # stands in for quark_jax.retrieval.index.Index (another module), searched as the CLI does
+        def search(self, query, k, mode=None):
+            assert mode == "bm25"
+            return WordOverlap(PASSAGES).search(query, k)
+
+    monkeypatch.setattr(rag_cli, "load_index", lambda path: StoredIndex())
+    monkeypatch.setattr(cli, "_load_for_generation", lambda args: model)  # the module's loaded run, no reload
+    question = "What does json.dumps do with obj?"
+    code = cli.main(["rag", "--model_dir", trained_run["model_dir"], "--index", str(tmp_path), "--question", question,
+                     "--k", "3", "--budget", "100", "--max_new_tokens", "8", "--mode", "bm25", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = RAGPipeline(model, WordOverlap(PASSAGES), budget_tokens=100, k=3, max_new_tokens=8).answer(question)
+    assert result["answer"] == expected.text and result["prompt"] == expected.prompt
+    assert [s["id"] for s in result["sources"]] == [h.id for h in expected.sources]
+    assert result["citations"] == [h.id for h in expected.citations]
