@@ -83,6 +83,11 @@ class Triple:
     sentence: int
     span: tuple[int, int]
 
+    @property
+    def fact(self) -> tuple[str, str, str]:
+        """(subject, relation, object)."""
+        return self.subject, self.relation, self.object
+
 
 def sentences(text: str) -> list[tuple[int, int]]:
     """Character spans ``(start, end)`` of the sentences of ``text``, surrounding space excluded."""
