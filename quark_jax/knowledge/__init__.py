@@ -7,10 +7,21 @@
 * :mod:`~quark_jax.knowledge.augment`: :class:`GraphExpandedRetriever`.
 """
 
-from quark_jax.knowledge.augment import GraphExpandedRetriever
-from quark_jax.knowledge.stdlib_graph import build_graph, open_stdlib_graph, write_graph
-from quark_jax.knowledge.store import Edge, KnowledgeGraph, Neighbour, Provenance, Subgraph, UnknownEntityError
-from quark_jax.knowledge.triples import Triple, extract_triples, ingest
+import importlib
 
-__all__ = ["Edge", "GraphExpandedRetriever", "KnowledgeGraph", "Neighbour", "Provenance", "Subgraph", "Triple",
-           "UnknownEntityError", "build_graph", "extract_triples", "ingest", "open_stdlib_graph", "write_graph"]
+# Attribute -> module, imported on first use: `quark` builds its parser from cli_main on every command, which
+# must not pay for numpy and jaxtyping (augment's retrieval types).
+_EXPORTS = {
+    "GraphExpandedRetriever": "augment",
+    "build_graph": "stdlib_graph", "open_stdlib_graph": "stdlib_graph", "write_graph": "stdlib_graph",
+    "Edge": "store", "KnowledgeGraph": "store", "Neighbour": "store", "Provenance": "store", "Subgraph": "store",
+    "UnknownEntityError": "store",
+    "Triple": "triples", "extract_triples": "triples", "ingest": "triples",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
