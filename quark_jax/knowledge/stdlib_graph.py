@@ -322,36 +322,40 @@ def _scan(tree: ast.Module, functions: dict[int, _Function]) -> list[ast.Import 
     nested defs and lambdas included."""
     imports = []
     stack: list[tuple[ast.AST, _Function | None]] = [(tree, None)]
+    pop, push = stack.pop, stack.append
     while stack:
-        node, function = stack.pop()
-        entered = functions.get(id(node))
+        node, function = pop()
+        kind = type(node)
+        entered = functions.get(id(node)) if kind in _DEF else None
         if entered is not None:
             function = entered
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
+        if kind is ast.Import or kind is ast.ImportFrom:
             imports.append(node)
             if function is not None:
                 function.imports.append(node)
         elif function is not None:
-            if isinstance(node, ast.Call):
+            if kind is ast.Call:
                 function.calls.append(node)
-            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                function.locals.add(node.id)
-            elif isinstance(node, ast.arg):
+            elif kind is ast.Name:
+                if type(node.ctx) is ast.Store:
+                    function.locals.add(node.id)
+            elif kind is ast.arg:
                 function.locals.add(node.arg)
-            elif isinstance(node, (*_DEF, ast.ClassDef)) and entered is None:
-                function.locals.add(node.name)
-            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            elif kind in _DEF or kind is ast.ClassDef:
+                if entered is None:
+                    function.locals.add(node.name)
+            elif kind is ast.Assign and type(node.value) is ast.Call:
                 for target in node.targets:
-                    if isinstance(target, ast.Name):
+                    if type(target) is ast.Name:
                         function.instances[target.id] = node.value.func
-        children = []
-        for field in node._fields:
+        for field in reversed(node._fields):
             value = getattr(node, field, None)
-            if isinstance(value, ast.AST):
-                children.append(value)
-            elif isinstance(value, list):
-                children.extend(v for v in value if isinstance(v, ast.AST))
-        stack.extend((child, function) for child in reversed(children))
+            if isinstance(value, list):
+                for child in reversed(value):
+                    if isinstance(child, ast.AST):
+                        push((child, function))
+            elif isinstance(value, ast.AST):
+                push((value, function))
     return imports
 
 

@@ -44,6 +44,7 @@ import re
 from quark_jax.knowledge.store import KnowledgeGraph, Provenance
 
 MAX_ENTITY_WORDS = 6
+MAX_DOCUMENT_CHARS = 2_000_000  # one document; split larger texts (a book) into several
 ORIGIN = "text"
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`'\"*:])|\n\s*\n")
@@ -179,6 +180,9 @@ def ingest(graph: KnowledgeGraph, doc_id: str, text: str, subject: str | None = 
     changed text replaces the document's triples, all or nothing."""
     if not doc_id:
         raise ValueError("doc_id must be a non-empty string")
+    if len(text) > MAX_DOCUMENT_CHARS:
+        raise ValueError(f"document {doc_id!r} has {len(text):,} characters, over the {MAX_DOCUMENT_CHARS:,} "
+                         "limit; ingest it in parts (one doc_id per chapter or file)")
     triples = extract_triples(text, subject)
     digest = hashlib.sha256(f"{subject or ''}\0{text}".encode("utf-8", "surrogatepass")).hexdigest()
     row = graph.execute("SELECT sha256 FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()

@@ -8,8 +8,10 @@ import json
 import json.decoder
 import shutil
 
+import pytest
+
 from quark_jax.knowledge.store import Edge, KnowledgeGraph, Provenance
-from quark_jax.knowledge.triples import Triple, extract_triples, ingest, normalise, sentence_triples, sentences
+from quark_jax.knowledge.triples import MAX_DOCUMENT_CHARS, Triple, extract_triples, ingest, normalise, sentence_triples, sentences
 
 
 def test_each_pattern_gives_exactly_its_triples():
@@ -87,3 +89,10 @@ def test_reingesting_is_idempotent_and_a_changed_document_replaces_its_triples()
         ("json.dumps", "returns", "str", "notes.md"), ("str", "is-a", "sequence", "other.md")]
     assert not graph.has_entity("TypeError")  # a mention nothing refers to any more is gone
     assert graph.entity("json.dumps") == ("function", {"path": "json/__init__.py"})  # a defined entity stays
+
+
+def test_oversized_documents_are_refused_before_anything_is_written():
+    graph = KnowledgeGraph()
+    with pytest.raises(ValueError, match=r"^document 'big\.txt' has 2,000,001 characters, over the 2,000,000 limit"):
+        ingest(graph, "big.txt", "x" * (MAX_DOCUMENT_CHARS + 1))
+    assert graph.stats() == {"documents": 0}
