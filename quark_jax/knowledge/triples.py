@@ -21,11 +21,12 @@ Entities are normalised: reST roles (``:class:``), backticks, quotes and asteris
 (code names are case-sensitive). The object ends at the first ``,`` ``;`` ``:`` ``(`` or subordinate word
 (if, when, unless, which, that, where, because, while, for, with, to, by, on, instead, otherwise); for
 ``raises``, ``calls`` and ``inherits`` it is then split at ``or``/``and`` into several objects. Subjects and
-objects longer than six words are dropped (that is a clause, not an entity). A kind word after a name is dropped
-(``the json.dumps() function`` -> ``json.dumps``). A pronoun subject (it, this,
-this function/method/class/module) and the imperative forms stand for the document's ``subject`` when one is
-given (a docstring's owner), else the sentence is skipped. Negated sentences (``X never raises Y``,
-``X does not ...``) and subjects opening with a subordinator (``If the destination is a ...``) give nothing; ``also``/``only``/``always`` before the verb is dropped.
+objects longer than six words are dropped (that is a clause, not an entity). A kind word after a name is
+dropped (``the json.dumps() function`` -> ``json.dumps``). A pronoun subject (it, this, this
+function/method/class/module) and the imperative forms stand for the document's ``subject`` when one is given
+(a docstring's owner), else the sentence is skipped. Negated sentences (``X never raises Y``, ``X does not
+...``) and subjects opening with a subordinator (``If the destination is a ...``) give nothing;
+``also``/``only``/``always`` before the verb is dropped.
 
 Limits, by design: no coreference beyond the pronouns above, no passive voice other than "is defined in",
 no nested clauses, English only. The patterns favour precision on docstring-like prose over recall.
@@ -133,7 +134,8 @@ def _objects(phrase: str, relation: str) -> list[str]:
 
 def _subject(phrase: str, default: str | None) -> str | None:
     words = phrase.split()
-    if not words or words[0].lower() in _SUBORDINATORS or words[-1].lower() in _NEGATIONS or any(w.lower() in ("does", "do", "did") for w in words):
+    lowered = [w.lower() for w in words]
+    if not words or lowered[0] in _SUBORDINATORS or lowered[-1] in _NEGATIONS or {"do", "does", "did"} & set(lowered):
         return None
     while words and words[-1].lower() in _ADVERBS:
         words.pop()

@@ -11,7 +11,8 @@ import shutil
 import pytest
 
 from quark_jax.knowledge.store import Edge, KnowledgeGraph, Provenance
-from quark_jax.knowledge.triples import MAX_DOCUMENT_CHARS, Triple, extract_triples, ingest, normalise, sentence_triples, sentences
+from quark_jax.knowledge.triples import (MAX_DOCUMENT_CHARS, Triple, extract_triples, ingest, normalise,
+                                         sentence_triples, sentences)
 
 
 def test_each_pattern_gives_exactly_its_triples():
@@ -37,7 +38,8 @@ def test_each_pattern_gives_exactly_its_triples():
     for sentence, expected in cases.items():
         assert sentence_triples(sentence) == expected, sentence
     # with a subject (a docstring's owner), imperatives and pronouns stand for it
-    assert sentence_triples("Return the sum of ``a`` and ``b``.", "ops.add") == [("ops.add", "returns", "sum of a and b")]
+    assert sentence_triples("Return the sum of ``a`` and ``b``.", "ops.add") == [
+        ("ops.add", "returns", "sum of a and b")]
     assert sentence_triples("Raises KeyError if missing.", "d.pop") == [("d.pop", "raises", "KeyError")]
     assert sentence_triples("It is a helper for tests.", "m.h") == [("m.h", "is-a", "helper")]
     assert normalise(" the `foo()`. ") == "foo" and normalise("file's name") == "file's name"
