@@ -154,7 +154,7 @@ class _Builder:
     def _entity(self, name: str, type_: str, module: _Module, node: ast.AST) -> None:
         line = getattr(node, "lineno", 1)
         self.entities[name] = (type_, {"path": module.relpath, "line": line, "split": module.split})
-        if ast.get_docstring(node, clean=False):
+        if ast.get_docstring(node, clean=True):  # a blank docstring documents nothing
             doc = f"doc:{name}"
             self.entities[doc] = ("docstring", {"path": module.relpath, "line": line, "split": module.split})
             self._edge(name, "documented-by", doc, module, line)
