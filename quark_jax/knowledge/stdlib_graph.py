@@ -394,19 +394,27 @@ def stdlib_sources(splits: Sequence[str] = SPLITS) -> list[corpus.SourceFile]:
 
 def write_graph(path: str | os.PathLike, files: Iterable[corpus.SourceFile]) -> BuildReport:
     """Builds the graph of ``files`` into a new SQLite file at ``path``, atomically: it is written to a temporary
-    file in the same directory and renamed over ``path`` only when complete."""
+    file in the same directory and renamed over ``path`` only when complete.
+
+    The finished file is left in rollback-journal mode, so readers (``readonly=True``) create no ``-wal`` or
+    ``-shm`` files beside it (opening it for writing switches it back to WAL). Stale ``-wal``/``-shm`` files of
+    a previous ``path`` are removed before the rename: SQLite would otherwise pair them with the new file. Do
+    not rebuild a file another process is writing to."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)  # SQLite creates it; an empty file would not be a database
+    os.close(fd)  # SQLite takes a zero-length file as an empty database
     try:
         with KnowledgeGraph(tmp) as graph:
             report = build_graph(graph, files)
+            graph.execute("PRAGMA journal_mode = DELETE")
+        for stale in (f"{path}-wal", f"{path}-shm"):
+            if os.path.lexists(stale):
+                os.unlink(stale)
         os.replace(tmp, path)
     finally:
-        for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm"):
-            if os.path.exists(leftover):
+        for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm", f"{tmp}-journal"):
+            if os.path.lexists(leftover):
                 os.unlink(leftover)
     return report
 

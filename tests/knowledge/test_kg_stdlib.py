@@ -104,6 +104,18 @@ def test_a_small_package_gives_exactly_these_relations(tmp_path):
     assert types["os"] == types["os.path.join"] == "external" and types["doc:pkg.base"] == "docstring"
 
 
+def test_rebuilding_replaces_the_file_and_its_stale_journal(tmp_path):
+    files = [SourceFile(path, textwrap.dedent(text).lstrip()) for path, text in PACKAGE.items()]
+    db = tmp_path / "kg.sqlite"
+    stdlib_graph.write_graph(db, files[:2])
+    (tmp_path / "kg.sqlite-wal").write_bytes(b"stale frames of the previous file")
+    (tmp_path / "kg.sqlite-shm").write_bytes(b"stale index")
+    stdlib_graph.write_graph(db, files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kg.sqlite"]
+    with KnowledgeGraph(db, readonly=True) as graph:
+        assert graph.stats()["relations/contains"] == 11  # the second build, whole
+
+
 @pytest.fixture(scope="module")
 def stdlib():
     """The whole standard library's graph (both splits), built once and cached in $QUARK_CACHE_DIR."""
@@ -191,6 +203,8 @@ def test_cli_build_and_query(tmp_path, capsys):
     assert main(["kg", "query", "--db", str(missing), "--callers", "x"]) == 2
     assert capsys.readouterr().err == (f"quark kg query: --db {missing}: no such file; build it first with "
                                        f"`quark kg build --db {missing}`\n")
+    # readers left nothing beside the file (it was finished in rollback-journal mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kg.sqlite"]
     assert main(["kg", "build", "--db", str(db), "--splits", "test"]) == 2
     assert "--splits 'test': expected some of train, validation" in capsys.readouterr().err
 
