@@ -4,10 +4,15 @@ bounded."""
 
 from __future__ import annotations
 
+import inspect
+import json
+import json.decoder
+import json.encoder
 import re
 
 import pytest
 
+from quark_jax.knowledge import stdlib_graph
 from quark_jax.knowledge.augment import GraphExpandedRetriever
 from quark_jax.knowledge.store import KnowledgeGraph, Provenance
 from quark_jax.retrieval.types import Hit, Passage
@@ -89,3 +94,29 @@ def test_expansion_is_deduplicated_bounded_and_follows_hops(graph):
     assert GraphExpandedRetriever(base, graph, BY_ID.get).search("courier", k=5) == base.search("courier", k=5)
     with pytest.raises(ValueError, match="hops=0"):
         GraphExpandedRetriever(base, graph, BY_ID.get, hops=0)
+
+
+def test_expansion_through_the_real_standard_library_graph():
+    """Docstring passages named as the retrieval indexes name them (``doc:<qualname>``, metadata entity): a
+    hit on json.dumps brings the docstring of what it really calls."""
+    owners = {"json.dumps": json.dumps, "json.loads": json.loads,
+              "json.encoder.JSONEncoder.encode": json.encoder.JSONEncoder.encode,
+              "json.decoder.JSONDecoder.decode": json.decoder.JSONDecoder.decode}
+    passages = [Passage(f"doc:{name}", f"{name}\n{inspect.getdoc(obj)}", {"entity": name})
+                for name, obj in owners.items()]
+    by_entity = {p.metadata["entity"]: p for p in passages}
+
+    class Lexical:
+        def search(self, query, k=10):
+            words = set(query.lower().split())
+            ranked = sorted(passages, key=lambda p: (-len(words & set(p.text.lower().split())), p.id))
+            return [Hit(p.id, p.text, float(len(words & set(p.text.lower().split()))), dict(p.metadata))
+                    for p in ranked[:k]]
+
+    with KnowledgeGraph(stdlib_graph.stdlib_graph_path(), readonly=True) as graph:
+        retriever = GraphExpandedRetriever(Lexical(), graph, by_entity.get, relations=("calls",))
+        hits = retriever.search("Serialize obj to a JSON formatted str", k=1)
+    assert [h.id for h in hits] == ["doc:json.dumps", "doc:json.encoder.JSONEncoder.encode"]
+    assert hits[1].metadata == {"entity": "json.encoder.JSONEncoder.encode", "expanded_from": "json.dumps",
+                                "relation": "calls", "hops": 1}
+    assert "Return a JSON string representation of a Python data structure" in hits[1].text
