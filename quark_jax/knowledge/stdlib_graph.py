@@ -38,6 +38,7 @@ import ast
 import builtins
 import collections
 import dataclasses
+import fcntl
 import hashlib
 import os
 import pathlib
@@ -430,11 +431,17 @@ def _fingerprint(files: Sequence[corpus.SourceFile]) -> str:
 
 def stdlib_graph_path() -> pathlib.Path:
     """Where the cached graph of the whole standard library (both splits) lives, built if missing: a file in
-    ``$QUARK_CACHE_DIR/stdlib_kg`` named by a fingerprint of the files and of this module."""
+    ``$QUARK_CACHE_DIR/stdlib_kg`` named by a fingerprint of the files and of this module. Processes that
+    need it at once wait for one build (a lock file beside it)."""
     files = stdlib_sources()
     path = corpus.cache_dir() / "stdlib_kg" / f"{_fingerprint(files)}.sqlite"
-    if not path.is_file():
-        write_graph(path, files)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".build.lock", "w") as lock:  # concurrent processes build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            write_graph(path, files)
     return path
 
 
