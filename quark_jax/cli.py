@@ -747,6 +747,15 @@ def _tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kg(args: argparse.Namespace) -> int:
+    from quark_jax.knowledge import cli_main
+
+    try:
+        return cli_main.run(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``quark generate: the following arguments are required: --model_dir
     (see quark generate --help)``, exit status 2, instead of the usage block."""
@@ -964,11 +973,17 @@ def _build_parser() -> argparse.ArgumentParser:
     tok_train.add_argument("--vocab_size", type=int, default=4096)
     tok_train.add_argument("--model_type", default="bpe", choices=("bpe", "unigram"))
     tok_train.add_argument("--max_chars", type=int, default=4_000_000, help="training sample size in characters")
+
+    from quark_jax.knowledge import cli_main as kg_cli
+
+    kg = sub.add_parser("kg", help="the standard library's knowledge graph: build it, query it")
+    kg_cli.add_arguments(kg, _Parser, common)
     return parser
 
 
 def _command_name(args: argparse.Namespace) -> str:
-    sub = getattr(args, "data_command", None) or getattr(args, "tokenizer_command", None)
+    sub = (getattr(args, "data_command", None) or getattr(args, "tokenizer_command", None)
+           or getattr(args, "kg_command", None))
     return f"quark {args.command}" + (f" {sub}" if sub else "")
 
 
@@ -992,7 +1007,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "merge_lora": lambda: _merge_lora(args), "data": lambda: _data(args, bindings),
                 "tokenizer": lambda: _tokenizer(args), "eval": lambda: _eval(args),
                 "import_hf": lambda: _import_hf(args), "serve": lambda: _serve(args),
-                "telemetry": lambda: _telemetry(args), "rag": lambda: _rag(args)}
+                "telemetry": lambda: _telemetry(args), "kg": lambda: _kg(args), "rag": lambda: _rag(args)}
     try:
         return commands[args.command]()
     except UsageError as e:

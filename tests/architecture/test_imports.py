@@ -105,6 +105,9 @@ FORBIDDEN = {
     "quark_jax.evaluation": ("quark_jax.training.trainer", "quark_jax.training.steps", "quark_jax.cli"),
     # Serving uses a loaded model; nothing below it knows it exists, and it never reaches into training.
     "quark_jax.serving": ("quark_jax.training", "quark_jax.cli", "quark_jax.evaluation"),
+    # The knowledge graph reads data and answers retrievers; it never reaches up into serving or the command line.
+    "quark_jax.knowledge": ("quark_jax.serving", "quark_jax.cli", "quark_jax.api", "quark_jax.evaluation",
+                            "quark_jax.training"),
     "quark_jax.runs": ("quark_jax.training.trainer", "quark_jax.training.objectives", "quark_jax.api",
                        "quark_jax.cli"),
 }
