@@ -956,7 +956,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--index", required=True, help="index directory (quark_jax.retrieval.index)")
     rag.add_argument("--question", required=True, help="the question to answer")
     rag.add_argument("--k", type=int, default=5, help="passages retrieved")
-    rag.add_argument("--mode", default=None, help="search mode of the index (default: the index's own)")
+    rag.add_argument("--mode", default=None, help="lexical, dense or hybrid (default: the index's own)")
+    rag.add_argument("--embedder_dir", default=None,
+                     help="the run whose embedder built a dense index (default: none, lexical search only)")
     rag.add_argument("--rerank", action="store_true", help="rerank by the model's log p(question | passage)")
     rag.add_argument("--budget", type=int, default=None,
                      help="prompt tokens (default: the trained context minus --max_new_tokens)")

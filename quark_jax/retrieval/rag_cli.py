@@ -46,15 +46,24 @@ class IndexRetriever:
         return self.index.search(query, k) if self.mode is None else self.index.search(query, k, self.mode)
 
 
-def load_index(path: str) -> Any:
-    """The index stored at ``path`` (lazy import of the index module); a load error is a usage error."""
+def load_index(path: str, embedder_dir: str | None = None) -> Any:
+    """The index stored at ``path`` (``quark_jax.retrieval.index.Index.open``, imported lazily), with the
+    embedder of the run ``embedder_dir`` for dense search (None: lexical search only); a load error is a
+    usage error."""
     try:
         from quark_jax.retrieval import index as index_module
     except ImportError as e:
         raise RagUsageError(f"the index module is not available ({e}); install quark_jax with retrieval") from None
+    errors = (OSError, ValueError) + tuple(
+        e for e in (getattr(index_module, "IndexFormatError", None),) if isinstance(e, type))
     try:
-        return index_module.Index.load(path)
-    except (FileNotFoundError, ValueError) as e:
+        embedder = None
+        if embedder_dir:
+            from quark_jax.retrieval.embedder import Embedder
+
+            embedder = Embedder.from_run(embedder_dir)
+        return index_module.Index.open(path, embedder=embedder)
+    except errors as e:
         raise RagUsageError(f"--index {path}: {e}") from None
 
 
@@ -62,7 +71,7 @@ def run(args: argparse.Namespace, load_model) -> int:
     """Answers ``--question``; ``load_model(args)`` loads the run (the CLI's loader, errors as usage errors)."""
     from quark_jax.retrieval.rag import RAGPipeline
 
-    index = load_index(args.index)
+    index = load_index(args.index, args.embedder_dir)
     model = load_model(args)
     try:
         pipeline = RAGPipeline(model, IndexRetriever(index, args.mode), budget_tokens=args.budget, k=args.k,

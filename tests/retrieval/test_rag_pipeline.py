@@ -109,7 +109,8 @@ def test_cli_error_paths(trained_run, tmp_path, capsys):
     run = trained_run["model_dir"]
     cases = [
         (["--model_dir", run, "--index", str(tmp_path), "--question", "  "], "quark rag: --question is empty"),
-        (["--model_dir", run, "--index", str(tmp_path), "--question", "q", "--k", "0"], "quark rag: --k=0: must be >= 1"),
+        (["--model_dir", run, "--index", str(tmp_path), "--question", "q", "--k", "0"],
+         "quark rag: --k=0: must be >= 1"),
         (["--model_dir", run, "--index", str(tmp_path / "nope"), "--question", "q"],
          f"quark rag: --index {tmp_path / 'nope'}: no such directory"),
         (["--model_dir", str(tmp_path / "norun"), "--index", str(tmp_path), "--question", "q"], "quark rag: "),
@@ -131,14 +132,14 @@ def test_cli_answers_with_sources_as_json(trained_run, model, tmp_path, capsys, 
 
     class StoredIndex:  # stands in for quark_jax.retrieval.index.Index (another module), searched as the CLI does
         def search(self, query, k, mode=None):
-            assert mode == "bm25"
+            assert mode == "lexical"
             return WordOverlap(PASSAGES).search(query, k)
 
-    monkeypatch.setattr(rag_cli, "load_index", lambda path: StoredIndex())
+    monkeypatch.setattr(rag_cli, "load_index", lambda path, embedder_dir: StoredIndex())
     monkeypatch.setattr(cli, "_load_for_generation", lambda args: model)  # the module's loaded run, no reload
     question = "What does json.dumps do with obj?"
     code = cli.main(["rag", "--model_dir", trained_run["model_dir"], "--index", str(tmp_path), "--question", question,
-                     "--k", "3", "--budget", "100", "--max_new_tokens", "8", "--mode", "bm25", "--json"])
+                     "--k", "3", "--budget", "100", "--max_new_tokens", "8", "--mode", "lexical", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     expected = RAGPipeline(model, WordOverlap(PASSAGES), budget_tokens=100, k=3, max_new_tokens=8).answer(question)
