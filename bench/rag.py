@@ -13,7 +13,8 @@
    configs/runs/sft.gin for ``--sft_steps``.
 4. ``--questions`` validation-split questions (modules never trained on), half ``module`` and half
    ``parameters``, answered greedily by :class:`~quark_jax.retrieval.rag.RAGPipeline` with retrieval
-   (``--k`` passages under ``--budget`` prompt tokens) and without (the closed-book prompt).
+   (``--k`` passages under ``--budget`` prompt tokens, reranked by the model with ``--rerank``) and without
+   (the closed-book prompt).
 
 Prints ONE JSON line: per condition ``exact_match`` (the answer with its ``[n]`` markers removed equals the
 gold answer, :func:`quark_jax.evaluation.metrics.exact_match`), ``rougeL`` (rouge_score F-measure, Porter
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--budget", type=int, default=208, help="prompt tokens (the answer gets the rest of 256)")
     parser.add_argument("--max_new_tokens", type=int, default=32)
+    parser.add_argument("--rerank", action="store_true", help="rerank the k hits by log p(question | passage)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default=None, help="keep the runs here (default: a temporary directory)")
     args = parser.parse_args()
@@ -172,7 +174,8 @@ def main() -> None:
     timings["sft_s"] = round(time.perf_counter() - t, 1)
 
     model = qj.load(sft_dir)
-    pipeline = RAGPipeline(model, retriever, budget_tokens=args.budget, k=args.k, max_new_tokens=args.max_new_tokens)
+    pipeline = RAGPipeline(model, retriever, budget_tokens=args.budget, k=args.k, rerank=args.rerank,
+                           max_new_tokens=args.max_new_tokens)
     questions = held_out(args.questions, args.seed)
     result = {
         "benchmark": "rag_effect",
@@ -182,7 +185,7 @@ def main() -> None:
         "base": args.init_from or f"pretrain_tiny {args.pretrain_steps} steps",
         "sft_steps": args.sft_steps,
         "held_out_questions": len(questions),
-        "k": args.k, "budget_tokens": args.budget,
+        "k": args.k, "budget_tokens": args.budget, "rerank": args.rerank,
         **measure(pipeline, questions),
         **timings,
         "total_s": round(time.perf_counter() - started, 1),
