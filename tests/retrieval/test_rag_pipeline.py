@@ -93,6 +93,13 @@ def test_pipeline_end_to_end_prompt_budget_generation_and_citations(model):
     numbers = list(dict.fromkeys(int(n) for n in re.findall(r"\[(\d+)\]", answer.text)))
     assert [h.id for h in answer.citations] == [shown[n - 1] for n in numbers if 1 <= n <= len(shown)]
     assert answer.unknown_citations == [n for n in numbers if not 1 <= n <= len(shown)]
+    # With reranking, the passages are shown in the reranker's order.
+    reranked = RAGPipeline(model, WordOverlap(PASSAGES), budget_tokens=budget, k=3, rerank=True,
+                           max_new_tokens=new).answer(question)
+    order = [h.id for h in LogLikelihoodReranker(model).rerank(question, retrieved)]
+    shown_reranked = [h.id for h in reranked.sources]
+    assert shown_reranked and shown_reranked == [i for i in order if i in shown_reranked]
+    assert [h.score for h in reranked.sources] == sorted((h.score for h in reranked.sources), reverse=True)
     closed = pipeline.answer_without_retrieval(question)
     assert OPEN_FENCE not in closed.prompt and closed.sources == [] and closed.citations == []
     assert closed.text == model.generate([closed.prompt], max_new_tokens=new, stop=[tok.END])[0].strip()
