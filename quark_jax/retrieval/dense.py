@@ -26,11 +26,12 @@ _OVERFETCH_EXTRA = 16
 @dataclasses.dataclass(frozen=True)
 class HNSWParams:
     """faiss HNSW settings; the defaults reach recall@10 >= 0.95 against exact search on 100k random 64-d
-    vectors (the hardest case: random vectors have no cluster structure)."""
+    vectors (measured 0.986 with efSearch 256, 0.91 with 128: random vectors have no cluster structure, the
+    hardest case)."""
 
     m: int = 32
     ef_construction: int = 200
-    ef_search: int = 128
+    ef_search: int = 256
 
 
 def exact_search(vectors: Float[np.ndarray, "N dim"], queries: Float[np.ndarray, "Q dim"], k: int,
@@ -46,10 +47,12 @@ def exact_search(vectors: Float[np.ndarray, "N dim"], queries: Float[np.ndarray,
         return rows, scores
     take = min(k, vectors.shape[0])
     for start in range(0, num_queries, batch):
-        sims = np.einsum("nd,qd->qn", vectors, queries[start:start + batch])
+        # optimize=True hands the product to BLAS; with this operand order its result is C-contiguous (other
+        # orders return a transposed view, and partitioning strided rows is several times slower)
+        sims = np.ascontiguousarray(np.einsum("nd,qd->qn", vectors, queries[start:start + batch], optimize=True))
         if live is not None:
             sims[:, ~live] = -np.inf
-        top = np.argpartition(-sims, take - 1, axis=1)[:, :take]
+        top = np.argpartition(sims, sims.shape[1] - take, axis=1)[:, -take:]
         top_scores = np.take_along_axis(sims, top, axis=1)
         for i in range(top.shape[0]):
             order = np.lexsort((top[i], -top_scores[i]))

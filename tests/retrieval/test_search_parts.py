@@ -100,7 +100,7 @@ def test_hnsw_recall_against_exact_and_tombstones():
     assert recall >= 0.95, recall
     live = np.ones(5000, bool)
     live[exact_rows[:, :5].ravel()] = False  # the five true best of every query are deleted
-    rows, _ = dense.hnsw_search(index, queries, k=10, ef_search=128, live=live)
+    rows, _ = dense.hnsw_search(index, queries, k=10, ef_search=256, live=live)
     assert live[rows].all() and (rows >= 0).all()
     exact_live, _ = dense.exact_search(vectors, queries, k=10, live=live)
     assert dense.recall_at_k(rows, exact_live) >= 0.9
