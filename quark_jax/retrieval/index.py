@@ -37,7 +37,7 @@ from quark_jax.retrieval import dense as dense_lib
 from quark_jax.retrieval import index_files as files
 from quark_jax.retrieval.hybrid import RRF_C, fuse_hits
 from quark_jax.retrieval.index_files import IndexFormatError
-from quark_jax.retrieval.lexical import BM25
+from quark_jax.retrieval.lexical import BM25, tokenize
 from quark_jax.retrieval.types import Embedder, Hit, Passage
 
 FORMAT = "quark-index"
@@ -63,6 +63,19 @@ class _State:
     vectors: np.ndarray | None
     hnsw: Any | None
     bm25: BM25 | None
+
+    tokens: list[list[str]] | None = None  # BM25 tokens of every row, filled on the first re-fit
+
+    def bm25_tokens(self) -> list[list[str]]:
+        """The BM25 tokens of every row (tokenised once, then reused by each re-fit)."""
+        if self.tokens is None or len(self.tokens) != len(self.passages):
+            done = self.tokens or []
+            self.tokens = done + [tokenize(p.text) for p in self.passages[len(done):]]
+        return self.tokens
+
+    def refit_bm25(self) -> BM25:
+        tokens = self.bm25_tokens()
+        return BM25.fit_tokens([tokens[r] for r in self.live_rows])
 
     @functools.cached_property
     def live_mask(self) -> np.ndarray:
@@ -291,9 +304,10 @@ class Index:
                 hnsw = dense_lib.hnsw_add(hnsw, fresh)
                 changed.add("hnsw")
         passages = state.passages + new
-        grown = _State(passages, set(state.deleted), vectors, hnsw, None)
+        grown = _State(passages, set(state.deleted), vectors, hnsw, None,
+                       tokens=list(state.bm25_tokens()) if state.bm25 is not None else None)
         if state.bm25 is not None:
-            grown.bm25 = BM25.fit([passages[r].text for r in grown.live_rows])
+            grown.bm25 = grown.refit_bm25()
         if self._qdrant is not None:
             self._qdrant.upsert([p.id for p in new], fresh)
         self._write(grown, changed)
@@ -311,13 +325,14 @@ class Index:
             return
         state = self._state
         deleted = state.deleted | {self._row_of[i] for i in ids}
-        shrunk = _State(state.passages, deleted, state.vectors, state.hnsw, None)
+        shrunk = _State(state.passages, deleted, state.vectors, state.hnsw, None,
+                        tokens=state.bm25_tokens() if state.bm25 is not None else None)
         changed = {"deleted"}
         if len(deleted) > self.manifest["compact_fraction"] * len(state.passages):
             shrunk = self._compacted(shrunk)
             changed = {"passages", "vectors", "hnsw", "deleted"}
         if state.bm25 is not None:
-            shrunk.bm25 = BM25.fit([shrunk.passages[r].text for r in shrunk.live_rows])
+            shrunk.bm25 = shrunk.refit_bm25()
             changed.add("bm25")
         if self._qdrant is not None:
             self._qdrant.delete(ids)
@@ -330,7 +345,8 @@ class Index:
         hnsw = None
         if state.hnsw is not None:
             hnsw = dense_lib.build_hnsw(vectors, dense_lib.HNSWParams(**self.manifest["hnsw_params"]))
-        return _State([state.passages[r] for r in live], set(), vectors, hnsw, state.bm25)
+        tokens = [state.tokens[r] for r in live] if state.tokens is not None else None
+        return _State([state.passages[r] for r in live], set(), vectors, hnsw, state.bm25, tokens)
 
     def _write(self, state: _State, changed: set[str]) -> None:
         """Writes the ``changed`` parts of ``state`` as the next generation, swaps the manifest, and only then

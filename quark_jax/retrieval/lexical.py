@@ -62,12 +62,18 @@ class BM25:
     @classmethod
     def fit(cls, texts: Sequence[str]) -> BM25:
         """Tokenises and indexes ``texts`` (an empty list gives a model that finds nothing)."""
+        return cls.fit_tokens([tokenize(t) for t in texts])
+
+    @classmethod
+    def fit_tokens(cls, documents: Sequence[list[str]]) -> BM25:
+        """Indexes already tokenised documents (what :func:`tokenize` returned for each), so that a re-fit
+        after an add or delete skips tokenising the passages it has seen."""
         import bm25s
 
         model = bm25s.BM25(**BM25_PARAMS)
-        if texts:
-            model.index([tokenize(t) for t in texts], show_progress=False)
-        return cls(model, len(texts))
+        if documents:
+            model.index(list(documents), show_progress=False)
+        return cls(model, len(documents))
 
     def scores(self, query: str) -> Float[np.ndarray, "D"]:
         """BM25 score of every document for ``query`` (0 where no term matches)."""
