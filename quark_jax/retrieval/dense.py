@@ -21,6 +21,8 @@ from jaxtyping import Bool, Float, Int
 # Searches ask for this many times k (at least k + this many more) to survive tombstones.
 _OVERFETCH_FACTOR = 2
 _OVERFETCH_EXTRA = 16
+# Exact search scores at most this many (query, row) pairs at once (64 MiB of float32).
+_MAX_SIMILARITIES = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,7 @@ def exact_search(vectors: Float[np.ndarray, "N dim"], queries: Float[np.ndarray,
     if vectors.shape[0] == 0 or k == 0:
         return rows, scores
     take = min(k, vectors.shape[0])
+    batch = max(1, min(batch, _MAX_SIMILARITIES // vectors.shape[0]))  # bound the [batch, N] score matrix
     for start in range(0, num_queries, batch):
         # optimize=True hands the product to BLAS; with this operand order its result is C-contiguous (other
         # orders return a transposed view, and partitioning strided rows is several times slower)

@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
@@ -122,6 +123,7 @@ class Index:
             raise ValueError("hnsw=True is for the local backend; Qdrant builds its own HNSW (drop hnsw=True)")
         if not 0.0 < compact_fraction <= 1.0:
             raise ValueError(f"compact_fraction={compact_fraction}: must be in (0, 1]")
+        created = not os.path.lexists(path)
         os.makedirs(path, exist_ok=True)
         manifest = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "generation": 0,
@@ -139,9 +141,14 @@ class Index:
                        vectors=np.zeros((0, dim), np.float32) if dense else None,
                        hnsw=dense_lib.build_hnsw(np.zeros((0, dim), np.float32), hnsw_params) if hnsw else None,
                        bm25=BM25.fit([]) if lexical else None)
-        index = cls(path, manifest, state, embedder if dense else None,
-                    cls._connect_qdrant(manifest, qdrant_url) if backend == "qdrant" else None)
-        index._write(state, changed={"passages", "vectors", "hnsw", "bm25", "deleted"})
+        try:
+            index = cls(path, manifest, state, embedder if dense else None,
+                        cls._connect_qdrant(manifest, qdrant_url) if backend == "qdrant" else None)
+            index._write(state, changed={"passages", "vectors", "hnsw", "bm25", "deleted"})
+        except BaseException:
+            if created:  # a failed create leaves nothing behind
+                shutil.rmtree(path, ignore_errors=True)
+            raise
         return index
 
     @classmethod
@@ -175,6 +182,9 @@ class Index:
             hnsw.hnsw.efSearch = manifest["hnsw_params"]["ef_search"]
         if parts["lexical"]:
             bm25 = BM25.load(paths["bm25"])
+            if bm25.num_docs != len(passages) - len(deleted):
+                raise IndexFormatError(f"{paths['bm25']}: indexes {bm25.num_docs} passages, the index holds "
+                                       f"{len(passages) - len(deleted)} live ones; rebuild the index")
         state = _State(passages, deleted, vectors, hnsw, bm25)
         store = None
         if manifest["backend"] == "qdrant":
@@ -454,6 +464,9 @@ def _read_manifest(path: str) -> dict[str, Any]:
     expected = {"passages", "deleted"} | {p for p, on in (("vectors", manifest["parts"].get("dense")),
                                                           ("hnsw", manifest["parts"].get("hnsw")),
                                                           ("bm25", manifest["parts"].get("lexical"))) if on}
+    if not isinstance(manifest["files"], dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("name"), str) for e in manifest["files"].values()):
+        raise IndexFormatError(f"{manifest_path}: its \"files\" entries are damaged; rebuild the index")
     if set(manifest["files"]) != expected:
         raise IndexFormatError(f"{manifest_path}: lists parts {sorted(manifest['files'])}, expected "
                                f"{sorted(expected)}; rebuild the index")
