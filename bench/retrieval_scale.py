@@ -87,6 +87,7 @@ def main() -> None:
             row: dict = {}
             vectors = unit_vectors(rng, n, args.dim)
             queries = unit_vectors(rng, args.queries, args.dim)
+            dense.exact_search(vectors, queries[:1], 10)  # warm-up: BLAS threads, first touch of the pages
             (exact_rows, _), seconds = timed(lambda: dense.exact_search(vectors, queries, 10))
             np.save(os.path.join(work, "v.npy"), vectors, allow_pickle=False)
             row["exact"] = {"queries_per_s": round(args.queries / seconds, 1),
