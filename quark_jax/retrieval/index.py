@@ -142,8 +142,11 @@ class Index:
                        hnsw=dense_lib.build_hnsw(np.zeros((0, dim), np.float32), hnsw_params) if hnsw else None,
                        bm25=BM25.fit([]) if lexical else None)
         try:
-            index = cls(path, manifest, state, embedder if dense else None,
-                        cls._connect_qdrant(manifest, qdrant_url) if backend == "qdrant" else None)
+            store = cls._connect_qdrant(manifest, qdrant_url) if backend == "qdrant" else None
+            if store is not None and store.count():
+                raise FileExistsError(f"Qdrant collection {store.collection!r} already holds {store.count()} points; "
+                                      f"pass another qdrant_collection (a new index starts from an empty one)")
+            index = cls(path, manifest, state, embedder if dense else None, store)
             index._write(state, changed={"passages", "vectors", "hnsw", "bm25", "deleted"})
         except BaseException:
             if created:  # a failed create leaves nothing behind
