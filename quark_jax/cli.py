@@ -19,6 +19,7 @@
     quark data feedback --feedback /tmp/serve_logs/feedback.jsonl --output /tmp/pairs   (pairs for dpo.gin)
     quark data list
     quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
+    quark index build --index /tmp/idx --passages passages.jsonl --model_dir=/tmp/run --hnsw   (then add/delete/search/info)
     quark tokenizer train --mixture quark_demo --output tokenizers/quark_demo_4k --vocab_size 4096
 
 ``--gin_file`` and ``--gin.NAME=VALUE`` may repeat; bindings apply after all files, in order. Values are gin
@@ -966,6 +967,9 @@ def _build_parser() -> argparse.ArgumentParser:
     rag.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     rag.add_argument("--json", action="store_true", help="one JSON object: answer, citations, sources, prompt")
     rag.set_defaults(quantize=None)
+    from quark_jax.retrieval import index_cli
+
+    index_cli.add_subparser(sub, common, _Parser)
 
     tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a mixture")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)
@@ -983,9 +987,18 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _index(args: argparse.Namespace) -> int:
+    from quark_jax.retrieval import index_cli
+
+    try:
+        return index_cli.run(args)
+    except index_cli.IndexCommandError as e:
+        raise UsageError(str(e)) from None
+
+
 def _command_name(args: argparse.Namespace) -> str:
     sub = (getattr(args, "data_command", None) or getattr(args, "tokenizer_command", None)
-           or getattr(args, "kg_command", None))
+           or getattr(args, "kg_command", None) or getattr(args, "index_command", None))
     return f"quark {args.command}" + (f" {sub}" if sub else "")
 
 
@@ -1009,7 +1022,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "merge_lora": lambda: _merge_lora(args), "data": lambda: _data(args, bindings),
                 "tokenizer": lambda: _tokenizer(args), "eval": lambda: _eval(args),
                 "import_hf": lambda: _import_hf(args), "serve": lambda: _serve(args),
-                "telemetry": lambda: _telemetry(args), "kg": lambda: _kg(args), "rag": lambda: _rag(args)}
+                "telemetry": lambda: _telemetry(args), "kg": lambda: _kg(args), "rag": lambda: _rag(args),
+                "index": lambda: _index(args)}
     try:
         return commands[args.command]()
     except UsageError as e:
