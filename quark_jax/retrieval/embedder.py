@@ -38,6 +38,8 @@ DEFAULT_MAX_LEN = 256
 DEFAULT_PREFIXES = {"query": "query: ", "passage": "passage: "}
 # objective.json "kind" of a run trained by quark_jax.training.objectives.contrastive.ContrastiveEmbedding
 CONTRASTIVE_KIND = "contrastive_embedding"
+# One jitted function for every embedder: compiled once per (model graph, pooling, batch, length bucket).
+_EMBED = jax.jit(embedding.embed_tokens, static_argnums=(0, 4))
 
 
 def _params_fingerprint(params: Any) -> str:
@@ -73,7 +75,6 @@ class Embedder:
         self.identity = "quark-embedder:" + json.dumps(
             {"model": name, "step": int(loaded_model.step), "pooling": pooling, "max_len": self.max_len,
              "query_prefix": query_prefix, "passage_prefix": passage_prefix}, sort_keys=True)
-        self._embed = jax.jit(embedding.embed_tokens, static_argnums=(0, 4))
 
     @classmethod
     def from_run(cls, run_dir: str, step: int | None = None, pooling: str | None = None,
@@ -122,6 +123,6 @@ class Embedder:
             chosen = order[start:start + self.batch_size]
             length = embedding.length_bucket(max(len(rows[i]) for i in chosen), self.max_len)
             tokens, lengths = embedding.pad_rows([rows[i] for i in chosen], self.batch_size, length, pad_id)
-            vectors = self._embed(self.model.graphdef, self.model.params, tokens, lengths, self.pooling)
+            vectors = _EMBED(self.model.graphdef, self.model.params, tokens, lengths, self.pooling)
             out[chosen] = np.asarray(jax.device_get(vectors))[: len(chosen)]
         return out
