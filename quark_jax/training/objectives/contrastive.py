@@ -158,8 +158,7 @@ class ContrastiveEmbedding(Objective):
     def _eval_rows(self) -> dict[str, np.ndarray]:
         """The first ``eval_pairs`` held-out pairs of a fixed permutation (every task represented)."""
         pairs = self.pairs(self.run.config.data.eval_split)
-        n = len(pairs["query_lengths"])
-        index = np.sort(np.random.default_rng(0).permutation(n)[: min(self.eval_pairs, n)])
+        index = eval_indices(len(pairs["query_lengths"]), self.eval_pairs)
         return {k: v[index] for k, v in pairs.items()}
 
     def _embed_side(self, params: Any, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -189,6 +188,11 @@ class ContrastiveEmbedding(Objective):
         passages = self._embed_side(params, rows["passage_tokens"], rows["passage_lengths"])
         return retrieval_figures(queries, passages, self.run.config.data.batch_size, self.temperature,
                                  self.symmetric)
+
+
+def eval_indices(n: int, count: int) -> np.ndarray:
+    """Which of ``n`` held-out pairs the evaluation embeds: ``count`` of a fixed permutation, in order."""
+    return np.sort(np.random.default_rng(0).permutation(n)[: min(count, n)])
 
 
 def retrieval_figures(queries: np.ndarray, passages: np.ndarray, batch_size: int, temperature: float,
