@@ -221,7 +221,8 @@ def queries(split: str, task: str = "code") -> list[Query]:
     found = []
     for e in entities(split):
         if task == "docs":
-            found.append(Query(f"q:{DOC_PREFIX}{e.name}", question(e.name), (DOC_PREFIX + e.name,), task, _meta(e, task)))
+            doc_id = DOC_PREFIX + e.name
+            found.append(Query(f"q:{doc_id}", question(e.name), (doc_id,), task, _meta(e, task)))
             continue
         text = summary(e.docstring)
         if is_trivial(text) or text.lower() in shared_summaries or e.code in shared_code:

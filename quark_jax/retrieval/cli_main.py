@@ -23,7 +23,8 @@ MAX_TEXTS = 1_000_000
 def read_texts(path: str) -> list[str]:
     """The texts of a ``.txt`` (one per non-blank line) or ``.jsonl`` (``{"text": ...}`` per line) file."""
     if not path.endswith((".txt", ".jsonl")):
-        raise ValueError(f"--input {path}: must be a .txt (one text per line) or .jsonl ({{\"text\": ...}} per line) file")
+        raise ValueError(f"--input {path}: must be a .txt (one text per line) or .jsonl "
+                         '({"text": ...} per line) file')
     if os.path.islink(path) or not os.path.isfile(path):
         raise ValueError(f"--input {path}: no such regular file")
     if os.path.getsize(path) > MAX_INPUT_BYTES:

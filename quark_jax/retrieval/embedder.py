@@ -52,6 +52,11 @@ def _params_fingerprint(params: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def _setting(given: str | None, trained: dict, key: str, default: str) -> str:
+    """An explicit setting, else the contrastive run's recorded one, else the default."""
+    return given if given is not None else trained.get(key, default)
+
+
 class Embedder:
     """Maps texts to L2-normalised float32 vectors ``[N, dim]`` with a loaded quark model (``qj.load``).
 
@@ -98,9 +103,8 @@ class Embedder:
             pooling=pooling or trained.get("pooling", "mean"),
             max_len=max_len or int(trained.get("max_len", default_len)),
             batch_size=batch_size,
-            query_prefix=query_prefix if query_prefix is not None else trained.get("query_prefix", DEFAULT_PREFIXES["query"]),
-            passage_prefix=(passage_prefix if passage_prefix is not None
-                            else trained.get("passage_prefix", DEFAULT_PREFIXES["passage"])),
+            query_prefix=_setting(query_prefix, trained, "query_prefix", DEFAULT_PREFIXES["query"]),
+            passage_prefix=_setting(passage_prefix, trained, "passage_prefix", DEFAULT_PREFIXES["passage"]),
             model_name=name,
         )
 

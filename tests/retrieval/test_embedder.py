@@ -93,7 +93,8 @@ def test_quark_embed_cli(trained_run, tmp_path, capsys):
     cases = [
         (["--input", str(empty)], f"quark embed: --input {empty}: no texts in the file"),
         (["--input", str(bad)], f'quark embed: --input {bad} line 2: each line must be an object with a string "text"'),
-        (["--input", str(tmp_path / "none.txt")], f"quark embed: --input {tmp_path / 'none.txt'}: no such regular file"),
+        (["--input", str(tmp_path / "none.txt")],
+         f"quark embed: --input {tmp_path / 'none.txt'}: no such regular file"),
     ]
     for args, message in cases:
         code = main(["embed", "--model_dir", trained_run["model_dir"], "--output", str(tmp_path / "x.npy"), *args])

@@ -26,7 +26,8 @@ def test_code_passage_is_the_source_without_its_docstring(function):
     passage = {p.id: p for p in rp.passages(split, "code")}[name]
     parsed = ast.parse(passage.text).body[0]
     assert ast.get_docstring(parsed) is None and parsed.name == function.__name__
-    assert ast.dump(ast.Module(body=parsed.body, type_ignores=[])) == _body_without_docstring(inspect.getsource(function))
+    expected = _body_without_docstring(inspect.getsource(function))
+    assert ast.dump(ast.Module(body=parsed.body, type_ignores=[])) == expected
     assert passage.metadata == {"module": function.__module__, "entity": name, "split": split, "task": "code",
                                 "source": passage.metadata["source"]}
     query = {q.relevant[0]: q for q in rp.queries(split, "code")}[name]
