@@ -106,7 +106,7 @@ def is_trivial(text: str) -> bool:
 
 
 def _docstring_lines(node: ast.AST) -> set[int]:
-    """1-based line numbers of every docstring inside ``node`` (its own and its nested definitions')."""
+    """1-based line numbers of every docstring inside ``node`` (a module: all of the file's)."""
     lines: set[int] = set()
     for inner in ast.walk(node):
         if isinstance(inner, (*_DEFINITIONS, ast.Module)) and inner.body:
@@ -117,11 +117,11 @@ def _docstring_lines(node: ast.AST) -> set[int]:
     return lines
 
 
-def _code_text(lines: list[str], node: ast.AST) -> str | None:
-    """The definition's source (decorators included) without its docstrings' lines, dedented and capped;
-    None when a docstring shares a line with code (``def f(): "doc"``), which a line cut cannot remove."""
+def _code_text(lines: list[str], node: ast.AST, doc_lines: set[int]) -> str | None:
+    """The definition's source (decorators included) without the docstring lines in it (its own and its nested
+    definitions'; ``doc_lines`` holds the file's), dedented and capped; None when a docstring shares a line
+    with code (``def f(): "doc"``), which a line cut cannot remove."""
     start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
-    doc_lines = _docstring_lines(node)
     if node.lineno in doc_lines:
         return None
     kept = [lines[i - 1] for i in range(start, node.end_lineno + 1) if i not in doc_lines]
@@ -149,12 +149,13 @@ def _file_entities(source: corpus.SourceFile, split: str) -> list[Entity]:
         return []
     module = corpus._module_name(source.relpath)
     lines = source.text.splitlines(keepends=True)
+    doc_lines = _docstring_lines(tree)
     found = []
     for name, node in _walk(tree.body, module):
         docstring = ast.get_docstring(node, clean=True)
         if not docstring:
             continue
-        code = _code_text(lines, node)
+        code = _code_text(lines, node, doc_lines)
         if code:
             found.append(Entity(name, module, source.relpath, split, code, docstring))
     return found
