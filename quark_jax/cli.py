@@ -726,6 +726,7 @@ def _embed(args: argparse.Namespace) -> int:
     from quark_jax.retrieval import cli_main
 
     _check_run_dir(args.model_dir)
+    _start_tensorflow(args.verbose)  # the run's tokenizer loads seqio: its start-up lines are dropped
     try:
         result = cli_main.embed_main(args.model_dir, args.input, args.output, args.kind, args.batch_size, args.step)
     except (ValueError, FileNotFoundError) as e:
