@@ -16,6 +16,7 @@
     quark serve --model_dir=/tmp/run --port 8000 --log_dir /tmp/serve_logs   (OpenAI-compatible server, chat page at /)
     quark telemetry --log /tmp/serve_logs
     quark rag --model_dir=/tmp/sft --index /tmp/stdlib_index --question "What are the parameters of `json.dumps`?"
+    quark embed --model_dir=/tmp/embed --input texts.txt --output vectors.npy --kind query   (float32 [N, dim])
     quark data feedback --feedback /tmp/serve_logs/feedback.jsonl --output /tmp/pairs   (pairs for dpo.gin)
     quark data list
     quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
@@ -735,6 +736,19 @@ def _telemetry(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
 
 
+def _embed(args: argparse.Namespace) -> int:
+    from quark_jax.retrieval import cli_main
+
+    _check_run_dir(args.model_dir)
+    _start_tensorflow(args.verbose)  # the run's tokenizer loads seqio: its start-up lines are dropped
+    try:
+        result = cli_main.embed_main(args.model_dir, args.input, args.output, args.kind, args.batch_size, args.step)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps(result))
+    return 0
+
+
 def _tokenizer(args: argparse.Namespace) -> int:
     _start_tensorflow(args.verbose)
     from quark_jax.data import tokenizer_training
@@ -970,6 +984,13 @@ def _build_parser() -> argparse.ArgumentParser:
     from quark_jax.retrieval import index_cli
 
     index_cli.add_subparser(sub, common, _Parser)
+    emb = add("embed", help="embed a file of texts with a run (pooled hidden states) into a float32 .npy")
+    emb.add_argument("--model_dir", required=True, help="run directory (a configs/runs/embed.gin run, or any run)")
+    emb.add_argument("--input", required=True, help='.txt (one text per line) or .jsonl ({"text": ...} per line)')
+    emb.add_argument("--output", required=True, help="the .npy to write ([N, dim] float32, L2-normalised rows)")
+    emb.add_argument("--kind", choices=("query", "passage"), default="passage", help="which prefix the texts get")
+    emb.add_argument("--batch_size", type=int, default=32, help="texts per compiled call")
+    emb.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
 
     tok = sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on a mixture")
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True, parser_class=_Parser)
@@ -1023,7 +1044,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tokenizer": lambda: _tokenizer(args), "eval": lambda: _eval(args),
                 "import_hf": lambda: _import_hf(args), "serve": lambda: _serve(args),
                 "telemetry": lambda: _telemetry(args), "kg": lambda: _kg(args), "rag": lambda: _rag(args),
-                "index": lambda: _index(args)}
+                "index": lambda: _index(args), "embed": lambda: _embed(args)}
     try:
         return commands[args.command]()
     except UsageError as e:

@@ -111,5 +111,6 @@ def test_every_run_config_builds(run_gin):
     config = gin_utils.build_train_config()
     assert config.steps == 10 and config.model_dir == "/tmp/unused"
     kind = getattr(config.objective, "kind", "lm")
-    expected = {"distill.gin": "distill", "lora.gin": "lora", "reward.gin": "reward_model", "dpo.gin": "dpo", "ppo.gin": "ppo"}
+    expected = {"distill.gin": "distill", "lora.gin": "lora", "reward.gin": "reward_model", "dpo.gin": "dpo", "ppo.gin": "ppo",
+                "embed.gin": "contrastive_embedding"}
     assert kind == expected.get(name, "lm")

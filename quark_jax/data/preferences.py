@@ -198,7 +198,7 @@ def pair_batches(pairs: dict[str, np.ndarray], batch_size: int, seed: int, start
     the identity without ``shuffle``). Without ``repeat`` the pass ends after one epoch, the last batch padded
     with ``valid = 0`` rows.
     """
-    n = len(pairs["last_index"])
+    n = len(next(iter(pairs.values())))  # any dict of row-aligned arrays (the contrastive pairs too)
     if batch_size % num_shards:
         raise ValueError(f"batch size {batch_size} is not divisible by the {num_shards} hosts")
     local = batch_size // num_shards

@@ -10,7 +10,9 @@ from quark_jax.training.objectives.dpo import DPO
 from quark_jax.training.objectives.reward import RewardModel
 from quark_jax.training.objectives.lora_finetune import LoRA
 from quark_jax.training.objectives.lm import LanguageModel
+from quark_jax.training.objectives.contrastive import ContrastiveEmbedding
 
-ALL = (LanguageModel, Distill, LoRA, RewardModel, DPO, PPO)
+ALL = (LanguageModel, Distill, LoRA, RewardModel, DPO, PPO, ContrastiveEmbedding)
 
-__all__ = ["ALL", "LanguageModel", "LoRA", "Distill", "PPO", "Objective", "RunContext", "DPO", "RewardModel"]
+__all__ = ["ALL", "LanguageModel", "LoRA", "Distill", "PPO", "Objective", "RunContext", "DPO", "RewardModel",
+           "ContrastiveEmbedding"]
