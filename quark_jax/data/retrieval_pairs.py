@@ -46,6 +46,7 @@ import textwrap
 from typing import Any
 
 from quark_jax.data import corpus
+from quark_jax.data.records import Passage
 from quark_jax.data.splits import SPLITS
 
 TASKS = ("code", "docs")
@@ -192,10 +193,8 @@ def _meta(entity: Entity, task: str) -> dict[str, Any]:
 
 def passages(split: str, task: str = "code") -> list:
     """The passages of one split for ``task`` (``"code"``: sources without docstrings; ``"docs"``: docstrings
-    under their names), as :class:`quark_jax.retrieval.types.Passage`-shaped records (``id``, ``text``,
+    under their names), as :class:`quark_jax.data.records.Passage` records (``id``, ``text``,
     ``metadata``). Code passages duplicated across the library are kept once (the first)."""
-    from quark_jax.retrieval.types import Passage  # noqa: PLC0415 -- the plain shared record type
-
     _check_task(task)
     found, seen = [], set()
     for e in entities(split):

@@ -11,17 +11,10 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from jaxtyping import Float
 
+from quark_jax.data.records import Passage
+
 TextKind = Literal["query", "passage"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Passage:
-    """One retrievable text. ``id`` is unique in its index; ``metadata`` is JSON-serialisable (e.g.
-    ``{"source": "json/__init__.py", "entity": "json.dumps"}``)."""
-
-    id: str
-    text: str
-    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+__all__ = ["Embedder", "Hit", "Passage", "Retriever", "TextKind"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -98,7 +98,8 @@ FORBIDDEN = {
     "quark_jax.models": ("quark_jax.training", "quark_jax.inference", "quark_jax.data", "quark_jax.runs",
                          "quark_jax.api", "quark_jax.cli", "quark_jax.evaluation", "quark_jax.serving"),
     "quark_jax.data": ("quark_jax.models", "quark_jax.training", "quark_jax.inference", "quark_jax.runs",
-                       "quark_jax.api", "quark_jax.cli", "quark_jax.evaluation", "quark_jax.serving"),
+                       "quark_jax.api", "quark_jax.cli", "quark_jax.evaluation", "quark_jax.serving",
+                       "quark_jax.retrieval", "quark_jax.knowledge"),
     "quark_jax.inference": ("quark_jax.training", "quark_jax.runs", "quark_jax.api", "quark_jax.cli",
                             "quark_jax.evaluation", "quark_jax.serving"),
     "quark_jax.training.config": ("quark_jax.training.trainer", "quark_jax.training.objectives"),
@@ -108,6 +109,8 @@ FORBIDDEN = {
     # The knowledge graph reads data and answers retrievers; it never reaches up into serving or the command line.
     "quark_jax.knowledge": ("quark_jax.serving", "quark_jax.cli", "quark_jax.api", "quark_jax.evaluation",
                             "quark_jax.training"),
+    # Retrieval uses loaded models and the data layer; serving, evaluation and the command line sit above it.
+    "quark_jax.retrieval": ("quark_jax.serving", "quark_jax.cli", "quark_jax.evaluation", "quark_jax.training"),
     "quark_jax.runs": ("quark_jax.training.trainer", "quark_jax.training.objectives", "quark_jax.api",
                        "quark_jax.cli"),
 }
