@@ -15,6 +15,10 @@ run on whatever mesh the model's parameters live on.
   byte-weighted).
 * ``generate_until``: ``samples`` completions per example (sample i with seed ``seed + i``), cut at the first
   ``until`` string; see :func:`score_generations`.
+* ``retrieval``: the model as an embedder (:meth:`quark_jax.retrieval.embedder.Embedder.from_loaded`: a
+  contrastive run's own pooling and prefixes, else mean pooling) embeds the task's passage pool and each rendered
+  query; exact inner-product search ranks the pool; recall@1/@10, MRR and nDCG@10 per query through trec_eval
+  (:mod:`quark_jax.retrieval.metrics`). ``target`` names the example field listing the relevant passage ids.
 
 Every figure comes with a percentile bootstrap interval over examples (corpus figures recomputed on each
 resample).
@@ -334,10 +338,76 @@ def evaluate_generation(model: Any, task: EvalTask, examples: list[dict], batch_
     return score_generations(task, examples, predictions, confidence, seed)
 
 
+MAX_PASSAGES_BYTES = 256 * 2**20
+
+
+def read_passages(path: str) -> list[dict]:
+    """A retrieval task's passage pool: ``{"id", "text"}`` per JSONL line; errors name the file and line."""
+    if os.path.getsize(path) > MAX_PASSAGES_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_PASSAGES_BYTES // 2**20} MiB; split the pool")
+    import json
+
+    passages, seen = [], set()
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("id"), str) or \
+                    not isinstance(record.get("text"), str):
+                raise ValueError(f"{path}:{number}: a passage needs a string 'id' and a string 'text'")
+            if record["id"] in seen:
+                raise ValueError(f"{path}:{number}: passage id {record['id']!r} appears twice")
+            seen.add(record["id"])
+            passages.append(record)
+    if not passages:
+        raise ValueError(f"{path}: no passages")
+    return passages
+
+
+def evaluate_retrieval(model: Any, task: EvalTask, examples: list[dict], batch_size: int, progress: bool,
+                       confidence: float, seed: int, model_dir: str | None = None) -> dict[str, Any]:
+    """Ranks the task's passage pool for each query with the model's embeddings and scores the rankings."""
+    from quark_jax.retrieval import dense
+    from quark_jax.retrieval import metrics as retrieval_metrics
+    from quark_jax.retrieval.embedder import Embedder
+
+    passages = read_passages(task.passages)
+    known = {p["id"] for p in passages}
+    qrels = {}
+    for i, example in enumerate(examples):
+        relevant = example[task.target]
+        relevant = [relevant] if isinstance(relevant, str) else relevant
+        if not isinstance(relevant, list) or not relevant or not all(isinstance(r, str) for r in relevant):
+            raise ValueError(f"{task.data}:{example['_line']}: {task.target!r} must list relevant passage ids")
+        missing = [r for r in relevant if r not in known]
+        if missing:
+            raise ValueError(f"{task.data}:{example['_line']}: relevant passage {missing[0]!r} is not in "
+                             f"{task.passages}")
+        qrels[str(i)] = {r: 1 for r in relevant}
+    embedder = Embedder.from_loaded(model, model_dir, batch_size=batch_size)
+    vectors = embedder.embed([p["text"] for p in passages], kind="passage")
+    queries = embedder.embed([task_lib.render_prompt(task, ex) for ex in examples], kind="query")
+    rows, scores = dense.exact_search(vectors, queries, k=min(100, len(passages)))
+    run = {str(i): {passages[r]["id"]: float(s) for r, s in zip(rows[i], scores[i]) if r >= 0}
+           for i in range(len(examples))}
+    figures = retrieval_metrics.per_query(qrels, run)
+    per_example = [figures[str(i)] for i in range(len(examples))]
+    metrics = {name: _figure([f[name] for f in per_example], None, confidence, seed) for name in task.metrics}
+    samples = [{"query": task_lib.render_prompt(task, ex), "relevant": sorted(qrels[str(i)]),
+                "top": [passages[r]["id"] for r in rows[i][:10] if r >= 0], **per_example[i]}
+               for i, ex in enumerate(examples)]
+    return {"metrics": metrics, "samples": samples, "passages": len(passages), "embedder": embedder.identity}
+
+
 _BY_OUTPUT_TYPE = {
     "multiple_choice": evaluate_multiple_choice,
     "loglikelihood_rolling": evaluate_rolling,
     "generate_until": evaluate_generation,
+    "retrieval": evaluate_retrieval,
 }
 
 
@@ -366,7 +436,9 @@ def evaluate(model: Any, tasks: str | EvalTask | Sequence[EvalTask | str], batch
     for task in resolved:
         examples = task_lib.load_examples(task, limit)
         task_start = time.perf_counter()
-        out = _BY_OUTPUT_TYPE[task.output_type](model, task, examples, batch_size, progress, confidence, seed)
+        run = _BY_OUTPUT_TYPE[task.output_type]
+        extra = {"model_dir": model_dir or getattr(model, "model_dir", None)} if task.output_type == "retrieval" else {}
+        out = run(model, task, examples, batch_size, progress, confidence, seed, **extra)
         results[task.task] = {"output_type": task.output_type, "n": len(examples), "domain": task.domain,
                               "description": task.description, "path": task.path,
                               "seconds": time.perf_counter() - task_start, **out}

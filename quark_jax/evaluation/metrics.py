@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-OUTPUT_TYPES = ("multiple_choice", "loglikelihood_rolling", "generate_until")
+OUTPUT_TYPES = ("multiple_choice", "loglikelihood_rolling", "generate_until", "retrieval")
 
 
 # ----------------------------------------------------------------------------------------------- classification
@@ -273,7 +273,7 @@ class MetricInfo:
     expands_to: tuple[str, ...] = ()  # the reported keys when one name gives several figures (rouge)
 
 
-_MC, _ROLL, _GEN = ("multiple_choice",), ("loglikelihood_rolling",), ("generate_until",)
+_MC, _ROLL, _GEN, _RET = ("multiple_choice",), ("loglikelihood_rolling",), ("generate_until",), ("retrieval",)
 METRICS: dict[str, MetricInfo] = {m.name: m for m in [
     MetricInfo("acc", "accuracy: the choice with the highest log-likelihood is the gold one", _MC),
     MetricInfo("acc_norm", "accuracy with log-likelihoods divided by the choice's length in characters (lm-eval)",
@@ -287,6 +287,10 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in [
     MetricInfo("pass@k", "unbiased pass@k (Chen et al. 2021), k from the task's samples per problem", _GEN),
     MetricInfo("perplexity", "exp(negative log-likelihood per token) of the whole text", _ROLL),
     MetricInfo("bits_per_byte", "negative log-likelihood in bits per UTF-8 byte of the text (lm-eval)", _ROLL),
+    MetricInfo("recall@1", "share of a query's relevant passages ranked first (trec_eval via pytrec_eval)", _RET),
+    MetricInfo("recall@10", "share of a query's relevant passages in the top 10 (trec_eval)", _RET),
+    MetricInfo("mrr", "mean reciprocal rank of the first relevant passage (trec_eval recip_rank)", _RET),
+    MetricInfo("ndcg@10", "normalised discounted cumulative gain at 10 (trec_eval ndcg_cut_10)", _RET),
 ]}
 
 _PASS_AT = re.compile(r"pass@(\d+)$")

@@ -14,6 +14,10 @@ Suites (one YAML each):
 * ``code_doctest`` (generate_until, sandboxed): complete a function whose doctest examples are its tests.
 * ``stdlib_mc`` (multiple_choice): which module defines a name / which function a docstring describes.
 * ``perplexity_code``, ``perplexity_prose``, ``perplexity_chat`` (loglikelihood_rolling).
+* ``stdlib_retrieval`` (retrieval): held-out API questions ("What does uuid.uuid4 do?") against a pool of
+  docstring passages — every relevant one plus distractors from both splits
+  (:func:`quark_jax.data.retrieval_pairs.benchmark`, task ``docs``); the pool goes to
+  ``data/stdlib_retrieval_passages.jsonl``.
 
 ``python -m quark_jax.evaluation.suites --output evals/tasks`` rewrites every file; the build is
 deterministic (sorted inputs, string-seeded ``random.Random``), so the shipped files equal a fresh build on
@@ -517,10 +521,17 @@ TASKS: dict[str, dict] = {
         "output_type": "loglikelihood_rolling", "text": "text", "domain": "chat",
         "metrics": ["perplexity", "bits_per_byte"],
     },
+    "stdlib_retrieval": {
+        "description": "Retrieval: held-out API questions against docstring passages (the model as an embedder).",
+        "output_type": "retrieval", "prompt": "{query}", "target": "relevant",
+        "passages": f"{DATA_DIR}/stdlib_retrieval_passages.jsonl", "domain": "retrieval",
+        "metrics": ["recall@1", "recall@10", "mrr", "ndcg@10"],
+    },
 }
+RETRIEVAL_QUERIES, RETRIEVAL_POOL = 100, 1000
 
 _KEY_ORDER = ("task", "description", "data", "output_type", "prompt", "target", "choices", "target_delimiter",
-              "text", "domain", "until", "max_tokens", "samples", "temperature", "tests", "metrics")
+              "text", "passages", "domain", "until", "max_tokens", "samples", "temperature", "tests", "metrics")
 
 
 def _yaml_scalar(value) -> str:
@@ -545,6 +556,17 @@ def task_yaml(name: str) -> str:
 # ---- build ------------------------------------------------------------------------------------------
 
 
+def stdlib_retrieval() -> tuple[list[dict], list[dict]]:
+    """(queries, passage pool) of the retrieval suite: ``{"query", "relevant", "source"}`` examples and
+    ``{"id", "text"}`` passages."""
+    from quark_jax.data import retrieval_pairs
+
+    pool, queries = retrieval_pairs.benchmark("validation", "docs", max_queries=RETRIEVAL_QUERIES,
+                                              max_passages=RETRIEVAL_POOL)
+    examples = [{"query": q.text, "relevant": list(q.relevant), "source": q.metadata["source"]} for q in queries]
+    return examples, [{"id": p.id, "text": p.text} for p in pool]
+
+
 def build_examples() -> dict[str, list[dict]]:
     """Every suite's examples, by task name."""
     defs = definitions()
@@ -557,6 +579,7 @@ def build_examples() -> dict[str, list[dict]]:
         "perplexity_code": perplexity_code(),
         "perplexity_prose": perplexity_prose(defs),
         "perplexity_chat": perplexity_chat(),
+        "stdlib_retrieval": stdlib_retrieval()[0],
     }
 
 
@@ -584,6 +607,10 @@ def build(output: str | os.PathLike) -> dict[str, int]:
             for example in examples:
                 f.write(json.dumps(example, ensure_ascii=False) + "\n")
         counts[name] = len(examples)
+    _, pool = stdlib_retrieval()
+    with open(output / DATA_DIR / "stdlib_retrieval_passages.jsonl", "w", encoding="utf-8", newline="\n") as f:
+        for passage in pool:
+            f.write(json.dumps(passage, ensure_ascii=False) + "\n")
     manifest = {"python": ".".join(map(str, sys.version_info[:3])), "seed": SEED, "examples": counts}
     (output / DATA_DIR / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return counts

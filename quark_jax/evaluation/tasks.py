@@ -5,7 +5,7 @@ A task file (``evals/tasks/*.yaml`` ships with the package; a user's own file is
     task: stdlib_qa                 # name (unique)
     description: one line
     data: data/stdlib_qa.jsonl      # JSONL, relative to the YAML file's directory (or absolute)
-    output_type: generate_until     # multiple_choice | loglikelihood_rolling | generate_until
+    output_type: generate_until     # multiple_choice | loglikelihood_rolling | generate_until | retrieval
     prompt: "Q: {question}\\nA:"     # str.format template over the example's fields ({{ and }} escape braces)
     target: answer                  # field: reference text, or the right choice (an int index or the text)
     choices: choices                # multiple_choice: field holding the list of choice strings
@@ -17,6 +17,7 @@ A task file (``evals/tasks/*.yaml`` ships with the package; a user's own file is
     samples: 1                      # generate_until: completions per example
     temperature: 0.0                # generate_until (0 = greedy; samples > 1 needs > 0)
     tests: tests                    # code tasks: field with Python test code run in the sandbox
+    passages: data/passages.jsonl   # retrieval: the pool searched, {"id", "text"} per line
     metrics: [exact_match, rouge]   # names in metrics.METRICS allowed for the output type
 
 Every error is a ``ValueError`` with one line naming the file (and the line, for JSONL). An example that lacks
@@ -33,7 +34,7 @@ import pathlib
 import string
 from typing import Any
 
-OUTPUT_TYPES = ("multiple_choice", "loglikelihood_rolling", "generate_until")
+OUTPUT_TYPES = ("multiple_choice", "loglikelihood_rolling", "generate_until", "retrieval")
 TASKS_DIR = "evals/tasks"  # the shipped suites (quark_jax.resources.shipped)
 
 # What each output type needs, and its metrics when the file names none.
@@ -41,11 +42,13 @@ _REQUIRED = {
     "multiple_choice": ("prompt", "target", "choices"),
     "loglikelihood_rolling": ("text",),
     "generate_until": ("prompt",),
+    "retrieval": ("prompt", "target", "passages"),  # query template, field of relevant ids, the pool
 }
 DEFAULT_METRICS = {
     "multiple_choice": ("acc", "acc_norm"),
     "loglikelihood_rolling": ("perplexity", "bits_per_byte"),
     "generate_until": ("exact_match",),
+    "retrieval": ("recall@1", "recall@10", "mrr", "ndcg@10"),
 }
 
 
@@ -70,6 +73,7 @@ class EvalTask:
     temperature: float = 0.0
     tests: str | None = None
     metrics: tuple[str, ...] = ()
+    passages: str | None = None  # retrieval: absolute path of the passages JSONL
 
     @property
     def name(self) -> str:
@@ -148,7 +152,7 @@ def load_task(path: str | os.PathLike) -> EvalTask:
     if output_type == "generate_until" and not raw.get("target") and not raw.get("tests"):
         raise _fail(path, "generate_until needs 'target' (reference text) or 'tests' (a code task)")
     for key in ("task", "data", "description", "prompt", "target", "choices", "target_delimiter", "text", "domain",
-                "tests"):
+                "tests", "passages"):
         if key in raw and raw[key] is not None and not isinstance(raw[key], str):
             if key == "target" and isinstance(raw[key], int):
                 continue
@@ -193,6 +197,13 @@ def load_task(path: str | os.PathLike) -> EvalTask:
     data_path = data if os.path.isabs(data) else os.path.join(os.path.dirname(os.path.abspath(path)), data)
     if not os.path.isfile(data_path):
         raise _fail(path, f"data file {data!r} not found (looked for {data_path})")
+    passages = None
+    if output_type == "retrieval":
+        given = str(raw["passages"])
+        passages = given if os.path.isabs(given) else os.path.join(os.path.dirname(os.path.abspath(path)), given)
+        if not os.path.isfile(passages):
+            raise _fail(path, f"passages file {given!r} not found (looked for {passages})")
+        passages = os.path.normpath(passages)
     target = raw.get("target")
     task = EvalTask(
         task=str(raw["task"]), data=os.path.normpath(data_path), output_type=output_type,
@@ -200,7 +211,7 @@ def load_task(path: str | os.PathLike) -> EvalTask:
         target=None if target is None else str(target), choices=raw.get("choices"),
         target_delimiter=str(raw.get("target_delimiter", " ")), text=raw.get("text"), domain=raw.get("domain"),
         until=tuple(until), max_tokens=int(numbers["max_tokens"]), samples=int(numbers["samples"]),
-        temperature=float(numbers["temperature"]), tests=raw.get("tests"), metrics=tuple(metrics),
+        temperature=float(numbers["temperature"]), tests=raw.get("tests"), metrics=tuple(metrics), passages=passages,
     )
     task.template_fields()  # a malformed template fails now, naming the file
     return task

@@ -93,11 +93,22 @@ class Embedder:
         from quark_jax import api, runs
 
         run_dir = runs.resolve(run_dir, "embedding model")
-        info = runs.read_objective_info(run_dir)
+        return cls.from_loaded(api.load(run_dir, step=step), run_dir, pooling, max_len, batch_size, query_prefix,
+                               passage_prefix)
+
+    @classmethod
+    def from_loaded(cls, model: Any, run_dir: str | None = None, pooling: str | None = None,
+                    max_len: int | None = None, batch_size: int = 32, query_prefix: str | None = None,
+                    passage_prefix: str | None = None) -> Embedder:
+        """Like :meth:`from_run` for a model already loaded (``qj.load(run_dir)``): the settings a contrastive
+        run recorded in ``run_dir``'s ``objective.json`` apply, and ``run_dir`` names the model in the
+        identity (without it, a fingerprint of the parameters does)."""
+        from quark_jax import runs
+
+        info = runs.read_objective_info(run_dir) if run_dir else {}
         trained = info if info.get("kind") == CONTRASTIVE_KIND else {}
-        model = api.load(run_dir, step=step)
         default_len = min(DEFAULT_MAX_LEN, model.trained_context or DEFAULT_MAX_LEN)
-        name = run_dir if "://" in run_dir else os.path.abspath(run_dir)
+        name = None if run_dir is None else run_dir if "://" in run_dir else os.path.abspath(run_dir)
         return cls(
             model,
             pooling=pooling or trained.get("pooling", "mean"),

@@ -25,19 +25,26 @@ def run_from_ranking(ranking: Sequence[str | Hit]) -> dict[str, float]:
     return {pid: float(len(ids) - i) for i, pid in enumerate(dict.fromkeys(ids))}
 
 
-def evaluate(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
-             ) -> dict[str, float]:
-    """Mean recall@1, recall@10, MRR and nDCG@10 over the queries of ``qrels`` (a query the run misses
-    counts as 0), plus ``queries``: how many were judged."""
+def per_query(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
+              ) -> dict[str, dict[str, float]]:
+    """recall@1, recall@10, MRR and nDCG@10 of every query of ``qrels`` (a query the run misses scores 0)."""
     import pytrec_eval
 
     if not qrels:
         raise ValueError("no queries to evaluate (qrels is empty)")
     qrels = {q: {p: int(r) for p, r in rel.items()} for q, rel in qrels.items()}
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"recall.1,10", "recip_rank", "ndcg_cut.10"})
-    per_query = evaluator.evaluate({q: dict(run.get(q) or {"": 0.0}) for q in qrels})
-    means = {name: float(np.mean([per_query[q][m] for q in qrels])) for name, m in MEASURES.items()}
-    return {**means, "queries": len(qrels)}
+    figures = evaluator.evaluate({q: dict(run.get(q) or {"": 0.0}) for q in qrels})
+    return {q: {name: float(figures[q][m]) for name, m in MEASURES.items()} for q in qrels}
+
+
+def evaluate(qrels: Mapping[str, Mapping[str, int]], run: Mapping[str, Mapping[str, float]]
+             ) -> dict[str, float]:
+    """Mean recall@1, recall@10, MRR and nDCG@10 over the queries of ``qrels`` (a query the run misses
+    counts as 0), plus ``queries``: how many were judged."""
+    figures = per_query(qrels, run)
+    means = {name: float(np.mean([figures[q][name] for q in figures])) for name in MEASURES}
+    return {**means, "queries": len(figures)}
 
 
 def recall_at_k(approximate: Sequence[Sequence[str]], exact: Sequence[Sequence[str]], k: int = 10) -> float:

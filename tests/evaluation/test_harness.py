@@ -274,3 +274,71 @@ def test_builtin_suites_load_and_reference_solutions_pass():
     assert [r["tests_passed"] for r in out["samples"]] == [[True, False]] * 3
     assert out["metrics"]["pass@1"]["value"] == pytest.approx(0.5)
     assert out["metrics"]["pass@2"]["value"] == pytest.approx(1.0)
+
+
+RETRIEVAL_PASSAGES = [
+    {"id": "json.dumps", "text": "json.dumps\nSerialize obj to a JSON formatted str."},
+    {"id": "json.loads", "text": "json.loads\nDeserialize s (a str, bytes or bytearray) to a Python object."},
+    {"id": "os.path.join", "text": "os.path.join\nJoin two or more pathname components."},
+    {"id": "math.sqrt", "text": "math.sqrt\nReturn the square root of x."},
+    {"id": "shutil.copy", "text": "shutil.copy\nCopy data and mode bits."},
+    {"id": "re.compile", "text": "re.compile\nCompile a regular expression pattern, returning a Pattern object."},
+]
+RETRIEVAL_QUERIES = [
+    {"query": "What does json.dumps do?", "relevant": ["json.dumps"]},
+    {"query": "How do I join paths?", "relevant": ["os.path.join"]},
+    {"query": "square root", "relevant": ["math.sqrt", "re.compile"]},
+    {"query": "Compile a regular expression pattern, returning a Pattern object.", "relevant": "re.compile"},
+]
+
+
+def test_retrieval_task_ranks_the_pool_with_the_models_embeddings(model, tmp_path):
+    """The figures equal the textbook definitions over a ranking computed here from the embedder's vectors
+    (queries with the query prefix, passages with the passage prefix, inner product)."""
+    from quark_jax.retrieval.embedder import Embedder
+
+    with open(tmp_path / "pool.jsonl", "w") as f:
+        f.writelines(json.dumps(p) + "\n" for p in RETRIEVAL_PASSAGES)
+    spec = {"output_type": "retrieval", "prompt": "{query}", "target": "relevant", "passages": "pool.jsonl"}
+    task = tasks.load_task(write_task(tmp_path, "ret", spec, RETRIEVAL_QUERIES))
+    assert task.metrics == ("recall@1", "recall@10", "mrr", "ndcg@10")
+    result = harness.evaluate(model, [task], batch_size=4, progress=False)["tasks"]["ret"]
+
+    embedder = Embedder(model)
+    passages = embedder.embed([p["text"] for p in RETRIEVAL_PASSAGES], kind="passage")
+    queries = embedder.embed([q["query"] for q in RETRIEVAL_QUERIES], kind="query")
+    order = np.argsort(-(queries @ passages.T), axis=1, kind="stable")
+    reciprocal, first = [], []
+    for q, ranking in zip(RETRIEVAL_QUERIES, order):
+        relevant = {q["relevant"]} if isinstance(q["relevant"], str) else set(q["relevant"])
+        ranks = [r + 1 for r, i in enumerate(ranking) if RETRIEVAL_PASSAGES[i]["id"] in relevant]
+        reciprocal.append(1 / min(ranks))
+        first.append(sum(1 for r in ranks if r == 1) / len(relevant))
+    figures = result["metrics"]
+    assert figures["mrr"]["value"] == pytest.approx(np.mean(reciprocal), abs=1e-6)
+    assert figures["recall@1"]["value"] == pytest.approx(np.mean(first), abs=1e-6)
+    assert figures["recall@10"]["value"] == 1.0  # six passages: everything is in the top 10
+    assert 0 < figures["ndcg@10"]["value"] <= 1
+    assert [s["top"] for s in result["samples"]] == [[RETRIEVAL_PASSAGES[i]["id"] for i in row] for row in order]
+    assert result["passages"] == 6 and '"pooling": "mean"' in result["embedder"]
+
+
+def test_retrieval_task_errors_name_the_file_and_line(model, tmp_path):
+    with open(tmp_path / "pool.jsonl", "w") as f:
+        f.writelines(json.dumps(p) + "\n" for p in RETRIEVAL_PASSAGES[:2])
+    spec = {"output_type": "retrieval", "prompt": "{query}", "target": "relevant", "passages": "pool.jsonl"}
+    task = tasks.load_task(write_task(tmp_path, "ret", spec, RETRIEVAL_QUERIES[:2]))
+    with pytest.raises(ValueError, match=r"ret.jsonl:2: relevant passage 'os.path.join' is not in .*pool.jsonl"):
+        harness.evaluate(model, [task], progress=False)
+    with pytest.raises(ValueError, match=r"passages file 'missing.jsonl' not found"):
+        tasks.load_task(write_task(tmp_path, "ret2", {**spec, "passages": "missing.jsonl"}, RETRIEVAL_QUERIES))
+    with pytest.raises(ValueError, match=r"missing required key 'passages' \(output_type retrieval needs it\)"):
+        tasks.load_task(write_task(tmp_path, "ret3", {k: v for k, v in spec.items() if k != "passages"}, []))
+
+
+def test_the_shipped_retrieval_suite_is_well_posed():
+    task = tasks.find_tasks("stdlib_retrieval")[0]
+    pool = {p["id"] for p in harness.read_passages(task.passages)}
+    examples = tasks.load_examples(task)
+    assert len(examples) == 100 and len(pool) == 1000
+    assert all(set(e["relevant"]) <= pool for e in examples)
