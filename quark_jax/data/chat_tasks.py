@@ -13,13 +13,13 @@ Importing this module registers nothing; ``quark_jax.data.catalogue`` registers 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Mapping
 
 import seqio
 import tensorflow as tf
 
+from quark_jax.data.jsonl import iter_jsonl
 from quark_jax.data import chat, tokenizer
 from quark_jax.resources import shipped
 
@@ -53,18 +53,11 @@ def read_jsonl(path: str, check=None,
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found ({missing_hint})")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e})") from e
-            problem = check(record) if check else None
-            if problem:
-                raise ValueError(f"{path}:{number}: {problem}")
-            records.append(record)
+    for number, record in iter_jsonl(path):
+        problem = check(record) if check else None
+        if problem:
+            raise ValueError(f"{path}:{number}: {problem}")
+        records.append(record)
     return records
 
 

@@ -343,26 +343,17 @@ MAX_PASSAGES_BYTES = 256 * 2**20
 
 def read_passages(path: str) -> list[dict]:
     """A retrieval task's passage pool: ``{"id", "text"}`` per JSONL line; errors name the file and line."""
-    if os.path.getsize(path) > MAX_PASSAGES_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_PASSAGES_BYTES // 2**20} MiB; split the pool")
-    import json
+    from quark_jax.data.jsonl import iter_jsonl
 
     passages, seen = [], set()
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("id"), str) or \
-                    not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{number}: a passage needs a string 'id' and a string 'text'")
-            if record["id"] in seen:
-                raise ValueError(f"{path}:{number}: passage id {record['id']!r} appears twice")
-            seen.add(record["id"])
-            passages.append(record)
+    for number, record in iter_jsonl(path, MAX_PASSAGES_BYTES):
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str) or \
+                not isinstance(record.get("text"), str):
+            raise ValueError(f"{path}:{number}: a passage needs a string 'id' and a string 'text'")
+        if record["id"] in seen:
+            raise ValueError(f"{path}:{number}: passage id {record['id']!r} appears twice")
+        seen.add(record["id"])
+        passages.append(record)
     if not passages:
         raise ValueError(f"{path}: no passages")
     return passages

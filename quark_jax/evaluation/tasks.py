@@ -34,6 +34,8 @@ import pathlib
 import string
 from typing import Any
 
+from quark_jax.data.jsonl import iter_jsonl
+
 OUTPUT_TYPES = ("multiple_choice", "loglikelihood_rolling", "generate_until", "retrieval")
 TASKS_DIR = "evals/tasks"  # the shipped suites (quark_jax.resources.shipped)
 
@@ -226,28 +228,21 @@ def load_examples(task: EvalTask, limit: int | None = None) -> list[dict[str, An
     examples: list[dict[str, Any]] = []
     needed = task.needed_fields()
     try:
-        handle = open(path, encoding="utf-8")
+        open(path, "rb").close()
     except OSError as e:
         raise ValueError(f"{path}: cannot read the data file ({e.strerror})") from None
-    with handle:
-        for number, line in enumerate(handle, 1):
-            if limit is not None and len(examples) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                example = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(example, dict):
-                raise ValueError(f"{path}:{number}: not a JSON object (got {type(example).__name__})")
-            for field in needed:
-                if field not in example:
-                    raise ValueError(f"{path}:{number}: missing field {field!r} (task {task.task} in "
-                                     f"{os.path.basename(task.path) or 'its file'} names it)")
-            _check_example(task, example, f"{path}:{number}")
-            example["_line"] = number
-            examples.append(example)
+    for number, example in iter_jsonl(path):
+        if limit is not None and len(examples) >= limit:
+            break
+        if not isinstance(example, dict):
+            raise ValueError(f"{path}:{number}: not a JSON object (got {type(example).__name__})")
+        for field in needed:
+            if field not in example:
+                raise ValueError(f"{path}:{number}: missing field {field!r} (task {task.task} in "
+                                 f"{os.path.basename(task.path) or 'its file'} names it)")
+        _check_example(task, example, f"{path}:{number}")
+        example["_line"] = number
+        examples.append(example)
     if not examples:
         raise ValueError(f"{path}: no examples (an empty data file)")
     return examples

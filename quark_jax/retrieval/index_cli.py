@@ -21,6 +21,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from quark_jax.data.jsonl import iter_jsonl
 from quark_jax.retrieval.types import Passage
 
 MAX_PASSAGES_FILE_BYTES = 4 << 30
@@ -69,24 +70,15 @@ def read_passages(path: str) -> list[Passage]:
         raise IndexCommandError(f"--passages {path}: over {MAX_PASSAGES_FILE_BYTES} bytes; split it and use "
                                 f"`quark index add` for the rest")
     passages = []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            where = f"--passages {path} line {number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise IndexCommandError(f"{where}: not UTF-8 text (bad byte at column {e.start + 1})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise IndexCommandError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    try:
+        for number, row in iter_jsonl(path):
             if (not isinstance(row, dict) or not isinstance(row.get("id"), str) or not isinstance(row.get("text"), str)
                     or not isinstance(row.get("metadata", {}), dict)):
-                raise IndexCommandError(f'{where}: each line needs a string "id" and "text" and optionally an '
-                                        f'object "metadata", e.g. {{"id": "doc1", "text": "..."}}')
+                raise IndexCommandError(f'--passages {path} line {number}: each line needs a string "id" and "text" '
+                                        f'and optionally an object "metadata", e.g. {{"id": "doc1", "text": "..."}}')
             passages.append(Passage(row["id"], row["text"], row.get("metadata", {})))
+    except ValueError as e:  # iter_jsonl's "PATH:LINE: ..." for a line that is not JSON or not UTF-8
+        raise IndexCommandError(f"--passages {e}") from None
     if not passages:
         raise IndexCommandError(f"--passages {path}: no passages in the file")
     return passages

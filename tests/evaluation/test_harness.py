@@ -175,7 +175,7 @@ def test_bad_input_is_one_line_naming_file_and_line(tmp_path):
     with open(os.path.join(tmp_path, "broken.jsonl"), "a") as f:
         f.write('{"question": "oops", \n')
     task = tasks.load_task(path)
-    _one_line_error(lambda: tasks.load_examples(task), f"{tmp_path}/broken.jsonl:3", "not JSON")
+    _one_line_error(lambda: tasks.load_examples(task), f"{tmp_path}/broken.jsonl:3", "not valid JSON")
     # A template naming a field the example lacks: FILE:LINE and the field.
     path = write_task(tmp_path, "field", {**MC_SPEC, "prompt": "Q: {question} ({topic})"}, MC_ITEMS[:2])
     _one_line_error(lambda: tasks.load_examples(tasks.load_task(path)), "field.jsonl:1", "'topic'")
