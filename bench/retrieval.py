@@ -13,7 +13,9 @@ contrastive training, and hybrid, on queries held out by module.
    the task from both splits. Each method searches the whole pool through :class:`quark_jax.retrieval.index.
    Index`: ``bm25`` (lexical part), ``dense_untrained`` (the base run, mean pooling, same prefixes),
    ``dense_trained`` (the contrastive run), ``hybrid`` (BM25 and the trained dense part fused by reciprocal rank
-   fusion, c = 60).
+   fusion, c = 60, equal weights: the paper's form) and ``hybrid_weighted`` (the lexical list's RRF weight
+   chosen from ``WEIGHTS`` by nDCG@10 on ``--tune_queries`` queries of the *train* split, searched in the same
+   pool; the reported queries never take part in the choice).
 
 Metrics through trec_eval (:mod:`quark_jax.retrieval.metrics`): recall@1, recall@10, MRR, nDCG@10. Prints ONE
 JSON line with the table, the sizes, the base and embedder runs' validation figures and timings.
@@ -30,7 +32,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("bm25", "dense_untrained", "dense_trained", "hybrid")
+METHODS = ("bm25", "dense_untrained", "dense_trained", "hybrid", "hybrid_weighted")
+WEIGHTS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)  # RRF weight of the lexical list (the dense list's is 1)
 
 
 def _train(gin_file: str, model_dir: str, steps: int, extra: list[str]) -> dict:
@@ -42,15 +45,37 @@ def _train(gin_file: str, model_dir: str, steps: int, extra: list[str]) -> dict:
     return qj.Trainer.from_gin(os.path.join(REPO, gin_file), overrides).run()
 
 
-def _evaluate(index, queries, mode: str, k: int) -> dict:
+def _figures(queries, hits) -> dict:
     from quark_jax.retrieval.metrics import evaluate, run_from_ranking
 
+    qrels = {q.id: {pid: 1 for pid in q.relevant} for q in queries}
+    run = {q.id: run_from_ranking(h) for q, h in zip(queries, hits)}
+    return {m: round(v, 4) for m, v in evaluate(qrels, run).items()}
+
+
+def _evaluate(index, queries, mode: str, k: int) -> dict:
     start = time.perf_counter()
     hits = index.search_batch([q.text for q in queries], k=k, mode=mode)
     seconds = time.perf_counter() - start
-    qrels = {q.id: {pid: 1 for pid in q.relevant} for q in queries}
-    run = {q.id: run_from_ranking(h) for q, h in zip(queries, hits)}
-    return {**{m: round(v, 4) for m, v in evaluate(qrels, run).items()}, "queries_per_s": round(len(queries) / seconds, 1)}
+    return {**_figures(queries, hits), "queries_per_s": round(len(queries) / seconds, 1)}
+
+
+def _weighted_hybrid(index, tune, queries, k: int) -> dict:
+    """RRF with the lexical weight that gives the best nDCG@10 on the ``tune`` queries, applied to ``queries``."""
+    from quark_jax.retrieval.hybrid import fuse_hits
+
+    def lists(qs):
+        texts = [q.text for q in qs]
+        return index.search_batch(texts, k=k, mode="lexical"), index.search_batch(texts, k=k, mode="dense")
+
+    def fused(pair, weight):
+        return [fuse_hits([lex, den], k, weights=(weight, 1.0)) for lex, den in zip(*pair)]
+
+    tune_lists = lists(tune)
+    scores = {w: _figures(tune, fused(tune_lists, w))["ndcg@10"] for w in WEIGHTS}
+    best = max(WEIGHTS, key=lambda w: (scores[w], -w))
+    return {**_figures(queries, fused(lists(queries), best)), "lexical_weight": best,
+            "tune_ndcg@10": {str(w): v for w, v in scores.items()}}
 
 
 def main() -> None:
@@ -62,6 +87,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="code,docs")
     parser.add_argument("--max_queries", type=int, default=None, help="queries per task (default: all)")
     parser.add_argument("--k", type=int, default=100, help="depth of each ranking (and of the fusion)")
+    parser.add_argument("--tune_queries", type=int, default=300, help="train-split queries that choose the weight")
     parser.add_argument("--work_dir", default=None, help="keep runs and indexes here (default: a temporary dir)")
     args = parser.parse_args()
 
@@ -86,8 +112,7 @@ def main() -> None:
         t = time.perf_counter()
         summary = _train("configs/runs/embed.gin", embed_dir, args.embed_steps, [f"INIT_FROM={base!r}"])
         timings["embed_train_s"] = round(time.perf_counter() - t, 1)
-        runs["embed_validation"] = {k: round(float(v), 4) for k, v in (summary.get("validation") or {}).items()
-                                    if isinstance(v, (int, float))}
+        runs["embed_validation"] = {k: round(float(v), 4) for k, v in summary.items() if k.startswith("val_")}
 
     trained = Embedder.from_run(embed_dir)
     untrained = Embedder(qj.load(base), pooling=trained.pooling, max_len=trained.max_len,
@@ -109,6 +134,9 @@ def main() -> None:
             "dense_untrained": _evaluate(with_untrained, queries, "dense", args.k),
             "dense_trained": _evaluate(with_trained, queries, "dense", args.k),
             "hybrid": _evaluate(with_trained, queries, "hybrid", args.k),
+            "hybrid_weighted": _weighted_hybrid(
+                with_trained, retrieval_pairs.benchmark("train", task, max_queries=args.tune_queries)[1], queries,
+                args.k),
         }
     print(json.dumps({"benchmark": "stdlib_retrieval", "split": "validation", "table": table, "sizes": sizes,
                       "base": args.base_dir or f"pretrain_tiny {args.pretrain_steps} steps",

@@ -229,9 +229,11 @@ class Index:
         return self.search_batch([query], k, mode, exact)[0]
 
     def search_batch(self, queries: Sequence[str], k: int = 10, mode: Mode | None = None,
-                     exact: bool = False, fusion_depth: int | None = None, rrf_c: int = RRF_C) -> list[list[Hit]]:
+                     exact: bool = False, fusion_depth: int | None = None, rrf_c: int = RRF_C,
+                     hybrid_weights: tuple[float, float] = (1.0, 1.0)) -> list[list[Hit]]:
         """:meth:`search` for several queries; dense queries are embedded and searched together. Hybrid
-        search fuses the lexical and dense top ``fusion_depth`` (default ``max(k, 50)``)."""
+        search fuses the lexical and dense top ``fusion_depth`` (default ``max(k, 50)``) by reciprocal rank
+        fusion, with ``hybrid_weights`` (lexical, dense)."""
         queries = list(queries)
         for i, q in enumerate(queries):
             if not isinstance(q, str) or not q.strip():
@@ -248,7 +250,7 @@ class Index:
             return lexical
         if mode == "dense":
             return dense
-        return [fuse_hits([lex, den], k, rrf_c) for lex, den in zip(lexical, dense)]
+        return [fuse_hits([lex, den], k, rrf_c, hybrid_weights) for lex, den in zip(lexical, dense)]
 
     def _mode(self, mode: Mode | None) -> Mode:
         parts = self.manifest["parts"]

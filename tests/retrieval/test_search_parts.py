@@ -119,6 +119,12 @@ def test_rrf_on_hand_made_lists():
     tie = hybrid.reciprocal_rank_fusion([["x", "y"], ["y", "x"], ["z"], ["w"]], c=0)
     assert [doc for doc, _ in tie] == ["x", "y", "w", "z"]
     assert hybrid.reciprocal_rank_fusion([["a", "a", "b"]], k=1, c=1) == [("a", 0.5)]
+    # weights: the first list counts three times as much, which turns the order of a and b around
+    weighted = hybrid.reciprocal_rank_fusion([["a", "b", "c"], ["b", "d", "a"]], c=60, weights=[3, 1])
+    assert dict(weighted) == pytest.approx({"a": 3 / 61 + 1 / 63, "b": 3 / 62 + 1 / 61, "c": 3 / 63, "d": 1 / 62})
+    assert [doc for doc, _ in weighted] == ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match="one non-negative weight per ranked list"):
+        hybrid.reciprocal_rank_fusion([["a"], ["b"]], weights=[1])
 
 
 def test_fused_retriever_keeps_text_and_fuses():
