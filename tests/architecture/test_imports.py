@@ -122,3 +122,12 @@ def test_layers_point_down(layer):
            if module == layer or module.startswith(layer + ".")
            for target in targets if any(target == f or target.startswith(f + ".") for f in FORBIDDEN[layer])]
     assert not bad, "\n".join(bad)
+
+
+def test_test_file_names_are_unique():
+    """pytest imports test files by their base name (rootdir-relative, no packages): two `test_x.py` in two
+    folders make the second fail to collect, so every test file name is unique across tests/."""
+    names: dict[str, list[str]] = {}
+    for path in (PACKAGE_DIR.parent / "tests").rglob("test_*.py"):
+        names.setdefault(path.name, []).append(str(path.relative_to(PACKAGE_DIR.parent)))
+    assert not {n: p for n, p in names.items() if len(p) > 1}
