@@ -95,9 +95,8 @@ def api_functions() -> tuple[APIFunction, ...]:
             module = corpus._module_name(source.relpath)
             if not _is_public_module(module):
                 continue
-            try:
-                tree = ast.parse(source.text)
-            except (SyntaxError, ValueError):
+            tree = corpus.parse(source)
+            if tree is None:
                 continue
             for node in tree.body:
                 if not isinstance(node, ast.FunctionDef) or node.name.startswith("_"):

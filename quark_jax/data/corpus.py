@@ -243,13 +243,21 @@ def stdlib_files(split: str) -> tuple[SourceFile, ...]:
     return tuple(f for f in _scan().files if split_of(f.relpath) == split)
 
 
+def parse(source: SourceFile) -> ast.Module | None:
+    """The file's syntax tree, or None when this interpreter cannot parse it (a file written for another
+    Python version): every reader of the corpus skips those the same way."""
+    try:
+        return ast.parse(source.text, filename=source.relpath)
+    except (SyntaxError, ValueError):
+        return None
+
+
 def _parse_docstrings(files) -> tuple[list[str], int]:
     """(docstring documents, number of modules that failed to parse) of some files."""
     docs, unparsable = [], 0
     for source in files:
-        try:
-            tree = ast.parse(source.text, filename=source.relpath)
-        except (SyntaxError, ValueError):
+        tree = parse(source)
+        if tree is None:
             unparsable += 1
             continue
         doc = docstring_document(tree, source.relpath)

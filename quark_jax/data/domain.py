@@ -39,9 +39,8 @@ def records() -> list[dict]:
     out = []
     for split in corpus.SPLITS:
         for source in corpus.stdlib_files(split):
-            try:
-                tree = ast.parse(source.text)
-            except (SyntaxError, ValueError):
+            tree = corpus.parse(source)
+            if tree is None:
                 continue
             module = corpus._module_name(source.relpath)
             if any(part.startswith("_") for part in module.split(".")):

@@ -52,9 +52,8 @@ def stdlib_examples(split: str) -> list[dict[str, str]]:
     for source in corpus.stdlib_files(split):
         if "/_" in "/" + source.relpath or source.relpath.startswith("_"):
             continue  # private modules
-        try:
-            tree = ast.parse(source.text)
-        except (SyntaxError, ValueError):
+        tree = corpus.parse(source)
+        if tree is None:
             continue
         module = corpus._module_name(source.relpath)
         if not all(part.isidentifier() for part in module.split(".")):

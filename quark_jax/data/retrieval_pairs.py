@@ -144,9 +144,8 @@ def _walk(body: list[ast.stmt], prefix: str):
 
 
 def _file_entities(source: corpus.SourceFile, split: str) -> list[Entity]:
-    try:
-        tree = ast.parse(source.text, filename=source.relpath)
-    except (SyntaxError, ValueError):
+    tree = corpus.parse(source)
+    if tree is None:
         return []
     module = corpus._module_name(source.relpath)
     lines = source.text.splitlines(keepends=True)

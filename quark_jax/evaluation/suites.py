@@ -122,9 +122,8 @@ def definitions() -> list[Definition]:
         module = module_name(f.relpath)
         if not _importable(module):
             continue
-        try:
-            tree = ast.parse(f.text)
-        except (SyntaxError, ValueError):
+        tree = corpus.parse(f)
+        if tree is None:
             continue
         lines = f.text.splitlines()
         for node in tree.body:

@@ -365,9 +365,8 @@ def build_graph(graph: KnowledgeGraph, files: Iterable[corpus.SourceFile]) -> Bu
     transaction, and reports what was added."""
     modules, unparsable = [], 0
     for source in files:
-        try:
-            tree = ast.parse(source.text, filename=source.relpath)
-        except (SyntaxError, ValueError):
+        tree = corpus.parse(source)
+        if tree is None:
             unparsable += 1
             continue
         modules.append(_Module(module_name(source.relpath), source.relpath, split_of(source.relpath), tree,
