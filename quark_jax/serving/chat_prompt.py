@@ -9,11 +9,10 @@ the model writes only the arguments.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
-from quark_jax.data import chat
+from quark_jax.data import chat, tool_calls
 from quark_jax.serving import protocol
 
 
@@ -33,7 +32,7 @@ def build(vocabulary: Any, lead: list[int], req: protocol.ChatRequest
     """(prefix ids: the leading system turns, prompt ids, system text, last user text)."""
     messages = [dict(m) for m in req.messages]
     if req.tools and req.tool_choice != "none":
-        tools = protocol.tools_text(req.tools)
+        tools = tool_calls.tools_text(req.tools)
         if messages[0]["role"] == "system":
             messages[0]["content"] += "\n\n" + tools
         else:
@@ -45,7 +44,7 @@ def build(vocabulary: Any, lead: list[int], req: protocol.ChatRequest
     forced = forced_tool(req)
     if forced is not None:
         prompt += vocabulary.encode(chat.tokenizer.TOOL_CALL)
-        prompt += vocabulary.encode(forced_opening(forced))
+        prompt += vocabulary.encode(tool_calls.forced_opening(forced))
     if not prompt:
         prompt = vocabulary.encode(chat.ROLE_MARKERS["assistant"])
     system = "\n".join(m["content"] for m in req.messages if m["role"] == "system") or None
@@ -61,18 +60,14 @@ def forced_tool(req: protocol.ChatRequest) -> str | None:
     return None
 
 
-def forced_opening(name: str) -> str:
-    return '{"name": ' + json.dumps(name) + ', "arguments": '
-
-
 def assistant_message(req: protocol.ChatRequest, text: str) -> tuple[dict[str, Any], bool]:
     """The assistant message for generated ``text``: content, or ``tool_calls`` when it is a tool call."""
     forced = forced_tool(req)
     call = None
     if forced is not None:  # the prompt ended with the call's opening: the text is its arguments (and a "}")
-        call = protocol.forced_tool_call(forced, text)
+        call = tool_calls.parse_forced_call(forced, text)
     elif req.tools and req.tool_choice != "none" and text.startswith(chat.tokenizer.TOOL_CALL):
-        call = protocol.parse_tool_call(text[len(chat.tokenizer.TOOL_CALL):])
+        call = tool_calls.parse_call(text[len(chat.tokenizer.TOOL_CALL):])
     if call is not None:
         return {"role": "assistant", "content": None, "tool_calls": [call]}, True
     return {"role": "assistant", "content": text}, False

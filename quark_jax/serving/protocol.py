@@ -13,10 +13,10 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from quark_jax.data import chat
+from quark_jax.data import chat, tool_calls
 
 MAX_STOP = 4
 MAX_LOGPROBS = 20
@@ -226,7 +226,7 @@ def chat_request(body: Mapping, max_n: int) -> ChatRequest:
         content = _content(m, i)
         calls = m.get("tool_calls")
         if role == "assistant" and calls:
-            content += "".join(_render_call(c, i) for c in calls if isinstance(c, dict))
+            content += "".join(tool_calls.render_call(c) for c in calls if isinstance(c, dict))
         for marker in (*chat.ROLE_MARKERS.values(), chat.END):
             if marker in content:
                 raise APIError(400, f"messages[{i}].content contains the reserved marker {marker!r}",
@@ -255,61 +255,6 @@ def chat_request(body: Mapping, max_n: int) -> ChatRequest:
         rendered, sampling, _boolean(body, "logprobs", False),
         _integer(body, "top_logprobs", 0, low=0, high=MAX_LOGPROBS) or 0, tools, choice,
     )
-
-
-# Tool calls are written in the chat template as ``<|tool_call|>{"name": ..., "arguments": {...}}`` inside an
-# assistant turn; results come back as ``tool`` messages.
-def _render_call(call: Mapping, i: int) -> str:
-    function = call.get("function") or {}
-    arguments = function.get("arguments", "{}")
-    try:
-        arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except json.JSONDecodeError:
-        pass
-    return chat.tokenizer.TOOL_CALL + json.dumps({"name": function.get("name"), "arguments": arguments})
-
-
-def tools_text(tools: Sequence[Mapping[str, Any]]) -> str:
-    """The tool list as the system prompt tells it to the model."""
-    specs = [{k: t["function"].get(k) for k in ("name", "description", "parameters") if k in t["function"]}
-             for t in tools]
-    return "Tools (call one as a JSON object with name and arguments): " + json.dumps(specs, separators=(",", ":"))
-
-
-def parse_tool_call(text: str, forced_name: str | None = None) -> dict[str, Any] | None:
-    """The OpenAI ``tool_calls`` entry for a generated call (``text`` follows the tool-call marker), or None
-    when ``text`` is not a call. ``arguments`` is always a JSON string, as OpenAI sends it: the generated
-    arguments re-serialised when they parse, else the raw text (OpenAI warns clients the model may emit
-    invalid JSON)."""
-    name, arguments = forced_name, None
-    try:
-        call = json.loads(text)
-    except json.JSONDecodeError:
-        call = None
-    if isinstance(call, dict) and isinstance(call.get("name"), str):
-        name = call["name"]
-        arguments = json.dumps(call.get("arguments", {}))
-    if name is None:
-        return None
-    if arguments is None:
-        arguments = text.strip()
-    return {"id": new_id("call"), "type": "function", "function": {"name": name, "arguments": arguments}}
-
-
-def forced_tool_call(name: str, text: str) -> dict[str, Any]:
-    """The ``tool_calls`` entry when the server opened a call to ``name`` itself (``tool_choice`` named it):
-    ``text`` is the generated arguments, usually followed by the ``}`` that closes the call object."""
-    arguments = text.strip()
-    for candidate in (arguments, arguments[:-1].rstrip() if arguments.endswith("}") else None):
-        if candidate is None:
-            continue
-        try:
-            parsed = json.loads(candidate)
-        except json.JSONDecodeError:
-            continue
-        arguments = json.dumps(parsed)
-        break
-    return {"id": new_id("call"), "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
 # ---- /tokenize, /detokenize ------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ FORBIDDEN = {
                        "quark_jax.api", "quark_jax.cli", "quark_jax.evaluation", "quark_jax.serving",
                        "quark_jax.retrieval", "quark_jax.knowledge"),
     "quark_jax.inference": ("quark_jax.training", "quark_jax.runs", "quark_jax.api", "quark_jax.cli",
-                            "quark_jax.evaluation", "quark_jax.serving"),
+                            "quark_jax.evaluation", "quark_jax.serving", "quark_jax.agents", "quark_jax.safety"),
     "quark_jax.training.config": ("quark_jax.training.trainer", "quark_jax.training.objectives"),
     "quark_jax.evaluation": ("quark_jax.training.trainer", "quark_jax.training.steps", "quark_jax.cli"),
     # Serving uses a loaded model; nothing below it knows it exists, and it never reaches into training.
@@ -111,9 +111,22 @@ FORBIDDEN = {
                             "quark_jax.training"),
     # Retrieval uses loaded models and the data layer; serving, evaluation and the command line sit above it.
     "quark_jax.retrieval": ("quark_jax.serving", "quark_jax.cli", "quark_jax.evaluation", "quark_jax.training"),
+    # Agents use models, retrieval, safety and (in-process) the serving engine; the command line sits above them.
+    "quark_jax.agents": ("quark_jax.cli", "quark_jax.training.trainer"),
     "quark_jax.runs": ("quark_jax.training.trainer", "quark_jax.training.objectives", "quark_jax.api",
                        "quark_jax.cli"),
 }
+
+
+# Guardrails sit below the agents and the server that call them; only the red-team runner drives agents.
+SAFETY_FORBIDDEN = ("quark_jax.agents", "quark_jax.serving", "quark_jax.cli", "quark_jax.evaluation")
+
+
+def test_safety_rails_sit_below_agents_and_serving():
+    bad = [f"{module} imports {target}" for module, targets in import_graph().items()
+           if module.startswith("quark_jax.safety") and not module.startswith("quark_jax.safety.redteam")
+           for target in targets if any(target == f or target.startswith(f + ".") for f in SAFETY_FORBIDDEN)]
+    assert not bad, "\n".join(bad)
 
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))

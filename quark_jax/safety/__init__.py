@@ -1,0 +1,1 @@
+"""Safety: guardrails on inputs and outputs, the adversarial (red-team) suite, and the audit trail."""
