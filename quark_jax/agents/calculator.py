@@ -118,9 +118,10 @@ def _eval(node: ast.AST, depth: int) -> Number:
 
 
 def _call(node: ast.Call, depth: int) -> Number:
-    if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-        name = node.func.id if isinstance(node.func, ast.Name) else _describe(node.func)
-        raise ToolError(f"calling {name} is not allowed; the functions are {', '.join(FUNCTIONS)}")
+    if not isinstance(node.func, ast.Name):
+        raise ToolError(f"{_describe(node.func)} is not allowed; the only calls are to {', '.join(FUNCTIONS)}")
+    if node.func.id not in FUNCTIONS:
+        raise ToolError(f"calling {node.func.id} is not allowed; the functions are {', '.join(FUNCTIONS)}")
     name = node.func.id
     if node.keywords or any(isinstance(a, ast.Starred) for a in node.args):
         raise ToolError(f"{name}(...): only plain positional arguments are allowed")

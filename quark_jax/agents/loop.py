@@ -2,8 +2,8 @@
 until the model answers without a call.
 
 One :meth:`Agent.run` is one coroutine; many run at once on one event loop and share the backend's batched
-generator (the in-process engine's continuous batching, or the server's). Tools run in worker threads, so a
-slow tool (the Python sandbox) never holds up the other sessions' generations.
+generator (the in-process engine's continuous batching, or the server's). Tools run in worker threads
+(:data:`TOOL_THREADS`), so a slow tool (the Python sandbox) never holds up the other sessions' generations.
 
 Every run ends with exactly one stop reason (:class:`~quark_jax.agents.types.AgentResult`):
 
@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -39,6 +41,9 @@ from quark_jax.safety.audit import AuditLog
 from quark_jax.safety.types import Action, Verdict
 
 REFUSAL = "I can't help with that ({reason})."
+# Tools run here, not in the event loop's default executor: ``asyncio.run`` waits for that one at exit, so a
+# run that timed out during a slow tool would still wait for it.
+TOOL_THREADS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="quark-agent-tool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +257,7 @@ class _Run:
             if tool is None:
                 raise ToolError(f"no tool named {name!r}; the tools are {', '.join(agent.tools) or 'none'}")
             values = check_arguments(tool, arguments)
-            text = await asyncio.to_thread(tool.fn, **values)
+            text = await asyncio.get_running_loop().run_in_executor(TOOL_THREADS, functools.partial(tool.fn, **values))
             if not isinstance(text, str):
                 text = json.dumps(text, default=str)
             error = False
