@@ -38,6 +38,7 @@ SNIPPET_CHARS = 400
 
 # python: what one program may be and use
 MAX_CODE_CHARS = 20_000
+SANDBOX_MARK = "[quark-sandbox]"  # the sandbox's own lines on stderr (its reason is reported apart)
 
 TOOL_NAMES = ("calculator", "python", "search_corpus", "retrieve", "kg_query")
 
@@ -46,7 +47,7 @@ def truncate(text: str, limit: int = MAX_OBSERVATION_CHARS) -> str:
     """``text`` cut to ``limit`` characters, the cut marked (the model sees that something is missing)."""
     if len(text) <= limit:
         return text
-    marker = f"\n…[{len(text) - limit} characters cut]"
+    marker = f"\n…[cut: {len(text)} characters in all]"
     return text[: max(0, limit - len(marker))] + marker
 
 
@@ -99,8 +100,9 @@ def python_tool(timeout_s: float = 5.0, memory_mb: int = 512) -> Tool:
         parts = [f"{result.status}: {result.reason}" if result.reason else result.status]
         if result.stdout.strip():
             parts.append("stdout:\n" + result.stdout)
-        if result.stderr.strip():
-            parts.append("stderr:\n" + result.stderr[-MAX_OBSERVATION_CHARS // 2:])
+        stderr = "\n".join(line for line in result.stderr.splitlines() if not line.startswith(SANDBOX_MARK))
+        if stderr.strip():
+            parts.append("stderr:\n" + stderr[-MAX_OBSERVATION_CHARS // 2:])
         return truncate("\n".join(parts))
 
     return Tool(
