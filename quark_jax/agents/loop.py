@@ -203,6 +203,9 @@ class _Run:
     # ---- the loop ----------------------------------------------------------------------------------------
     async def loop(self) -> AgentResult:
         agent, limits = self.agent, self.agent.limits
+        connect = getattr(agent.backend, "connect", None)  # a remote backend learns the served model's id
+        if connect is not None:
+            await connect()
         last_user = next((m for m in reversed(self.messages) if m.get("role") == "user"), None)
         if agent.audit is not None:  # an audit event, not a step: the input is the caller's, not the agent's
             agent.audit.append(self.request_id, "input", model=agent.backend.model, messages=len(self.messages),
