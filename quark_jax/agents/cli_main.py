@@ -124,7 +124,10 @@ def run(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Any
                   on_step=printer)
     try:
         if args.prompt is not None:
-            _answer(agent, [{"role": "user", "content": args.prompt}], args.json, stdout)
+            try:
+                _answer(agent, [{"role": "user", "content": args.prompt}], args.json, stdout)
+            except ValueError as e:  # the request was refused (e.g. a chat-template marker in the prompt)
+                raise AgentUsageError(f"--prompt: {e}") from None
             return 0
         messages: list[dict[str, Any]] = []
         while True:
@@ -135,7 +138,11 @@ def run(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Any
                 return 0
             if not line.strip():
                 continue
-            messages = _answer(agent, messages + [{"role": "user", "content": line.rstrip("\n")}], args.json, stdout)
+            try:
+                messages = _answer(agent, messages + [{"role": "user", "content": line.rstrip("\n")}], args.json,
+                                   stdout)
+            except ValueError as e:  # this turn was refused: say so, and go on with the conversation as it was
+                print(f"error: {e}", file=stdout, flush=True)
     finally:
         close = getattr(backend, "close", None)
         if close is not None:
