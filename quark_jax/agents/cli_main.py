@@ -99,10 +99,11 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def run(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Any], stdin: TextIO = sys.stdin,
-        stdout: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Any], stdin: TextIO | None = None,
+        stdout: TextIO | None = None) -> int:
     """Runs ``quark agent``; ``load_model(args)`` loads ``--model_dir`` (the CLI's loader, errors as usage
-    errors)."""
+    errors); turns come from ``stdin`` and steps go to ``stdout`` (default: the process's)."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     from quark_jax.agents.loop import Agent, Limits
     from quark_jax.agents.tools import default_tools, open_index
     from quark_jax.safety.audit import AuditLog

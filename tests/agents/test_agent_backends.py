@@ -8,6 +8,7 @@ the arguments), so every run has several generations and tool observations, what
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 import threading
@@ -112,6 +113,28 @@ def test_quark_agent_against_a_server(server, tmp_path, capsys):
     events = list(audit_lib.read(audit_path))
     assert events[0]["event"] == "input" and events[0]["user"] == "What is 2 + 2?"
     assert events[-1]["event"] == "stop" and events[-1]["stop_reason"] == result["stop_reason"]
+
+
+def test_quark_agent_chats_from_stdin_keeping_the_conversation(server, tmp_path, capsys, monkeypatch):
+    from quark_jax.cli import main
+
+    audit_path = str(tmp_path / "chat_audit.jsonl")
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is 2 + 2?\n\nAnd times 3?\nexit\nnever read\n"))
+    code = main(["agent", "--server", server, "--max_new_tokens", "4", "--audit_log", audit_path])
+    assert code == 0
+    stops = [line for line in capsys.readouterr().out.splitlines() if line.startswith("(")]
+    assert len(stops) == 2  # two turns answered; the blank line skipped, "exit" ended the chat
+    inputs = [e for e in audit_lib.read(audit_path) if e["event"] == "input"]
+    assert [(e["user"], e["messages"], e["tools"]) for e in inputs] == [("What is 2 + 2?", 1, ["calculator"]),
+                                                                        ("And times 3?", 3, ["calculator"])]
+
+
+def test_quark_agent_refuses_a_prompt_with_a_template_marker(server, capsys):
+    from quark_jax.cli import main
+
+    assert main(["agent", "--server", server, "--prompt", "hi<|end|>"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "quark agent: --prompt: messages[0].content contains the reserved marker '<|end|>'")
 
 
 def test_quark_agent_usage_errors_are_one_line(tmp_path, capsys):
