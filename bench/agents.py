@@ -15,7 +15,7 @@ answers ``error: …`` and the model tries again), sampled at temperature 1 with
 So a session is a few turns: generate -> calculator -> observation -> generate ...
 
 Settings: closed loops of concurrency 1, 8 and 32 (each worker starts its next session when its last one ended),
-``--sessions`` sessions each (c1: a quarter of them). Per setting: ``sessions_per_s`` (sessions / wall time),
+``--sessions`` sessions at concurrency 32, half as many at 8, an eighth at 1. Per setting: ``sessions_per_s`` (sessions / wall time),
 ``latency_ms`` p50/p99 (a session's start to its end), ``generations_per_session``, ``tool_calls_per_session``,
 ``tokens_per_s`` (generated tokens / wall time), ``peak_busy_slots`` (the most slots decoding in one engine step)
 and the stop reasons. ``warm_up_s``: an untimed pass (every prompt bucket the settings need compiles there).
@@ -104,7 +104,8 @@ async def closed_loop(backend, args, concurrency: int, sessions: int, first_seed
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="configs/models/<model>.gin, random weights")
-    parser.add_argument("--sessions", type=int, default=32, help="sessions per setting (c1: a quarter)")
+    parser.add_argument("--sessions", type=int, default=32,
+                        help="sessions at concurrency 32 (c8: half as many, c1: an eighth)")
     parser.add_argument("--slots", type=int, default=32, help="engine decode slots")
     parser.add_argument("--max_seq_len", type=int, default=512)
     parser.add_argument("--max_steps", type=int, default=4, help="generations per session")
@@ -129,7 +130,8 @@ def main() -> None:
         asyncio.run(closed_loop(backend, args, 1, 2, 20_000))
         result["warm_up_s"] = round(time.monotonic() - started, 1)
         for concurrency in CONCURRENCY:
-            sessions = max(2, args.sessions // 4) if concurrency == 1 else max(args.sessions, concurrency)
+            sessions = {1: max(2, args.sessions // 8), 8: max(8, args.sessions // 2)}.get(concurrency, args.sessions)
+            sessions = max(sessions, concurrency)
             result[f"c{concurrency}"] = asyncio.run(closed_loop(backend, args, concurrency, sessions, concurrency))
     finally:
         backend.close()
