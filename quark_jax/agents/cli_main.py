@@ -176,7 +176,7 @@ def _answer(agent: Any, messages: list[dict[str, Any]], as_json: bool, stdout: T
     result = agent.run_sync(messages)
     tokens = next((s.data.get("tokens") for s in result.steps if s.kind == "stop"), 0)
     generations = sum(s.kind == "generate" for s in result.steps)
-    print(f"({result.stop_reason}: {generations} generations, {tokens} tokens, "
+    print(f"({result.stop_reason}: {generations} generation{'' if generations == 1 else 's'}, {tokens} tokens, "
           f"{time.monotonic() - started:.1f} s)", file=stdout, flush=True)
     if as_json:
         print(json.dumps({"request_id": result.request_id, "answer": result.answer, "stop_reason": result.stop_reason,
@@ -209,6 +209,10 @@ class StepPrinter:
         elif step.kind == "stop":
             if data.get("answer") is not None:
                 self._print(f"answer: {data['answer']}")
+            elif data.get("detail"):
+                self._print(f"stopped: {data['detail']}")
+            elif data.get("stop_reason") == "repeated_call":
+                self._print(f"stopped: {data.get('tool')} called again with the same arguments")
 
     def _print(self, line: str) -> None:
         print(line, file=self.stdout, flush=True)

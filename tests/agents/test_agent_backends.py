@@ -107,7 +107,8 @@ def test_quark_agent_against_a_server(server, tmp_path, capsys):
     assert code == 0
     result = json.loads(out[-1])
     generations = [s for s in result["steps"] if s["kind"] == "generate"]
-    assert out[-2].startswith(f"({result['stop_reason']}: {len(generations)} generations, ")
+    plural = "" if len(generations) == 1 else "s"
+    assert out[-2].startswith(f"({result['stop_reason']}: {len(generations)} generation{plural}, ")
     if result["answer"] is not None:
         assert f"answer: {result['answer']}" in out
     events = list(audit_lib.read(audit_path))
