@@ -66,7 +66,7 @@ def make_agent(backend, args, seed: int):
     from quark_jax.agents.tools import calculator
 
     limits = Limits(max_steps=args.max_steps, max_new_tokens=args.max_new_tokens, max_tokens=4096, timeout_s=600)
-    return Agent(backend, [calculator], limits, tool_choice=FORCED, temperature=1.0, seed=seed)
+    return Agent(backend, [calculator()], limits, tool_choice=FORCED, temperature=1.0, seed=seed)
 
 
 async def closed_loop(backend, args, concurrency: int, sessions: int, first_seed: int) -> dict[str, Any]:

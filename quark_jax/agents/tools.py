@@ -1,6 +1,6 @@
 """The tools an agent can call, each a :class:`~quark_jax.agents.types.Tool` with an OpenAI JSON schema.
 
-* :data:`calculator` — arithmetic from the syntax tree (:mod:`quark_jax.agents.calculator`), never ``eval``;
+* :func:`calculator` — arithmetic from the syntax tree (:mod:`quark_jax.agents.calculator`), never ``eval``;
 * :func:`python_tool` — a program run in the evaluation sandbox (:func:`quark_jax.evaluation.sandbox.run_python`:
   a fresh isolated interpreter, resource limits, no network, no processes, no writes outside its temp dir);
 * :func:`search_corpus` — BM25 over the text files of one local folder (read once, regular files only, no
@@ -69,20 +69,20 @@ def _k_argument(k: Any) -> int:
 
 # ---- calculator ---------------------------------------------------------------------------------------------
 
-def _calculate(expression: str) -> str:
-    return calculator_lib.format_number(calculator_lib.evaluate(expression))
+def calculator() -> Tool:
+    """Arithmetic: ``{"expression": "2 * (3 + 4) ** 2"}`` -> ``"98"``."""
 
+    def run(expression: str) -> str:
+        return calculator_lib.format_number(calculator_lib.evaluate(expression))
 
-calculator = Tool(
-    name="calculator",
-    description="Evaluate an arithmetic expression: numbers, + - * / // % ** and parentheses, pi, e, "
-                "abs, round, min, max, sqrt.",
-    parameters={"type": "object", "properties": {"expression": {"type": "string", "description":
-                                                                "e.g. 2 * (3 + 4) ** 2"}},
-                "required": ["expression"], "additionalProperties": False},
-    fn=_calculate)
-"""Arithmetic: ``calculator.fn(expression="2 * (3 + 4) ** 2")`` -> ``"98"`` (needs no set-up, so it is one
-shared :class:`Tool`; the other tools are built by functions from their folder, index or graph)."""
+    return Tool(
+        name="calculator",
+        description="Evaluate an arithmetic expression: numbers, + - * / // % ** and parentheses, pi, e, "
+                    "abs, round, min, max, sqrt.",
+        parameters={"type": "object", "properties": {"expression": {"type": "string", "description":
+                                                                    "e.g. 2 * (3 + 4) ** 2"}},
+                    "required": ["expression"], "additionalProperties": False},
+        fn=run)
 
 
 # ---- python --------------------------------------------------------------------------------------------------
@@ -328,7 +328,7 @@ def default_tools(names: Sequence[str], *, corpus: str | None = None, index: Any
         if name in needs and needs[name][1] is None:
             raise ValueError(f"--tools {name} needs {needs[name][0]}")
         if name == "calculator":
-            tools.append(calculator)
+            tools.append(calculator())
         elif name == "python":
             tools.append(python_tool(python_timeout_s))
         elif name == "search_corpus":

@@ -35,7 +35,7 @@ def backend(trained_run):
 
 
 def agent_on(backend, **kwargs) -> Agent:
-    return Agent(backend, [calculator], LIMITS, tool_choice=FORCED, **kwargs)
+    return Agent(backend, [calculator()], LIMITS, tool_choice=FORCED, **kwargs)
 
 
 def transcript(result) -> list:

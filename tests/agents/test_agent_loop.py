@@ -53,7 +53,7 @@ class ScriptedBackend:
 
 def test_call_observation_answer():
     backend = ScriptedBackend([call("calculator", {"expression": "17 * 23"}), say("17 * 23 = 391")])
-    result = Agent(backend, [calculator]).run_sync("What is 17 * 23?")
+    result = Agent(backend, [calculator()]).run_sync("What is 17 * 23?")
     assert (result.answer, result.stop_reason) == ("17 * 23 = 391", "answer")
     assert [s.kind for s in result.steps] == ["generate", "tool", "generate", "stop"]
     assert result.steps[1].data["observation"] == "391" and result.steps[1].data["error"] is False
@@ -61,7 +61,7 @@ def test_call_observation_answer():
     second = backend.requests[1]
     assert second["messages"][-2]["tool_calls"][0]["function"]["name"] == "calculator"
     assert second["messages"][-1] == {"role": "tool", "tool_call_id": "call-1", "content": "391"}
-    assert second["tools"] == [calculator.spec()] and second["tool_choice"] == "auto"
+    assert second["tools"] == [calculator().spec()] and second["tool_choice"] == "auto"
     assert result.messages[-1] == {"role": "assistant", "content": "17 * 23 = 391"}
 
 
@@ -69,7 +69,7 @@ def test_tool_errors_become_observations_and_the_run_goes_on():
     def broken(x: str) -> str:
         raise RuntimeError("disk on fire")
 
-    tools = [calculator, Tool("broken", "fails", {"type": "object", "properties": {"x": {"type": "string"}},
+    tools = [calculator(), Tool("broken", "fails", {"type": "object", "properties": {"x": {"type": "string"}},
                                                      "required": ["x"]}, broken)]
     backend = ScriptedBackend([
         call("calculator", {"expression": "1/0"}, "c1"),
@@ -100,7 +100,7 @@ def test_a_repeated_identical_call_stops_the_run():
     backend = ScriptedBackend([call("calculator", '{"expression": "2+2"}', "c1"),
                                call("calculator", '{ "expression":"2+2" }', "c2"),
                                say("never reached")])
-    result = Agent(backend, [calculator]).run_sync("loop")
+    result = Agent(backend, [calculator()]).run_sync("loop")
     assert (result.stop_reason, result.answer) == ("repeated_call", None)
     assert len(backend.requests) == 2 and sum(s.kind == "tool" for s in result.steps) == 1
     assert result.steps[-1].data["tool"] == "calculator"
@@ -114,7 +114,7 @@ def test_normalised_call_ignores_key_order_and_spacing():
 
 def test_step_limit():
     backend = ScriptedBackend([call("calculator", {"expression": f"{i} + 1"}, f"c{i}") for i in range(3)])
-    result = Agent(backend, [calculator], Limits(max_steps=3)).run_sync("count")
+    result = Agent(backend, [calculator()], Limits(max_steps=3)).run_sync("count")
     assert (result.stop_reason, result.answer) == ("max_steps", None)
     assert [s.data["observation"] for s in result.steps if s.kind == "tool"] == ["1", "2", "3"]
 
@@ -122,7 +122,7 @@ def test_step_limit():
 def test_token_limit_cuts_the_last_generation_and_stops():
     backend = ScriptedBackend([call("calculator", {"expression": "1"}, "c1"), say("a long answer cut off")],
                               tokens=30, finish="length")
-    result = Agent(backend, [calculator], Limits(max_tokens=40, max_new_tokens=30)).run_sync("q")
+    result = Agent(backend, [calculator()], Limits(max_tokens=40, max_new_tokens=30)).run_sync("q")
     assert [r["max_tokens"] for r in backend.requests] == [30, 10]  # the second asks only for what is left
     assert (result.stop_reason, result.answer) == ("max_tokens", None)
     assert result.steps[-1].data["tokens"] == 40
@@ -130,14 +130,14 @@ def test_token_limit_cuts_the_last_generation_and_stops():
 
 def test_a_full_context_ends_the_run_as_max_tokens():
     backend = ScriptedBackend([ContextFull("no room")])
-    result = Agent(backend, [calculator]).run_sync("q")
+    result = Agent(backend, [calculator()]).run_sync("q")
     assert (result.stop_reason, result.steps[-1].data["detail"]) == ("max_tokens", "no room")
 
 
 def test_timeout_while_generating():
     backend = ScriptedBackend([say("too late")], delay_s=5.0)
     started = time.monotonic()
-    result = Agent(backend, [calculator], Limits(timeout_s=0.2)).run_sync("q")
+    result = Agent(backend, [calculator()], Limits(timeout_s=0.2)).run_sync("q")
     assert (result.stop_reason, result.answer) == ("timeout", None)
     assert time.monotonic() - started < 2.0
 
@@ -180,7 +180,7 @@ class KeywordRails:
 def test_guardrails_block_the_input_before_any_generation(tmp_path):
     backend = ScriptedBackend([])
     log = audit_lib.AuditLog(str(tmp_path / "audit.jsonl"))
-    result = Agent(backend, [calculator], guardrails=KeywordRails(), audit=log).run_sync("a forbidden question")
+    result = Agent(backend, [calculator()], guardrails=KeywordRails(), audit=log).run_sync("a forbidden question")
     assert result.stop_reason == "blocked" and result.answer == "I can't help with that (mentions forbidden)."
     assert backend.requests == []
     events = [e["event"] for e in audit_lib.read(str(tmp_path / "audit.jsonl"))]
@@ -197,7 +197,7 @@ def test_guardrails_redact_the_answer():
 def test_observations_pass_through_the_filter():
     backend = ScriptedBackend([call("calculator", {"expression": "6*7"}), say("42")])
     fence = lambda text, source: f"<data source={source}>{text}</data>"  # noqa: E731
-    result = Agent(backend, [calculator], observation_filter=fence).run_sync("q")
+    result = Agent(backend, [calculator()], observation_filter=fence).run_sync("q")
     assert backend.requests[1]["messages"][-1]["content"] == "<data source=tool:calculator>42</data>"
     assert result.answer == "42"
 
@@ -205,7 +205,7 @@ def test_observations_pass_through_the_filter():
 def test_every_step_is_audited_with_the_model(tmp_path):
     path = str(tmp_path / "audit.jsonl")
     backend = ScriptedBackend([call("calculator", {"expression": "2**10"}), say("1024")])
-    result = Agent(backend, [calculator], audit=audit_lib.AuditLog(path)).run_sync("q", request_id="req-7")
+    result = Agent(backend, [calculator()], audit=audit_lib.AuditLog(path)).run_sync("q", request_id="req-7")
     events = list(audit_lib.read(path))
     assert [e["event"] for e in events] == ["input", "generate", "tool", "generate", "stop"]
     assert {e["request_id"] for e in events} == {"req-7"} and {e["model"] for e in events} == {"scripted-model@1"}
@@ -219,7 +219,7 @@ def test_every_step_is_audited_with_the_model(tmp_path):
 def test_concurrent_runs_keep_their_own_state():
     async def many():
         agents = [Agent(ScriptedBackend([call("calculator", {"expression": f"{i} * {i}"}), say(f"{i * i}")],
-                                        delay_s=0.01), [calculator]) for i in range(16)]
+                                        delay_s=0.01), [calculator()]) for i in range(16)]
         return await asyncio.gather(*(a.run(f"square {i}") for i, a in enumerate(agents)))
 
     results = asyncio.run(many())
@@ -228,7 +228,7 @@ def test_concurrent_runs_keep_their_own_state():
 
 
 def test_check_arguments_reads_the_schema():
-    tool = calculator
+    tool = calculator()
     assert check_arguments(tool, '{"expression": "1"}') == {"expression": "1"}
     with pytest.raises(ToolError, match="must be a JSON object"):
         check_arguments(tool, "[1, 2]")
@@ -261,7 +261,7 @@ def test_tool_output_cannot_forge_a_turn():
 
 def test_each_generation_of_a_run_gets_its_own_seed():
     backend = ScriptedBackend([call("calculator", {"expression": f"{i}"}, f"c{i}") for i in range(3)] + [say("ok")])
-    Agent(backend, [calculator], Limits(max_steps=4), seed=7).run_sync("q")
+    Agent(backend, [calculator()], Limits(max_steps=4), seed=7).run_sync("q")
     seeds = [r["seed"] for r in backend.requests]
     assert seeds == [step_seed(7, i) for i in range(4)] and len(set(seeds)) == 4
     assert step_seed(8, 0) not in seeds

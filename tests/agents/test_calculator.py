@@ -69,7 +69,7 @@ def test_random_expressions_match_a_reference_built_alongside():
 
 
 def test_the_tool_formats_integers_whole_and_floats_round_trip():
-    tool = calculator_tool
+    tool = calculator_tool()
     assert tool.fn(expression="2 ** 100") == "1267650600228229401496703205376"
     assert tool.fn(expression="0.1 + 0.2") == "0.30000000000000004"
     assert tool.spec()["function"]["parameters"]["required"] == ["expression"]
