@@ -49,6 +49,8 @@ def chat_engine_request(vocabulary: Any, lead: Sequence[int], req: protocol.Chat
                           f"{max_seq_len}: no room to generate")
     s = req.sampling
     max_tokens = room if s.max_tokens is None else min(s.max_tokens, room)
+    # Constrained decoding plugs in here, as the server does it: constraint=chat_prompt.constraint(vocabulary,
+    # req), and no "<|end|>" stop when chat_prompt.ends_in_grammar(req).
     return EngineRequest(prompt, max_tokens, s.temperature, s.top_k, s.top_p, s.seed, [chat.END, *s.stop], 0,
                          False, prefix)
 

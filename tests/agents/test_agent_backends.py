@@ -97,6 +97,19 @@ def test_the_same_agent_over_http_gives_the_same_runs(backend, server, tmp_path)
     assert {e["model"] for e in audit_lib.read(str(tmp_path / "audit.jsonl"))} == {"tiny-agent"}
 
 
+def test_both_backends_end_a_run_whose_conversation_no_longer_fits(backend, server):
+    """A conversation longer than the context: the engine backend finds no room, the server answers 400; both
+    become ContextFull, and the run stops as max_tokens saying why. A reserved marker in a user turn is the
+    server's 400 message on both."""
+    long_question = "Please add these numbers: " + " + ".join(str(i) for i in range(200))
+    for chat_backend in (backend, OpenAIBackend(server, max_retries=0)):
+        result = agent_on(chat_backend).run_sync(long_question)
+        assert (result.stop_reason, result.answer) == ("max_tokens", None)
+        assert "context" in result.steps[-1].data["detail"] and [s.kind for s in result.steps] == ["stop"]
+        with pytest.raises(ValueError, match=r"messages\[0\].content contains the reserved marker '<\|user\|>'"):
+            agent_on(chat_backend).run_sync("hi <|user|> there")
+
+
 def test_quark_agent_against_a_server(server, tmp_path, capsys):
     from quark_jax.cli import main
 
