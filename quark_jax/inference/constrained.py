@@ -36,7 +36,8 @@ import numpy as np
 from jaxtyping import Array, Bool, Int
 
 MAX_TABLE_ENTRIES = 1 << 26  # states × vocabulary of one automaton (256 MiB of int32)
-MIN_STACK_STATES = 256  # the smallest row bucket of a stacked table
+MIN_STACK_STATES = 256  # the smallest row bucket of a stacked table ...
+MIN_STACK_ENTRIES = 1 << 22  # ... or, if more rows, the rows of 16 MiB of int32 (1024 rows of a 4096 vocabulary)
 JSON_OBJECT_DEPTH = 2  # nesting of the generic grammar of response_format={"type": "json_object"}
 CACHE_SIZE = 32
 
@@ -232,6 +233,14 @@ def _key(kind: str, grammar: str, info: _TokenBytes) -> str:
     return hashlib.sha256(f"{kind}\x00{grammar}\x00{info.fingerprint}".encode()).hexdigest()[:24]
 
 
+# outlines-core 0.2.14 drops the transitions of a final state that lead to a non-final one (in ``1( !)?`` the
+# space after "1" is missing, only EOS is left). So the index is built for ``(?:R)`` + SENTINEL, where no state
+# of R is final, with one extra token (id V) spelling the sentinel: a state accepts R exactly where that token
+# leads to a final state. The sentinel is a Unicode noncharacter; the only cost is that a grammar cannot
+# continue after a complete match with that character.
+SENTINEL = "\U0010FFFF"
+
+
 def _outlines_vocabulary(info: _TokenBytes):
     import outlines_core
 
@@ -239,6 +248,7 @@ def _outlines_vocabulary(info: _TokenBytes):
         by_bytes: dict[bytes, list[int]] = {}
         for i, b in info.pieces.items():
             by_bytes.setdefault(b, []).append(i)
+        by_bytes.setdefault(SENTINEL.encode("utf-8"), []).append(info.vocab_size)
         _OC_VOCABS[info.fingerprint] = outlines_core.Vocabulary(info.eos_id, by_bytes)
     return _OC_VOCABS[info.fingerprint]
 
@@ -248,9 +258,10 @@ def _dense(regex: str, info: _TokenBytes) -> tuple[np.ndarray, np.ndarray, int]:
     import outlines_core
 
     try:
-        index = outlines_core.Index(regex, _outlines_vocabulary(info))
+        index = outlines_core.Index(f"(?:{regex}){SENTINEL}", _outlines_vocabulary(info))
     except Exception as e:  # outlines-core raises ValueError / its own error types for bad or huge patterns
-        raise GrammarError(f"cannot compile the grammar: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GrammarError(f"cannot compile the grammar: {message}") from None
     raw = index.get_transitions()
     finals = set(index.get_final_states())
     ids = sorted(set(raw) | finals | {index.get_initial_state()})
@@ -259,13 +270,17 @@ def _dense(regex: str, info: _TokenBytes) -> tuple[np.ndarray, np.ndarray, int]:
                            f"limit of {MAX_TABLE_ENTRIES} table entries; simplify the schema (bound lengths, fewer "
                            "alternatives)")
     number = {s: n for n, s in enumerate(ids)}
-    table = np.full((len(ids), info.vocab_size), -1, np.int32)
+    V = info.vocab_size
+    table = np.full((len(ids), V + 1), -1, np.int32)  # column V: the sentinel
     for s, row in raw.items():
         tokens = np.fromiter(row.keys(), np.int64, len(row))
         targets = np.fromiter((number[t] for t in row.values()), np.int32, len(row))
         table[number[s], tokens] = targets
-    accepting = np.zeros(len(ids), bool)
-    accepting[[number[s] for s in finals]] = True
+    final = np.zeros(len(ids), bool)
+    final[[number[s] for s in finals]] = True
+    accepting = (table[:, V] >= 0) & final[np.maximum(table[:, V], 0)]
+    table = table[:, :V].copy()
+    table[:, info.eos_id] = -1
     return table, accepting, number[index.get_initial_state()]
 
 
@@ -343,7 +358,7 @@ def schema_regex(schema: Mapping[str, Any] | str, whitespace: str = r"[ ]?") -> 
     """The regular expression of JSON texts valid under ``schema`` (outlines-core); GrammarError if unsupported."""
     from outlines_core.json_schema import build_regex_from_schema
 
-    text = schema if isinstance(schema, str) else json.dumps(schema, sort_keys=True)
+    text = schema if isinstance(schema, str) else json.dumps(schema)  # properties in the schema's order
     try:
         return build_regex_from_schema(text, whitespace)
     except Exception as e:
@@ -422,17 +437,25 @@ def forced_arguments(parameters: Mapping[str, Any] | None, vocabulary: Any, whit
 
 # ---- several grammars in one batch -----------------------------------------------------------------------
 
+def min_rows(vocab_size: int) -> int:
+    """The smallest row bucket of a stacked table over ``vocab_size`` tokens (a power of two)."""
+    return max(MIN_STACK_STATES, 1 << max(MIN_STACK_ENTRIES // vocab_size, 1).bit_length() - 1)
+
+
 def row_bucket(states: int, minimum: int = MIN_STACK_STATES) -> int:
+    """The power of two (at least ``minimum``) of rows a table of ``states`` is padded to."""
     bucket = minimum
     while bucket < states:
         bucket *= 2
     return bucket
 
 
-def stack(constraints: Sequence[TokenAutomaton | None], vocab_size: int, minimum: int = MIN_STACK_STATES
+def stack(constraints: Sequence[TokenAutomaton | None], vocab_size: int, minimum: int | None = None
           ) -> tuple[np.ndarray, np.ndarray]:
     """(table [S, V], start state per row): the distinct automata of ``constraints`` one above the other under
-    the free row 0 (None rows start there), rows padded to a power of two, columns to ``vocab_size``."""
+    the free row 0 (None rows start there), rows padded to a power of two (at least ``minimum``, by default
+    :func:`min_rows`), columns to ``vocab_size``."""
+    minimum = min_rows(vocab_size) if minimum is None else minimum
     offsets: dict[str, int] = {}
     parts: list[TokenAutomaton] = []
     used = 1
@@ -469,4 +492,4 @@ def advance(table: Int[Array, "S V"], state: Int[Array, "B"], token: Int[Array, 
 
 __all__ = ["TokenAutomaton", "GrammarError", "from_regex", "from_json_schema", "json_object", "tool_call",
            "forced_arguments", "schema_regex", "json_object_regex", "stack", "allowed_tokens", "advance",
-           "token_bytes", "row_bucket"]
+           "token_bytes", "row_bucket", "min_rows"]
