@@ -1,8 +1,10 @@
 """Text in, text out: tokenizes requests, pads them into shape buckets and calls cached compiled functions.
 
 A :class:`Generator` compiles one function per (batch bucket, prompt-length bucket, max-new-tokens bucket,
-prefix bucket, and two switches: any sampled row, any top-k/top-p row); everything else a request may vary (temperature, top-k, top-p, seed, max
-tokens, stop sequences) is passed as arrays, so after warm-up, calls inside a bucket never recompile.
+prefix bucket, and three switches: any sampled row, any top-k/top-p row, any grammar-constrained row; with a
+grammar also the power-of-two row bucket of the batch's grammar table); everything else a request may vary
+(temperature, top-k, top-p, seed, max tokens, stop sequences, the grammar itself) is passed as arrays, so after
+warm-up, calls inside a bucket never recompile.
 """
 
 from __future__ import annotations
