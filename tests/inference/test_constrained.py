@@ -82,6 +82,28 @@ def test_the_automaton_accepts_exactly_what_the_regex_accepts(vocabulary, patter
     assert sum(v[2] for v in verdicts) > 10 and sum(not v[2] for v in verdicts) > 10
 
 
+def test_a_hugging_face_byte_level_tokenizer_spells_the_same_language(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from quark_jax.data.hf_tokenizer import HFTokenizer
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(["the cats and dogs ate 123 apples", "naïve café 42 dogs!"] * 10, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.save(str(tmp_path / "tokenizer.json"))
+    vocabulary = HFTokenizer(str(tmp_path / "tokenizer.json"), eos_id=2)
+    pattern = r"(cat|dog|café)s? [0-9]{1,3}( !)?"
+    automaton = constrained.from_regex(pattern, vocabulary)
+    rng = np.random.default_rng(1)
+    walked = [w for w in (_random_walk(automaton, rng) for _ in range(100)) if w is not None]
+    texts = {vocabulary.decode(w) for w in walked}
+    assert len(texts) > 30 and all(re.fullmatch(pattern, t) for t in texts)
+    for text in ["cafés 12 !", "dogs 1", "cat 1234", "café  1", "dog 7!"]:
+        assert automaton.accepts(vocabulary.encode(text)) == bool(re.fullmatch(pattern, text)), text
+
+
 def test_a_random_model_under_a_tool_call_schema_gives_valid_calls_100_times_in_100(generator, vocabulary):
     schema = tool_calls.call_schema(CALCULATOR)
     automaton = constrained.from_json_schema(schema, vocabulary)
