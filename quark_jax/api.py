@@ -35,16 +35,19 @@ class LoadedModel:
     def generate(
         self, prompts: str | list[str], max_new_tokens: int | list[int] = 64, temperature: float = 0.0,
         top_k: int = 0, top_p: float = 1.0, seed: int | list[int] = 0, stop: list[str] = (), prefix=None,
-        num_beams: int = 1, length_penalty: float = 1.0,
+        num_beams: int = 1, length_penalty: float = 1.0, constraint=None,
     ) -> list[str]:
         """Continuations of each prompt; greedy unless ``temperature > 0``. Same seed, same output.
 
         ``max_new_tokens`` and ``seed`` may be per prompt; ``stop`` strings end a continuation; ``prefix``
         (text or ``generator.prefill_prefix(...)``) is a shared context prefilled once; ``num_beams > 1``
-        runs beam search with ``length_penalty``. See :class:`quark_jax.inference.generate.Generator`.
+        runs beam search with ``length_penalty``; ``constraint`` (a token automaton of
+        :mod:`quark_jax.inference.constrained`, or one per prompt) restricts the text to a grammar. See
+        :class:`quark_jax.inference.generate.Generator`.
         """
         return self._generator.generate(
-            prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, prefix, num_beams, length_penalty
+            prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, prefix, num_beams, length_penalty,
+            constraint,
         )
 
     def complete(self, prompts: str | list[str], **kwargs: Any) -> list:

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 from jaxtyping import Array, Bool, Float, Int
 
+from quark_jax.inference import constrained as grammar_lib
 from quark_jax.models.transformer import KVCache
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
@@ -136,6 +137,7 @@ class DecodeSpec:
     pad_id: int = 0
     filtering: bool = False  # compile the top-k / top-p masks in
     sampling: bool = True  # False: every row is greedy, so no random numbers are drawn at all
+    constrained: bool = False  # compile the grammar mask in (a token-automaton table and a state per row)
 
 
 def make_prefill_prefix_fn(graphdef: nnx.GraphDef) -> Callable[..., PrefixCache]:
@@ -172,7 +174,7 @@ def make_generate_fn(
     graphdef: nnx.GraphDef, spec: DecodeSpec, trace_counter: list[int] | None = None
 ) -> Callable[..., GenerateOutput]:
     """Builds a jitted ``generate(params, prompts, lengths, max_tokens, temperature, top_k, top_p, keys,
-    stop_tokens, prefix) -> GenerateOutput``.
+    stop_tokens, prefix, grammar, grammar_start) -> GenerateOutput``.
 
     Prefill runs the whole (padded) prompt through the model once, on top of ``prefix`` (a
     :class:`PrefixCache` or None); decoding is a ``lax.while_loop`` that feeds one token per step and stops
@@ -180,6 +182,12 @@ def make_generate_fn(
     ``spec.max_new_tokens``). ``keys`` holds one PRNG key per row: a row's samples depend only on its own
     key, so the same seed gives the same output whatever else is in the batch. ``trace_counter[0]`` is
     incremented every time the function is traced (i.e. compiled), for tests.
+
+    With ``spec.constrained`` every row walks a token automaton: ``grammar`` is a stacked table
+    (:func:`quark_jax.inference.constrained.stack`: row 0 free, -1 = token not allowed) and ``grammar_start``
+    each row's start state. Before a token is chosen the logits of tokens the row's state does not allow are
+    set to the float minimum (so sampling, top-k and top-p only ever see allowed tokens), and the state moves
+    along the chosen token. Rows in the free state are untouched: they decode exactly as without a grammar.
     """
     M, eos, pad = spec.max_new_tokens, spec.eos_id, spec.pad_id
 
@@ -194,6 +202,8 @@ def make_generate_fn(
         keys: jax.Array,
         stop_tokens: Int[Array, "B N S"],
         prefix: PrefixCache | None = None,
+        grammar: Int[Array, "S V"] | None = None,
+        grammar_start: Int[Array, "B"] | None = None,
     ) -> GenerateOutput:
         if trace_counter is not None:
             trace_counter[0] += 1
@@ -220,14 +230,18 @@ def make_generate_fn(
         logits, cache = model(prompts, positions, segments, cache)
         last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B V]
 
-        def choose(logits, i, done):
+        def choose(logits, i, done, state):
+            if spec.constrained:
+                logits = jnp.where(grammar_lib.allowed_tokens(grammar, state, eos), logits, NEG_INF)
             if spec.sampling:
                 step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
                 token = sample_rows(logits, step_keys, temperature, top_k, top_p, spec.filtering)
             else:
                 token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
-            return jnp.where(done, pad, token), jnp.where(done, 0.0, logprob)
+            if spec.constrained:
+                state = jnp.where(done, state, grammar_lib.advance(grammar, state, token))
+            return jnp.where(done, pad, token), jnp.where(done, 0.0, logprob), state
 
         def record(i, token, logprob, out, out_logprobs, done, stopped, count):
             out = out.at[:, i].set(token)
@@ -239,7 +253,8 @@ def make_generate_fn(
             return out, out_logprobs, done, stopped, count
 
         no = jnp.zeros((batch,), bool)
-        token, logprob = choose(last, 0, no)
+        state = grammar_start if spec.constrained else jnp.zeros((batch,), jnp.int32)
+        token, logprob, state = choose(last, 0, no, state)
         out = jnp.full((batch, M), pad, jnp.int32)
         out_logprobs = jnp.zeros((batch, M), jnp.float32)
         out, out_logprobs, done, stopped, count = record(
@@ -247,19 +262,19 @@ def make_generate_fn(
         )
 
         def cond(carry):
-            i, _, _, _, _, done, _, _ = carry
+            i, _, _, _, _, done, _, _, _ = carry
             return (i < M) & ~jnp.all(done)
 
         def body(carry):
-            i, cache, token, out, out_logprobs, done, stopped, count = carry
+            i, cache, token, out, out_logprobs, done, stopped, count, state = carry
             position = (offset + lengths + i - 1)[:, None]
             logits, cache = model(token[:, None], position, jnp.ones_like(position), cache)
-            token, logprob = choose(logits[:, 0], i, done)
+            token, logprob, state = choose(logits[:, 0], i, done, state)
             out, out_logprobs, done, stopped, count = record(i, token, logprob, out, out_logprobs, done, stopped, count)
-            return i + 1, cache, token, out, out_logprobs, done, stopped, count
+            return i + 1, cache, token, out, out_logprobs, done, stopped, count, state
 
-        carry = (jnp.int32(1), cache, token, out, out_logprobs, done, stopped, count)
-        _, _, _, out, out_logprobs, _, stopped, count = jax.lax.while_loop(cond, body, carry)
+        carry = (jnp.int32(1), cache, token, out, out_logprobs, done, stopped, count, state)
+        _, _, _, out, out_logprobs, _, stopped, count, _ = jax.lax.while_loop(cond, body, carry)
         return GenerateOutput(tokens=out, logprobs=out_logprobs, num_tokens=count, stopped=stopped)
 
     return jax.jit(generate)

@@ -1,8 +1,10 @@
 """Text in, text out: tokenizes requests, pads them into shape buckets and calls cached compiled functions.
 
 A :class:`Generator` compiles one function per (batch bucket, prompt-length bucket, max-new-tokens bucket,
-prefix bucket, and two switches: any sampled row, any top-k/top-p row); everything else a request may vary (temperature, top-k, top-p, seed, max
-tokens, stop sequences) is passed as arrays, so after warm-up, calls inside a bucket never recompile.
+prefix bucket, and three switches: any sampled row, any top-k/top-p row, any grammar-constrained row; with a
+grammar also the power-of-two row bucket of the batch's grammar table); everything else a request may vary
+(temperature, top-k, top-p, seed, max tokens, stop sequences, the grammar itself) is passed as arrays, so after
+warm-up, calls inside a bucket never recompile.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from quark_jax import sharding as sh
+from quark_jax.inference import constrained as grammar_lib
 from quark_jax.inference.decode import (
     BeamSpec,
     DecodeSpec,
@@ -123,6 +126,7 @@ class Request:
     top_p: float = 1.0
     seed: int = 0
     stop: Sequence[Sequence[int]] = ()
+    constraint: grammar_lib.TokenAutomaton | None = None  # a grammar the new tokens must follow
 
     def __post_init__(self):
         if len(self.prompt) == 0:
@@ -180,6 +184,7 @@ class Generator:
         self.min_batch_bucket, self.min_prompt_bucket = min_batch_bucket, min_prompt_bucket
         self._compiled: dict[tuple, Any] = {}
         self.trace_count = [0]  # incremented whenever a generate function is traced (= compiled)
+        self._model_vocab_size: int | None = None
         if compilation_cache:
             enable_compilation_cache()
 
@@ -238,6 +243,7 @@ class Generator:
         new_bucket = _pow2(max(r.max_new_tokens for r in requests))
         filtering = any(SamplingConfig(r.temperature, r.top_k, r.top_p).filtering for r in requests)
         sampling = any(r.temperature > 0 for r in requests)
+        constrained = any(r.constraint is not None for r in requests)
         stops = [list(s) for r in requests for s in r.stop]
         num_stops = _pow2(max([len(r.stop) for r in requests] + [1]))
         stop_len = _pow2(max([len(s) for s in stops] + [1]))
@@ -259,14 +265,22 @@ class Generator:
             for j, s in enumerate(r.stop):
                 stop_tokens[row, j, stop_len - len(s):] = s  # left-padded with the -1 wildcard
         keys = jax.vmap(jax.random.key)(seeds)
+        grammar = grammar_start = None
+        if constrained:
+            # One table for the batch (free row 0 for unconstrained and padding rows); its rows are padded to a
+            # power of two, so another grammar of similar size reuses the compiled function.
+            grammar, starts = grammar_lib.stack([r.constraint for r in requests], self._vocab_size())
+            grammar_start = np.zeros(batch_bucket, np.int32)
+            grammar_start[:batch] = starts
 
         spec = DecodeSpec(max_new_tokens=new_bucket, eos_id=self.eos_id, pad_id=self.pad_id, filtering=filtering,
-                          sampling=sampling)
+                          sampling=sampling, constrained=constrained)
         key = ("generate", batch_bucket, prompt_bucket, new_bucket, None if prefix is None else prefix.bucket,
-               num_stops, stop_len, sampling, filtering)
+               num_stops, stop_len, sampling, filtering, constrained)
         fn = self._function(key, lambda: make_generate_fn(self.graphdef, spec, self.trace_count))
         out = jax.device_get(self._call(
-            fn, self.params, tokens, lengths, max_tokens, temperature, top_k, top_p, keys, stop_tokens, prefix
+            fn, self.params, tokens, lengths, max_tokens, temperature, top_k, top_p, keys, stop_tokens, prefix,
+            grammar, grammar_start,
         ))
         completions = []
         for row in range(batch):
@@ -280,6 +294,12 @@ class Generator:
                 reason = "length"
             completions.append(Completion(tokens=toks, logprobs=lps, finish_reason=reason))
         return completions
+
+    def _vocab_size(self) -> int:
+        """The width of the model's logits (what a grammar table's columns must cover)."""
+        if self._model_vocab_size is None:
+            self._model_vocab_size = int(nnx.merge(self.graphdef, self.params).config.vocab_size)
+        return self._model_vocab_size
 
     def generate_tokens(
         self, prompts: Sequence[Sequence[int]], max_new_tokens: int, sampling: SamplingConfig, seed: int = 0
@@ -309,12 +329,16 @@ class Generator:
         seed: int | Sequence[int] = 0,
         stop: Sequence[str] = (),
         prefix: str | PrefixCache | None = None,
+        constraint: grammar_lib.TokenAutomaton | Sequence[grammar_lib.TokenAutomaton | None] | None = None,
     ) -> list[Completion]:
         """Text completions with token ids, log-probabilities and finish reasons.
 
         ``max_new_tokens`` and ``seed`` may be per prompt (a sequence) or shared; a shared seed gives row i
         seed ``seed + i``. ``stop`` strings end a row (the stop text is cut from the returned text).
         ``prefix`` (text or a :meth:`prefill_prefix` result) is a shared context prefilled once.
+        ``constraint`` (one :class:`~quark_jax.inference.constrained.TokenAutomaton` for every prompt, or one
+        per prompt with None for a free row) restricts the new text to a grammar; a row that ends with EOS
+        within its token limit ends in text the grammar accepts.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -329,8 +353,10 @@ class Generator:
         stop_ids = [self._encode(s) for s in stop if s]
         if isinstance(prefix, str):
             prefix = self.prefill_prefix(prefix)
+        constraints = _per_prompt(constraint, n)
         requests = [
-            Request(self._encode(p, start=prefix is None), limits[i], temperature, top_k, top_p, seeds[i], stop_ids)
+            Request(self._encode(p, start=prefix is None), limits[i], temperature, top_k, top_p, seeds[i], stop_ids,
+                    constraints[i])
             for i, p in enumerate(prompts)
         ]
         completions = self.generate_requests(requests, prefix)
@@ -355,13 +381,17 @@ class Generator:
         prefix: str | PrefixCache | None = None,
         num_beams: int = 1,
         length_penalty: float = 1.0,
+        constraint: grammar_lib.TokenAutomaton | Sequence[grammar_lib.TokenAutomaton | None] | None = None,
     ) -> list[str]:
         """Continuations of ``prompts`` (the prompt itself not included); ``num_beams > 1`` runs beam search
-        (greedy ranking by ``length_penalty``-normalised log-probability; no prefix, no sampling)."""
+        (greedy ranking by ``length_penalty``-normalised log-probability; no prefix, no sampling);
+        ``constraint`` as in :meth:`complete`."""
         if isinstance(prompts, str):
             prompts = [prompts]
         check_prompts(prompts)
         check_generation_args(max_new_tokens, temperature, top_k, top_p, num_beams)
+        if num_beams > 1 and constraint is not None:
+            raise ValueError("constrained decoding does not support num_beams > 1; use num_beams=1")
         if num_beams > 1:
             if prefix is not None:
                 raise ValueError("beam search (num_beams > 1) takes no prefix")
@@ -369,7 +399,8 @@ class Generator:
             texts = [self.vocabulary.decode(t) for t, _ in self.beam_search(
                 [self._encode(p, start=True) for p in prompts], num_beams, limit, length_penalty)]
             return [_cut(t, stop) for t in texts]
-        return [c.text for c in self.complete(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, prefix)]
+        return [c.text for c in self.complete(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, prefix,
+                                              constraint)]
 
     # ---- beam search -----------------------------------------------------------------------------
     def beam_search(
@@ -440,6 +471,19 @@ class Generator:
             [self._encode(p, start=True) for p in prompts], [self._encode(c) for c in continuations]
         )
         return [{"logprob": float(sum(t)), "token_logprobs": t, "num_tokens": len(t)} for t in token_logprobs]
+
+
+def _per_prompt(constraint: Any, n: int) -> list:
+    """One constraint (or None) per prompt from a shared one or a list of ``n``."""
+    if constraint is None or isinstance(constraint, grammar_lib.TokenAutomaton):
+        return [constraint] * n
+    constraint = list(constraint)
+    if len(constraint) != n:
+        raise ValueError(f"{n} prompts but {len(constraint)} constraints; give one per prompt or one for all")
+    bad = [c for c in constraint if c is not None and not isinstance(c, grammar_lib.TokenAutomaton)]
+    if bad:
+        raise ValueError(f"constraint={bad[0]!r}: must be a TokenAutomaton (quark_jax.inference.constrained) or None")
+    return constraint
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:

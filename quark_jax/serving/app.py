@@ -368,10 +368,19 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
     max_tokens = room if s.max_tokens is None else s.max_tokens
     if max_tokens == 0:
         raise APIError(400, "max_tokens=0: must be >= 1", "max_tokens")
-    stop = [chat.END, *s.stop]
+    # A grammar is compiled off the event loop (a large schema takes a while; built ones are cached).
+    grammar = await asyncio.to_thread(chat_prompt.constraint, server.vocabulary, req)
+    if grammar is not None:
+        try:
+            server.engine.check(EngineRequest(prompt, 1, prefix=prefix, constraint=grammar))
+        except ValueError as e:
+            param = "tools" if req.tools and req.tool_choice != "none" else "response_format"
+            raise APIError(400, f"{param}: {str(e).split(': ', 1)[-1]}", param) from None
+    # An answer that is all grammar ends with EOS; "<|end|>" could only cut it short inside a JSON string.
+    stop = list(s.stop) if grammar is not None and chat_prompt.ends_in_grammar(req) else [chat.END, *s.stop]
     n_top = req.top_logprobs if req.logprobs else 0
     requests = [EngineRequest(prompt, max_tokens, s.temperature, s.top_k, s.top_p,
-                              None if s.seed is None else s.seed + j, stop, n_top, False, prefix)
+                              None if s.seed is None else s.seed + j, stop, n_top, False, prefix, grammar)
                 for j in range(s.n)]
     handles = server.submit(requests)
     request_id, created = protocol.new_id("chatcmpl"), protocol.now()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from quark_jax.data import chat, tool_calls
+from quark_jax.inference import constrained
 from quark_jax.serving import protocol
 
 
@@ -58,6 +59,37 @@ def forced_tool(req: protocol.ChatRequest) -> str | None:
     if req.tool_choice == "required" and len(req.tools) == 1:
         return req.tools[0]["function"]["name"]
     return None
+
+
+def constraint(vocabulary: Any, req: protocol.ChatRequest) -> constrained.TokenAutomaton | None:
+    """The grammar the answer must follow: with tools offered, the tool-call grammar (``auto``: free text or the
+    marker and a call; ``required``: a call; a named function: its arguments and the ``}`` closing the call
+    the prompt opened); else ``response_format``'s JSON grammar; else None. Raises ``APIError`` 400 naming
+    ``tools`` or ``response_format`` for a grammar that cannot be compiled."""
+    try:
+        if req.tools and req.tool_choice != "none":
+            forced = forced_tool(req)
+            if forced is not None:
+                tool = next(t for t in req.tools if t["function"]["name"] == forced)
+                return constrained.forced_arguments(tool["function"].get("parameters"), vocabulary)
+            return constrained.tool_call(req.tools, vocabulary, required=req.tool_choice == "required")
+    except constrained.GrammarError as e:
+        raise protocol.APIError(400, f"tools: {e}", "tools") from None
+    try:
+        if req.response_format is None:
+            return None
+        if req.response_format["type"] == "json_object":
+            return constrained.json_object(vocabulary)
+        return constrained.from_json_schema(req.response_format["schema"], vocabulary)
+    except constrained.GrammarError as e:
+        raise protocol.APIError(400, f"response_format: {e}", "response_format") from None
+
+
+def ends_in_grammar(req: protocol.ChatRequest) -> bool:
+    """Whether the whole answer is grammar text that ends with EOS (no free text that would end at ``<|end|>``)."""
+    if req.tools and req.tool_choice != "none":
+        return req.tool_choice != "auto"
+    return req.response_format is not None
 
 
 def assistant_message(req: protocol.ChatRequest, text: str) -> tuple[dict[str, Any], bool]:

@@ -19,6 +19,13 @@ Iteration-level scheduling, as Orca, vLLM and JetStream do it. One thread owns t
 Every shape is fixed once the engine is built (B slots of S tokens, prompt buckets, K top log-probabilities),
 so after :meth:`Engine.warm_up` serving never compiles again (``trace_count`` counts traces, for tests).
 
+Grammar-constrained requests (``EngineRequest.constraint``, a token automaton) share one transition table on
+the device: row 0 is the free state of unconstrained slots, and each grammar a request brings is copied into
+free rows once (kept while a slot uses it, evicted least recently used when room is needed). Every slot
+carries its automaton state; each step masks the tokens its state does not allow and moves the state along
+the sampled token. The table's rows come in power-of-two capacities: only a grammar that does not fit the
+current capacity grows it (one new compile), up to ``max_grammar_states``.
+
 A row's tokens depend only on its own prompt, parameters and seed: nothing in a step mixes rows, and the
 token ``i`` of a row is drawn with ``fold_in(key(seed), i)``, so the same request with the same seed gives
 the same text whatever else shares the batch. A shared prefix (a chat's system prompt) is prefilled once,
@@ -47,7 +54,8 @@ import numpy as np
 from flax import nnx, struct
 from jaxtyping import Array, Float, Int
 
-from quark_jax.inference.decode import sample_rows
+from quark_jax.inference import constrained as grammar_lib
+from quark_jax.inference.decode import NEG_INF, sample_rows
 from quark_jax.models.transformer import KVCache
 from quark_jax.serving.text import TextStream
 
@@ -55,6 +63,8 @@ log = logging.getLogger(__name__)
 
 TOP_K = 20  # top log-probabilities computed when a request asks for any (OpenAI allows at most 20)
 MIN_BUCKET = 16
+GRAMMAR_TABLE_BYTES = 16 * 2**20  # the grammar table's first capacity (rows of int32 over the vocabulary)
+MAX_GRAMMAR_TABLE_BYTES = 2**30  # its largest
 
 
 class QueueFull(Exception):
@@ -66,7 +76,8 @@ class EngineRequest:
     """One sequence to generate, in token ids. ``stop`` holds stop *strings* (matched on the decoded text);
     ``logprobs`` asks for that many top alternatives per generated token (0: only the chosen token's);
     ``prompt_logprobs`` asks for the prompt tokens' log-probabilities too (the ``echo`` of legacy completions);
-    ``prefix`` is a shared leading context (a system prompt) prefilled once and reused across requests."""
+    ``prefix`` is a shared leading context (a system prompt) prefilled once and reused across requests;
+    ``constraint`` a grammar (:class:`~quark_jax.inference.constrained.TokenAutomaton`) the new tokens follow."""
 
     prompt: Sequence[int]
     max_tokens: int
@@ -78,6 +89,7 @@ class EngineRequest:
     logprobs: int = 0
     prompt_logprobs: bool = False
     prefix: Sequence[int] = ()
+    constraint: grammar_lib.TokenAutomaton | None = None
 
 
 @dataclasses.dataclass
@@ -163,6 +175,7 @@ class Slots:
     top_p: Float[Array, "B"]
     keys: jax.Array  # [B] typed PRNG keys
     steps: Int[Array, "B"]
+    grammar: Int[Array, "B"]  # each row's state in the grammar table (0: free)
 
 
 def _top(logprobs: Float[Array, "... V"], k: int):
@@ -171,14 +184,17 @@ def _top(logprobs: Float[Array, "... V"], k: int):
 
 
 def make_prefill_fn(graphdef: nnx.GraphDef, prompt_top: bool, trace_counter: list[int]) -> Callable:
-    """``prefill(params, slots, slot, tokens [1, P], length, start, position, temperature, top_k, top_p, key)``
-    -> (slots, first token, its logprob, its top-K ids/logprobs, prompt logprobs [P], prompt top-K [P, K]).
+    """``prefill(params, slots, slot, tokens [1, P], length, start, position, temperature, top_k, top_p, key,
+    grammar_row [V])`` -> (slots, first token, its logprob, its top-K ids/logprobs, prompt logprobs [P],
+    prompt top-K [P, K]). ``grammar_row`` is the grammar table's row of the request's start state (all 0 for a
+    free request): the first token is drawn among the tokens it allows, and the row's state becomes its entry.
 
     The prompt is written into row ``slot`` from cache index ``start`` (after a copied prefix; 0 without one)
     at positions ``position + i``; what the row held past ``start`` is masked out first, so a reused slot never
     sees its previous request. ``prompt_top`` compiles the prompt tokens' top-K in (echo with logprobs)."""
 
-    def prefill(params, slots: Slots, slot, tokens, length, start, position, temperature, top_k, top_p, key):
+    def prefill(params, slots: Slots, slot, tokens, length, start, position, temperature, top_k, top_p, key,
+                grammar_row):
         trace_counter[0] += 1
         model = nnx.merge(graphdef, params)
         cache = slots.cache
@@ -199,7 +215,8 @@ def make_prefill_fn(graphdef: nnx.GraphDef, prompt_top: bool, trace_counter: lis
         # Only the last prompt position's logits are needed to continue; the whole [P, V] log-softmax is
         # computed only for echo (XLA drops the unused full logits otherwise).
         last_hidden = jax.lax.dynamic_slice_in_dim(hidden, length - 1, 1, axis=1)
-        last = jax.nn.log_softmax(model.logits(last_hidden)[0, 0], axis=-1)  # [V]
+        last_logits = jnp.where(grammar_row >= 0, model.logits(last_hidden)[0, 0], NEG_INF)
+        last = jax.nn.log_softmax(last_logits, axis=-1)  # [V]
         seeded = jax.random.fold_in(key, 0)
         token = sample_rows(last[None], seeded[None], temperature[None], top_k[None], top_p[None], True)[0]
         first_ids, first_values = _top(last, TOP_K)
@@ -217,35 +234,40 @@ def make_prefill_fn(graphdef: nnx.GraphDef, prompt_top: bool, trace_counter: lis
             top_p=slots.top_p.at[slot].set(top_p),
             keys=slots.keys.at[slot].set(key),
             steps=slots.steps.at[slot].set(1),
+            grammar=slots.grammar.at[slot].set(jnp.maximum(grammar_row[token], 0)),
         )
         return slots, (token, last[token], first_ids, first_values, prompt_logprobs, prompt_top_out)
 
     return jax.jit(prefill, donate_argnums=(1,))
 
 
-def make_decode_fn(graphdef: nnx.GraphDef, filtering: bool, steps: int, trace_counter: list[int]) -> Callable:
-    """``decode(params, slots)`` -> (slots, tokens [B, N], logprobs [B, N], top-K ids [B, N, K], top-K logprobs
-    [B, N, K]): ``steps`` (N) tokens for every slot, in one call.
+def make_decode_fn(graphdef: nnx.GraphDef, filtering: bool, steps: int, trace_counter: list[int], eos_id: int
+                   ) -> Callable:
+    """``decode(params, slots, grammar [G, V])`` -> (slots, tokens [B, N], logprobs [B, N], top-K ids [B, N, K],
+    top-K logprobs [B, N, K]): ``steps`` (N) tokens for every slot, in one call. Each row samples among the
+    tokens its grammar state allows (every token in the free state 0) and moves its state along.
 
     N > 1 keeps the cache in a ``fori_loop`` carry, updated in place, instead of passing it through the jit
     boundary after every token, and pays Python's dispatch once per N tokens; a row that ends inside the block
     simply has its later tokens ignored. ``filtering`` compiles top-k/top-p in (a sort over the vocabulary)."""
 
-    def one(model, slots: Slots):
+    def one(model, slots: Slots, grammar):
         cache = slots.cache
         positions = slots.positions[:, None]
         logits, cache = model(slots.tokens[:, None], positions, jnp.ones_like(positions), cache)
-        logprobs = jax.nn.log_softmax(logits[:, 0], axis=-1)  # [B V]
+        allowed = grammar_lib.allowed_tokens(grammar, slots.grammar, eos_id)  # [B V]
+        logprobs = jax.nn.log_softmax(jnp.where(allowed, logits[:, 0], NEG_INF), axis=-1)  # [B V]
         keys = jax.vmap(jax.random.fold_in)(slots.keys, slots.steps)
         tokens = sample_rows(logprobs, keys, slots.temperature, slots.top_k, slots.top_p, filtering)
         chosen = jnp.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
         top_ids, top_values = _top(logprobs, TOP_K)
         # A free row keeps stepping (fixed shapes); keep its index inside the cache.
         cache = cache.replace(index=jnp.minimum(cache.index, cache.max_length - 1))
-        slots = slots.replace(cache=cache, tokens=tokens, positions=slots.positions + 1, steps=slots.steps + 1)
+        slots = slots.replace(cache=cache, tokens=tokens, positions=slots.positions + 1, steps=slots.steps + 1,
+                              grammar=grammar_lib.advance(grammar, slots.grammar, tokens))
         return slots, (tokens, chosen, top_ids, top_values)
 
-    def decode(params, slots: Slots):
+    def decode(params, slots: Slots, grammar):
         trace_counter[0] += 1
         model = nnx.merge(graphdef, params)
         B = slots.tokens.shape[0]
@@ -254,7 +276,7 @@ def make_decode_fn(graphdef: nnx.GraphDef, filtering: bool, steps: int, trace_co
 
         def body(i, carry):
             slots, outputs = carry
-            slots, step = one(model, slots)
+            slots, step = one(model, slots, grammar)
             return slots, tuple(o.at[:, i].set(x) for o, x in zip(outputs, step))
 
         return jax.lax.fori_loop(0, steps, body, (slots, outputs))
@@ -312,6 +334,73 @@ class _Active:
     handle: RequestHandle
     text: TextStream
     generated: int = 0
+    grammar: str | None = None  # the key of the grammar this slot uses
+
+
+@dataclasses.dataclass
+class _Placed:
+    """A grammar copied into the table: its first row, its rows, and how many slots use it."""
+
+    offset: int
+    size: int
+    users: int = 0
+
+
+class GrammarTable:
+    """The host copy of the engine's grammar table and where each grammar lives in it (see the module
+    docstring); :attr:`device` is the array the compiled functions read."""
+
+    def __init__(self, vocab_size: int, capacity: int, max_capacity: int):
+        self.vocab_size, self.max_capacity = vocab_size, max_capacity
+        self.host = np.full((capacity, vocab_size), -1, np.int32)
+        self.host[0] = 0
+        self.placed: collections.OrderedDict[str, _Placed] = collections.OrderedDict()
+        self.device = jnp.asarray(self.host)
+
+    @property
+    def capacity(self) -> int:
+        return self.host.shape[0]
+
+    def _gap(self, size: int) -> int | None:
+        """The first row of a free run of ``size`` rows, or None."""
+        start = 1
+        for p in sorted(self.placed.values(), key=lambda p: p.offset):
+            if p.offset - start >= size:
+                return start
+            start = max(start, p.offset + p.size)
+        return start if self.capacity - start >= size else None
+
+    def acquire(self, automaton: grammar_lib.TokenAutomaton) -> int | None:
+        """The table row of ``automaton``'s start state, copying it in (evicting unused grammars, growing the
+        table) if needed; None while the grammars of running requests leave no room for it."""
+        placed = self.placed.get(automaton.key)
+        if placed is None:
+            offset = self._gap(automaton.num_states)
+            while offset is None and any(p.users == 0 for p in self.placed.values()):
+                unused = next(k for k, p in self.placed.items() if p.users == 0)  # least recently used first
+                del self.placed[unused]
+                offset = self._gap(automaton.num_states)
+            if offset is None:
+                end = max([p.offset + p.size for p in self.placed.values()] + [1])
+                capacity = grammar_lib.row_bucket(end + automaton.num_states, self.capacity)
+                if capacity > self.max_capacity:
+                    return None
+                log.info("grammar table grows to %d states (one new compile)", capacity)
+                grown = np.full((capacity, self.vocab_size), -1, np.int32)
+                grown[: self.capacity] = self.host
+                self.host, offset = grown, end
+            t = automaton.transitions
+            self.host[offset: offset + t.shape[0]] = -1
+            self.host[offset: offset + t.shape[0], : t.shape[1]] = np.where(t >= 0, t + offset, -1)
+            placed = self.placed[automaton.key] = _Placed(offset, automaton.num_states)
+            self.device = jnp.asarray(self.host)
+        self.placed.move_to_end(automaton.key)
+        placed.users += 1
+        return placed.offset + automaton.initial
+
+    def release(self, key: str) -> None:
+        if key in self.placed:
+            self.placed[key].users -= 1
 
 
 class Engine:
@@ -323,7 +412,7 @@ class Engine:
 
     def __init__(self, graphdef: nnx.GraphDef, params: Any, vocabulary: Any, config: Any, *, eos_id: int,
                  max_slots: int = 8, max_seq_len: int = 512, max_queue: int = 256, prefix_cache_size: int = 8,
-                 decode_block: int = 8):
+                 decode_block: int = 8, grammar_states: int | None = None, max_grammar_states: int | None = None):
         if max_slots < 1:
             raise ValueError(f"max_slots={max_slots}: must be >= 1")
         if max_seq_len < 2:
@@ -337,8 +426,13 @@ class Engine:
         self.trace_count = [0]
         self._prefill = {flag: make_prefill_fn(graphdef, flag, self.trace_count) for flag in (False, True)}
         self.decode_block = decode_block
-        self._decode = {(flag, n): make_decode_fn(graphdef, flag, n, self.trace_count)
+        self._decode = {(flag, n): make_decode_fn(graphdef, flag, n, self.trace_count, self.eos_id)
                         for flag in (False, True) for n in sorted({1, decode_block})}
+        # The grammar table: rows of int32 over the vocabulary, a power of two of them, sized by bytes.
+        rows = lambda nbytes: max(16, 1 << max(nbytes // (4 * config.vocab_size), 1).bit_length() - 1)  # noqa: E731
+        self.max_grammar_states = max_grammar_states or rows(MAX_GRAMMAR_TABLE_BYTES)
+        first = grammar_states or rows(GRAMMAR_TABLE_BYTES)
+        self.grammars = GrammarTable(config.vocab_size, min(first, self.max_grammar_states), self.max_grammar_states)
         self._prefix_fn = make_prefix_fn(graphdef, self.trace_count)
         self._insert_fn = make_insert_prefix_fn(self.trace_count)
         self._prefixes: collections.OrderedDict[tuple[int, ...], tuple] = collections.OrderedDict()
@@ -381,6 +475,12 @@ class Engine:
         bad = [t for t in request.prompt if not 0 <= int(t) < self.config.vocab_size]
         if bad:
             raise ValueError(f"prompt: token id {bad[0]} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+        c = request.constraint
+        if c is not None and c.vocab_size > self.config.vocab_size:
+            raise ValueError(f"constraint: built over {c.vocab_size} tokens, the model has {self.config.vocab_size}")
+        if c is not None and c.num_states + 1 > self.max_grammar_states:
+            raise ValueError(f"constraint: the grammar has {c.num_states} states, over this server's limit of "
+                             f"{self.max_grammar_states - 1}; simplify the schema")
 
     def submit(self, request: EngineRequest, loop: asyncio.AbstractEventLoop | None = None) -> RequestHandle:
         """Queues ``request``; raises ValueError for a request that cannot fit and :class:`QueueFull`."""
@@ -430,7 +530,7 @@ class Engine:
                 k, v, segments = self._prefix_rows(tuple([1] * bucket))
                 self._slots = self._insert_fn(self._slots, np.int32(0), k, v, segments)
         for key in self._decode:
-            self._slots, _ = self._decode[key](self.params, self._slots)
+            self._slots, _ = self._decode[key](self.params, self._slots, self.grammars.device)
         self._prefixes.clear()
         self._slots = self._empty_slots()
         jax.block_until_ready(self._slots)
@@ -445,7 +545,7 @@ class Engine:
         return Slots(cache=cache, tokens=jnp.zeros((B,), jnp.int32), positions=jnp.zeros((B,), jnp.int32),
                      temperature=jnp.zeros((B,), jnp.float32), top_k=jnp.zeros((B,), jnp.int32),
                      top_p=jnp.ones((B,), jnp.float32), keys=jax.vmap(jax.random.key)(jnp.zeros((B,), jnp.uint32)),
-                     steps=jnp.zeros((B,), jnp.int32))
+                     steps=jnp.zeros((B,), jnp.int32), grammar=jnp.zeros((B,), jnp.int32))
 
     def _loop(self) -> None:
         try:
@@ -471,7 +571,7 @@ class Engine:
         for i, active in enumerate(self._active):
             if active is not None:
                 active.handle._emit(Output(finish_reason=reason))
-                self._active[i] = None
+                self._retire(i)
         for handle in waiting:
             handle._emit(Output(finish_reason=reason))
 
@@ -485,7 +585,16 @@ class Engine:
             if handle.cancelled.is_set():
                 handle._emit(Output(finish_reason="cancelled"))
                 continue
-            self._start(free[0], handle)
+            if not self._start(free[0], handle):
+                with self._lock:  # its grammar does not fit beside the running ones: it waits for them
+                    self._waiting.appendleft(handle)
+                return
+
+    def _retire(self, slot: int) -> None:
+        active = self._active[slot]
+        if active is not None and active.grammar is not None:
+            self.grammars.release(active.grammar)
+        self._active[slot] = None
 
     def _prefix_rows(self, prefix: tuple[int, ...]) -> tuple:
         if prefix in self._prefixes:
@@ -502,16 +611,23 @@ class Engine:
         return rows
 
     def _run_prefill(self, slot: int, tokens: np.ndarray, length: int, start: int, position: int,
-                     request: EngineRequest, prompt_top: bool):
+                     request: EngineRequest, prompt_top: bool, grammar_state: int = 0):
         seed = request.seed if request.seed is not None else secrets.randbits(32)
         key = jax.random.key(np.uint32(seed % 2**32))
         self._slots, out = self._prefill[prompt_top](
             self.params, self._slots, np.int32(slot), tokens, np.int32(length), np.int32(start), np.int32(position),
-            np.float32(request.temperature), np.int32(request.top_k), np.float32(request.top_p), key)
+            np.float32(request.temperature), np.int32(request.top_k), np.float32(request.top_p), key,
+            self.grammars.host[grammar_state])
         return out
 
-    def _start(self, slot: int, handle: RequestHandle) -> None:
+    def _start(self, slot: int, handle: RequestHandle) -> bool:
+        """Prefills ``handle``'s request into ``slot``; False (nothing done) when its grammar has no room yet."""
         request = handle.request
+        grammar_state = 0
+        if request.constraint is not None:
+            grammar_state = self.grammars.acquire(request.constraint)
+            if grammar_state is None:
+                return False
         start = position = 0
         prompt = list(request.prompt)
         bucket = next(b for b in self.buckets if b >= len(prompt))
@@ -529,8 +645,9 @@ class Engine:
         tokens[0, : len(prompt)] = prompt
         wants_prompt = request.prompt_logprobs
         token, logprob, top_ids, top_values, prompt_lps, prompt_top = jax.device_get(self._run_prefill(
-            slot, tokens, len(prompt), start, position, request, wants_prompt))
-        active = _Active(handle, TextStream(self.vocabulary, request.stop))
+            slot, tokens, len(prompt), start, position, request, wants_prompt, grammar_state))
+        active = _Active(handle, TextStream(self.vocabulary, request.stop),
+                         grammar=None if request.constraint is None else request.constraint.key)
         first = Output(prompt_tokens=len(request.prefix) + len(request.prompt))
         if wants_prompt:
             n = len(prompt)
@@ -538,13 +655,14 @@ class Engine:
             ids, values = prompt_top
             first.prompt_top_logprobs = [None] + [
                 _top_dict(ids[i], values[i], request.logprobs) for i in range(n - 1)]
+        self._active[slot] = active
         if request.max_tokens == 0:
             first.finish_reason = "length"
-            handle._emit(first)
-            return
-        if not self._record(active, int(token), float(logprob), top_ids, top_values, first):
-            self._active[slot] = active
+            self._retire(slot)
+        elif self._record(active, int(token), float(logprob), top_ids, top_values, first):
+            self._retire(slot)
         handle._emit(first)
+        return True
 
     def _step(self) -> None:
         active = [(slot, a) for slot, a in enumerate(self._active) if a is not None]
@@ -553,7 +671,7 @@ class Engine:
         # A block of tokens per call, unless a waiting request could take a slot that frees sooner.
         soonest = min(a.handle.request.max_tokens - a.generated for _, a in active)
         steps = self.decode_block if not self._waiting or soonest >= self.decode_block else 1
-        self._slots, out = self._decode[(filtering, steps)](self.params, self._slots)
+        self._slots, out = self._decode[(filtering, steps)](self.params, self._slots, self.grammars.device)
         tokens, logprobs, top_ids, top_values = jax.device_get(out)
         self.steps += steps
         for slot, a in active:
@@ -561,7 +679,7 @@ class Engine:
             for j in range(steps):
                 if self._record(a, int(tokens[slot, j]), float(logprobs[slot, j]), top_ids[slot, j],
                                 top_values[slot, j], out):
-                    self._active[slot] = None
+                    self._retire(slot)
                     break
             a.handle._emit(out)
         if self.on_step is not None:
@@ -601,4 +719,4 @@ def _top_dict(ids, values, n: int) -> dict[int, float]:
     return {int(i): float(v) for i, v in zip(ids[:n], values[:n])}
 
 
-__all__ = ["Engine", "EngineRequest", "Output", "QueueFull", "RequestHandle", "buckets"]
+__all__ = ["Engine", "EngineRequest", "GrammarTable", "Output", "QueueFull", "RequestHandle", "buckets"]

@@ -190,6 +190,8 @@ class ChatRequest:
     top_logprobs: int
     tools: list[dict[str, Any]]
     tool_choice: str | dict[str, Any]  # "none" | "auto" | "required" | {"type": "function", "function": {"name"}}
+    # None (free text), {"type": "json_object"} or {"type": "json_schema", "schema": {...}}
+    response_format: dict[str, Any] | None = None
 
 
 def _content(message: Mapping, i: int) -> str:
@@ -254,7 +256,29 @@ def chat_request(body: Mapping, max_n: int) -> ChatRequest:
     return ChatRequest(
         rendered, sampling, _boolean(body, "logprobs", False),
         _integer(body, "top_logprobs", 0, low=0, high=MAX_LOGPROBS) or 0, tools, choice,
+        response_format(body.get("response_format")),
     )
+
+
+def response_format(value: Any) -> dict[str, Any] | None:
+    """The checked ``response_format``: None for text, ``{"type": "json_object"}``, or ``{"type": "json_schema",
+    "schema": <object>}`` (OpenAI nests the schema as ``json_schema.schema``)."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise APIError(400, "response_format: json_schema.schema must be a JSON schema object, as in "
+                                "{\"type\": \"json_schema\", \"json_schema\": {\"name\": ..., \"schema\": {...}}}",
+                           "response_format")
+        return {"type": "json_schema", "schema": schema}
+    raise APIError(400, f"response_format: type {kind!r} must be text, json_object or json_schema", "response_format")
 
 
 # ---- /tokenize, /detokenize ------------------------------------------------------------------------------
