@@ -38,10 +38,12 @@ def chat_body(messages: Sequence[Message], tools: Sequence[Mapping[str, Any]], t
     return body
 
 
-def chat_engine_request(vocabulary: Any, lead: Sequence[int], req: protocol.ChatRequest, max_seq_len: int
-                        ) -> EngineRequest:
+def chat_engine_request(vocabulary: Any, lead: Sequence[int], req: protocol.ChatRequest, max_seq_len: int,
+                        grammar: Any = None) -> EngineRequest:
     """The engine request ``quark serve`` builds for a checked chat request, except that ``max_tokens`` is cut
-    to the room left in the context (the server refuses instead); :class:`ContextFull` when none is left."""
+    to the room left in the context (the server refuses instead); :class:`ContextFull` when none is left.
+    ``grammar`` is the request's constraint (``chat_prompt.constraint``: the tool-call grammar when tools are
+    offered, the ``response_format`` grammar), decoded as the server decodes it."""
     prefix, prompt, _, _ = chat_prompt.build(vocabulary, list(lead), req)
     room = max_seq_len - len(prefix) - len(prompt)
     if room < 1:
@@ -49,10 +51,9 @@ def chat_engine_request(vocabulary: Any, lead: Sequence[int], req: protocol.Chat
                           f"{max_seq_len}: no room to generate")
     s = req.sampling
     max_tokens = room if s.max_tokens is None else min(s.max_tokens, room)
-    # Constrained decoding plugs in here, as the server does it: constraint=chat_prompt.constraint(vocabulary,
-    # req), and no "<|end|>" stop when chat_prompt.ends_in_grammar(req).
-    return EngineRequest(prompt, max_tokens, s.temperature, s.top_k, s.top_p, s.seed, [chat.END, *s.stop], 0,
-                         False, prefix)
+    stop = list(s.stop) if grammar is not None and chat_prompt.ends_in_grammar(req) else [chat.END, *s.stop]
+    return EngineRequest(prompt, max_tokens, s.temperature, s.top_k, s.top_p, s.seed, stop, 0, False, prefix,
+                         constraint=grammar)
 
 
 class EngineBackend:
@@ -95,7 +96,9 @@ class EngineBackend:
             req = protocol.chat_request(chat_body(messages, tools, tool_choice, max_tokens, temperature, seed), 1)
         except protocol.APIError as e:
             raise ValueError(e.message) from None
-        request = chat_engine_request(self.vocabulary, self.lead, req, self.engine.max_seq_len)
+        # Grammars compile off the event loop (a new schema takes tens of milliseconds; cached afterwards).
+        grammar = await asyncio.to_thread(chat_prompt.constraint, self.vocabulary, req)
+        request = chat_engine_request(self.vocabulary, self.lead, req, self.engine.max_seq_len, grammar)
         loop = asyncio.get_running_loop()
         while True:
             try:
