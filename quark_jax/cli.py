@@ -762,6 +762,19 @@ def _tokenizer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agent(args: argparse.Namespace) -> int:
+    from quark_jax.agents import cli_main as agent_cli
+
+    try:
+        agent_cli.check_arguments(args)
+        if args.model_dir is not None:
+            _check_run_dir(args.model_dir)
+            _start_tensorflow(args.verbose)
+        return agent_cli.run(args, _load_for_generation)
+    except agent_cli.AgentUsageError as e:
+        raise UsageError(str(e)) from None
+
+
 def _kg(args: argparse.Namespace) -> int:
     from quark_jax.knowledge import cli_main
 
@@ -1005,6 +1018,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     kg = sub.add_parser("kg", help="the standard library's knowledge graph: build it, query it")
     kg_cli.add_arguments(kg, _Parser, common)
+    from quark_jax.agents import cli_main as agent_cli
+
+    agent_cli.add_subparser(sub, common)
     return parser
 
 
@@ -1044,7 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tokenizer": lambda: _tokenizer(args), "eval": lambda: _eval(args),
                 "import_hf": lambda: _import_hf(args), "serve": lambda: _serve(args),
                 "telemetry": lambda: _telemetry(args), "kg": lambda: _kg(args), "rag": lambda: _rag(args),
-                "index": lambda: _index(args), "embed": lambda: _embed(args)}
+                "index": lambda: _index(args), "embed": lambda: _embed(args), "agent": lambda: _agent(args)}
     try:
         return commands[args.command]()
     except UsageError as e:

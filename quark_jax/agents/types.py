@@ -14,6 +14,11 @@ from typing import Any, Protocol
 Message = dict[str, Any]
 
 
+class ContextFull(Exception):
+    """The conversation no longer fits the model's context (with room for at least one generated token): a
+    backend raises it instead of generating; the agent loop ends the run with ``max_tokens``."""
+
+
 class ToolError(Exception):
     """A tool refused its input (bad arguments, a limit, a forbidden path): reported to the model as the tool's
     observation, never raised to the user."""
