@@ -12,9 +12,11 @@ A route is decided in this order:
    whole request unsafe: it is refused, not half-answered).
 2. **Intent**: the classifier's probabilities (:class:`~quark_jax.inference.classifier.Classifier`), or,
    with no classifier, the keyword rules of :func:`rule_intent`.
-3. **Cheap signals**: names of the knowledge graph found in the request (backticked or dotted names that
-   ``kg_store.has_entity`` knows; ``signals["entities"]``) add ``entity_bias`` to the ``qa`` probability
-   before the arg-max — a question about a library entity is answered from retrieval; a sentiment lexicon
+3. **Cheap signals**: the keyword rules also run beside a classifier, and the intent of the first rule that
+   matches gets ``rule_bias`` added to its probability (``signals["rule"]``): "12 * 7" is arithmetic
+   whatever the phrasing around it. Names of the knowledge graph found in the request (backticked or dotted
+   names that ``kg_store.has_entity`` knows; ``signals["entities"]``) add ``entity_bias`` to the ``qa``
+   probability before the arg-max — a question about a library entity is answered from retrieval; a sentiment lexicon
    scores the request (``signals["sentiment"]``: score, the negative and positive words found, and
    ``negative`` when the score is below 0), noted for the answering agent, never changing the route.
 4. **Agent**: :data:`INTENT_AGENTS` maps the intent to an agent name; an ``unsafe`` intent maps to
@@ -167,20 +169,23 @@ class Router:
 
     ``classifier``: an intent classifier (``predict_proba``) or None for the keyword rules; ``kg_store``: a
     knowledge graph (``has_entity``) or None; ``lexicon``: word → polarity; ``entity_bias``: added to the
-    ``qa`` probability when the request names an entity of the graph; ``agents``: intent → agent name.
+    ``qa`` probability when the request names an entity of the graph; ``rule_bias``: added to the
+    probability of the intent of the first matching keyword rule (0: the classifier alone decides);
+    ``agents``: intent → agent name; ``split``: whether multi-part requests go to the planner.
     """
 
     def __init__(self, classifier: IntentClassifier | None = None, kg_store: EntityStore | None = None,
-                 lexicon: Mapping[str, int] = SENTIMENT_LEXICON, entity_bias: float = 0.25,
+                 lexicon: Mapping[str, int] = SENTIMENT_LEXICON, entity_bias: float = 0.25, rule_bias: float = 0.3,
                  agents: Mapping[str, str] = INTENT_AGENTS, split: bool = True):
         if classifier is not None:
             missing = sorted(set(classifier.labels) - set(agents))
             if missing:
                 raise ValueError(f"the classifier's label(s) {missing} have no agent; pass agents={{label: name}}")
-        if entity_bias < 0:
-            raise ValueError(f"entity_bias={entity_bias} must be >= 0")
+        for name, value in (("entity_bias", entity_bias), ("rule_bias", rule_bias)):
+            if value < 0:
+                raise ValueError(f"{name}={value} must be >= 0")
         self.classifier, self.kg_store, self.lexicon = classifier, kg_store, dict(lexicon)
-        self.entity_bias, self.agents, self.split = float(entity_bias), dict(agents), split
+        self.entity_bias, self.rule_bias, self.agents, self.split = float(entity_bias), float(rule_bias), dict(agents), split
 
     def route(self, request: str) -> Route:
         """The route of one request."""
@@ -208,9 +213,13 @@ class Router:
             if probabilities is not None:
                 probs = dict(probabilities[n])
                 signals["probabilities"] = {k: round(v, 4) for k, v in probs.items()}
-                if signals["entities"] and "qa" in probs:
+                if signals["entities"] and "qa" in probs and self.entity_bias:
                     probs["qa"] += self.entity_bias
                     signals["entity_bias"] = self.entity_bias
+                rule = rule_intent(text)[2]
+                if rule is not None and rule in probs and self.rule_bias:
+                    probs[rule] += self.rule_bias
+                    signals["rule"], signals["rule_bias"] = rule, self.rule_bias
                 intent = max(probs, key=probs.get)
                 confidence = probs[intent] / sum(probs.values())
                 signals["source"] = "classifier"

@@ -112,13 +112,25 @@ def test_entities_from_the_knowledge_graph_bias_to_retrieval():
     # A close call between summarisation and qa: the entity hit tips it to qa / retrieval.
     probs = {"summarisation": 0.40, "qa": 0.30, "code": 0.1, "arithmetic": 0.1, "chitchat": 0.05, "unsafe": 0.05}
     classifier = FixedClassifier({text: probs})
-    without = Router(classifier).route(text)
+    without = Router(classifier, rule_bias=0).route(text)
     assert (without.intent, without.agent) == ("summarisation", "direct") and without.signals["entities"] == []
-    routed = Router(classifier, kg_store=graph).route(text)
+    routed = Router(classifier, kg_store=graph, rule_bias=0).route(text)
     assert (routed.intent, routed.agent) == ("qa", "retrieval")
     assert routed.signals["entities"] == ["json.dumps", "os.path.join"] and routed.signals["entity_bias"] == 0.25
     assert routed.confidence == pytest.approx(0.55 / 1.25)
     assert routed.signals["probabilities"]["summarisation"] == 0.4  # the classifier's own figures are kept
+
+
+def test_keyword_rules_bias_the_classifier():
+    text = "Quick maths: 4*9"
+    probs = {"chitchat": 0.45, "arithmetic": 0.25, "qa": 0.1, "code": 0.1, "summarisation": 0.05, "unsafe": 0.05}
+    classifier = FixedClassifier({text: probs})
+    assert Router(classifier, rule_bias=0).route(text).intent == "chitchat"
+    route = Router(classifier, rule_bias=0.3).route(text)
+    assert (route.intent, route.agent, route.signals["rule"]) == ("arithmetic", "reasoning", "arithmetic")
+    assert route.confidence == pytest.approx(0.55 / 1.3)
+    with pytest.raises(ValueError, match=r"rule_bias=-1 must be >= 0"):
+        Router(classifier, rule_bias=-1)
 
 
 def test_multi_part_requests_go_to_planning_and_unsafe_parts_refuse_all():
