@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--run_dir", help="a trained intent run (default: train one here)")
     parser.add_argument("--init_from", default=None, help=f"pre-trained run to warm-start from (default {DEFAULT_INIT})")
     parser.add_argument("--pretrain_steps", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--learning_rate", type=float, default=3e-4)
     parser.add_argument("--composites", type=int, default=150)
     parser.add_argument("--no_kg", action="store_true", help="skip the knowledge-graph signal")
