@@ -13,7 +13,7 @@ from quark_jax.agents.router import INTENT_AGENTS, Route, Router, entity_mention
 from quark_jax.agents.specialists import (DirectAgent, ExecutionAgent, InterpretationAgent, Leader, ReasoningAgent,
                                           RetrievalAgent, arithmetic_expression)
 from quark_jax.agents.tools import calculator
-from quark_jax.agents.types import Generation
+from quark_jax.agents.types import Generation, Tool
 from quark_jax.knowledge.store import KnowledgeGraph
 from quark_jax.retrieval.types import Hit
 from quark_jax.safety import audit as audit_lib
@@ -258,9 +258,7 @@ def test_leader_dispatches_plans_and_audits(tmp_path):
     backend = RuleBackend(reply)
     audit = audit_lib.AuditLog(str(tmp_path / "audit.jsonl"))
     agents = {"retrieval": RetrievalAgent(backend, ListRetriever(HITS)), "reasoning": ReasoningAgent(backend),
-              "execution": ExecutionAgent(backend, tools=[calculator()]), "direct": DirectAgent(backend)}
-    agents["execution"].agent.tools["python"] = _fake_python()
-    agents["execution"].agent.specs = [t.spec() for t in agents["execution"].agent.tools.values()]
+              "execution": ExecutionAgent(backend, tools=[_fake_python(), calculator()]), "direct": DirectAgent(backend)}
     leader = Leader(Router(), agents, audit=audit)
     done = leader.handle_sync("What is 6 * 7; then what does `json.dumps` do? Also tell me a joke about cats.")
     assert done.route.agent == "planning"
@@ -280,8 +278,7 @@ def test_leader_dispatches_plans_and_audits(tmp_path):
 
 
 def _fake_python():
-    from quark_jax.agents.types import Tool
-
+    """A stand-in for the sandboxed Python tool that knows one program's output (the sandbox has its own tests)."""
     return Tool("python", "run python", {"type": "object", "properties": {"code": {"type": "string"}},
                                          "required": ["code"]},
                 lambda code: "[1, 2, 3]\n" if code == "print(sorted([3, 1, 2]))" else "error")
