@@ -49,6 +49,8 @@ def chat_engine_request(vocabulary: Any, lead: Sequence[int], req: protocol.Chat
                           f"{max_seq_len}: no room to generate")
     s = req.sampling
     max_tokens = room if s.max_tokens is None else min(s.max_tokens, room)
+    # Constrained decoding plugs in here, as the server does it: constraint=chat_prompt.constraint(vocabulary,
+    # req), and no "<|end|>" stop when chat_prompt.ends_in_grammar(req).
     return EngineRequest(prompt, max_tokens, s.temperature, s.top_k, s.top_p, s.seed, [chat.END, *s.stop], 0,
                          False, prefix)
 
@@ -159,18 +161,18 @@ class OpenAIBackend:
     async def chat(self, messages: Sequence[Message], *, tools: Sequence[Mapping[str, Any]] = (),
                    tool_choice: str | Mapping[str, Any] = "auto", max_tokens: int = 64, temperature: float = 0.0,
                    seed: int = 0) -> Generation:
-        """One ``POST /v1/chat/completions``; :class:`ContextFull` when the server says the conversation does not
-        fit its context."""
+        """One ``POST /v1/chat/completions``; a 400 answer raises ``ValueError`` with the server's message
+        (:class:`ContextFull` when it says the conversation does not fit its context)."""
         import openai
 
         await self.connect()
         body = chat_body(messages, tools, tool_choice, max_tokens, temperature, seed)
         try:
             response = await self.client().chat.completions.create(model=self.model, **body)
-        except openai.BadRequestError as e:
-            if "context" in str(e):
-                raise ContextFull(str(e)) from None
-            raise
+        except openai.BadRequestError as e:  # a 400: as EngineBackend, ValueError (ContextFull for the context)
+            message = (e.body or {}).get("message") if isinstance(e.body, dict) else None
+            message = message or str(e)
+            raise (ContextFull if "context" in message else ValueError)(message) from None
         choice = response.choices[0]
         message: Message = {"role": "assistant", "content": choice.message.content}
         if choice.message.tool_calls:

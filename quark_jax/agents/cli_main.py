@@ -99,10 +99,11 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
     return names
 
 
-def run(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Any], stdin: TextIO = sys.stdin,
-        stdout: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Any], stdin: TextIO | None = None,
+        stdout: TextIO | None = None) -> int:
     """Runs ``quark agent``; ``load_model(args)`` loads ``--model_dir`` (the CLI's loader, errors as usage
-    errors)."""
+    errors); turns come from ``stdin`` and steps go to ``stdout`` (default: the process's)."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     from quark_jax.agents.loop import Agent, Limits
     from quark_jax.agents.tools import default_tools, open_index
     from quark_jax.safety.audit import AuditLog
@@ -124,7 +125,10 @@ def run(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Any
                   on_step=printer)
     try:
         if args.prompt is not None:
-            _answer(agent, [{"role": "user", "content": args.prompt}], args.json, stdout)
+            try:
+                _answer(agent, [{"role": "user", "content": args.prompt}], args.json, stdout)
+            except ValueError as e:  # the request was refused (e.g. a chat-template marker in the prompt)
+                raise AgentUsageError(f"--prompt: {e}") from None
             return 0
         messages: list[dict[str, Any]] = []
         while True:
@@ -135,7 +139,11 @@ def run(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Any
                 return 0
             if not line.strip():
                 continue
-            messages = _answer(agent, messages + [{"role": "user", "content": line.rstrip("\n")}], args.json, stdout)
+            try:
+                messages = _answer(agent, messages + [{"role": "user", "content": line.rstrip("\n")}], args.json,
+                                   stdout)
+            except ValueError as e:  # this turn was refused: say so, and go on with the conversation as it was
+                print(f"error: {e}", file=stdout, flush=True)
     finally:
         close = getattr(backend, "close", None)
         if close is not None:
@@ -168,7 +176,7 @@ def _answer(agent: Any, messages: list[dict[str, Any]], as_json: bool, stdout: T
     result = agent.run_sync(messages)
     tokens = next((s.data.get("tokens") for s in result.steps if s.kind == "stop"), 0)
     generations = sum(s.kind == "generate" for s in result.steps)
-    print(f"({result.stop_reason}: {generations} generations, {tokens} tokens, "
+    print(f"({result.stop_reason}: {generations} generation{'' if generations == 1 else 's'}, {tokens} tokens, "
           f"{time.monotonic() - started:.1f} s)", file=stdout, flush=True)
     if as_json:
         print(json.dumps({"request_id": result.request_id, "answer": result.answer, "stop_reason": result.stop_reason,
@@ -201,6 +209,10 @@ class StepPrinter:
         elif step.kind == "stop":
             if data.get("answer") is not None:
                 self._print(f"answer: {data['answer']}")
+            elif data.get("detail"):
+                self._print(f"stopped: {data['detail']}")
+            elif data.get("stop_reason") == "repeated_call":
+                self._print(f"stopped: {data.get('tool')} called again with the same arguments")
 
     def _print(self, line: str) -> None:
         print(line, file=self.stdout, flush=True)

@@ -29,6 +29,7 @@ import asyncio
 import dataclasses
 import functools
 import json
+import re
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from typing import Any, Protocol
 
 from quark_jax.agents.tools import MAX_OBSERVATION_CHARS, truncate
 from quark_jax.agents.types import AgentResult, ChatBackend, ContextFull, Message, Step, Tool, ToolError
+from quark_jax.data import tokenizer
 from quark_jax.safety.audit import AuditLog
 from quark_jax.safety.types import Action, Verdict
 
@@ -74,6 +76,23 @@ class Guardrails(Protocol):
     def check_input(self, messages: Sequence[Message]) -> Verdict: ...
 
     def check_output(self, text: str) -> Verdict: ...
+
+
+_MARKERS = re.compile("|".join(re.escape(m) for m in sorted(tokenizer.USER_DEFINED_TOKENS, key=len, reverse=True)))
+
+
+def defuse_markers(text: str) -> str:
+    """``text`` with every chat-template marker (``<|user|>``, ``<|end|>``, ``<|tool_call|>`` ...) written
+    ``<\\|user|>``: plain text that can no longer open or close a turn. Tool output and the model's own text enter
+    the conversation through this, so neither can forge a turn (and the server, which refuses markers inside
+    content, accepts the conversation)."""
+    return _MARKERS.sub(lambda m: "<\\" + m.group(0)[1:], text)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampling seed of generation ``step`` of a run seeded ``seed`` (distinct across steps, and across runs
+    whose seeds differ by less than a million)."""
+    return (seed * 1_000_003 + step) % 2**31
 
 
 def normalised_call(name: str, arguments: str) -> tuple[str, str]:
@@ -134,7 +153,9 @@ class Agent:
     ``{"type": "function", "function": {"name": ...}}`` force a call). ``system`` is prepended as a system
     message when the conversation has none. ``guardrails`` checks the input and the answer, ``audit`` records
     every step, ``observation_filter(text, source)`` rewrites tool output before the model sees it.
-    ``temperature`` and ``seed`` are the sampling settings of every generation (greedy by default);
+    ``temperature`` and ``seed`` are the sampling settings (greedy by default; generation ``i`` of a run uses
+    :func:`step_seed` ``(seed, i)``, so a sampled retry is not drawn from the same random numbers as the call it
+    retries);
     ``on_step(step)`` sees each step as it happens (the terminal chat prints them)."""
 
     def __init__(self, backend: ChatBackend, tools: Sequence[Tool] = (), limits: Limits = Limits(),
@@ -164,6 +185,23 @@ class Agent:
             return await asyncio.wait_for(run.loop(), timeout=self.limits.timeout_s)
         except (asyncio.TimeoutError, TimeoutError):
             return run.stop("timeout", None, elapsed_s=round(time.monotonic() - run.started, 3))
+
+
+def _defused(message: Message) -> tuple[Message, list[dict[str, Any]]]:
+    """A generated assistant message as it enters the conversation (markers defused in its content and its calls'
+    arguments), and its tool calls."""
+    message = dict(message)
+    if isinstance(message.get("content"), str):
+        message["content"] = defuse_markers(message["content"])
+    calls = []
+    for call in message.get("tool_calls") or []:
+        function = dict(call.get("function") or {})
+        if isinstance(function.get("arguments"), str):
+            function["arguments"] = defuse_markers(function["arguments"])
+        calls.append({**call, "function": function})
+    if calls:
+        message["tool_calls"] = calls
+    return message, calls
 
 
 class _Run:
@@ -203,6 +241,9 @@ class _Run:
     # ---- the loop ----------------------------------------------------------------------------------------
     async def loop(self) -> AgentResult:
         agent, limits = self.agent, self.agent.limits
+        connect = getattr(agent.backend, "connect", None)  # a remote backend learns the served model's id
+        if connect is not None:
+            await connect()
         last_user = next((m for m in reversed(self.messages) if m.get("role") == "user"), None)
         if agent.audit is not None:  # an audit event, not a step: the input is the caller's, not the agent's
             agent.audit.append(self.request_id, "input", model=agent.backend.model, messages=len(self.messages),
@@ -215,19 +256,18 @@ class _Run:
                 index = max(i for i, m in enumerate(self.messages) if m.get("role") == "user")
                 self.messages[index] = {**self.messages[index], "content": verdict.text}
         seen: set[tuple[str, str]] = set()
-        for _ in range(limits.max_steps):
+        for step in range(limits.max_steps):
             budget = min(limits.max_new_tokens, limits.max_tokens - self.tokens)
             if budget < 1:
                 return self.stop("max_tokens", None)
             try:
                 generation = await agent.backend.chat(
                     self.messages, tools=agent.specs, tool_choice=agent.tool_choice if agent.specs else "none",
-                    max_tokens=budget, temperature=agent.temperature, seed=agent.seed)
+                    max_tokens=budget, temperature=agent.temperature, seed=step_seed(agent.seed, step))
             except ContextFull as e:
                 return self.stop("max_tokens", None, detail=str(e))
             self.tokens += generation.completion_tokens
-            message = dict(generation.message)
-            calls = message.get("tool_calls") or []
+            message, calls = _defused(generation.message)
             self.record("generate", content=message.get("content"), tool_calls=calls,
                         finish_reason=generation.finish_reason, prompt_tokens=generation.prompt_tokens,
                         completion_tokens=generation.completion_tokens)
@@ -265,7 +305,8 @@ class _Run:
             text = f"error: {e}"
         except Exception as e:  # noqa: BLE001 -- a tool's bug is the model's observation, never the caller's crash
             text = f"error: {type(e).__name__}: {e}"
-        observation = agent.observation_filter(truncate(text, agent.limits.max_observation_chars), f"tool:{name}")
+        observation = agent.observation_filter(defuse_markers(truncate(text, agent.limits.max_observation_chars)),
+                                               f"tool:{name}")
         self.record("tool", name=name, arguments=arguments, observation=observation, error=error,
                     seconds=round(time.monotonic() - started, 4))
         return observation
