@@ -71,7 +71,10 @@ def tokenized_examples(path: str, labels: tuple[str, ...], max_len: int, vocabul
                          "add them to SequenceClassifier.labels or fix the data")
     rows = [embedding.sequence_ids(vocabulary, r["text"], max_len) for r in records]
     tokens, lengths = embedding.pad_rows(rows, len(rows), max_len, int(vocabulary.pad_id))
-    return {"tokens": tokens, "lengths": lengths, "labels": np.array([index[r["label"]] for r in records], np.int32)}
+    out = {"tokens": tokens, "lengths": lengths, "labels": np.array([index[r["label"]] for r in records], np.int32)}
+    for array in out.values():
+        array.setflags(write=False)  # cached: shared by every caller
+    return out
 
 
 def cross_entropy(logits: Float[Array, "B C"], labels: Int[Array, "B"]) -> dict[str, Float[Array, "B"]]:
