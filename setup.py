@@ -21,7 +21,7 @@ def _requirements(name: str) -> list[str]:
 _SHIPPED = {
     "configs": ["*.gin", "*/*.gin"],
     "tokenizers": ["*.model"],
-    "data": ["instructions/*.jsonl", "preferences/*.jsonl"],
+    "data": ["instructions/*.jsonl", "preferences/*.jsonl", "intents/*.jsonl"],
     # The evaluation suites (quark eval --tasks): task YAML, their JSONL data and the regression baselines.
     "evals": ["tasks/*.yaml", "tasks/*.jsonl", "tasks/*/*.jsonl", "tasks/*/*.json", "baselines/*.json"],
 }

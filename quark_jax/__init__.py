@@ -50,7 +50,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # Lazy: `import quark_jax` stays cheap (no TensorFlow, no gin registration) until something is used.
-    if name in ("load", "LoadedModel"):
+    if name in ("load", "LoadedModel", "load_classifier"):
         from quark_jax import api
 
         return getattr(api, name)

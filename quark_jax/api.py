@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 from flax import nnx
 
@@ -10,6 +11,9 @@ from quark_jax import runs
 from quark_jax.inference.generate import Generator
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.transformer import Transformer, abstract_model
+
+if TYPE_CHECKING:
+    from quark_jax.inference.classifier import Classifier
 
 
 class LoadedModel:
@@ -26,6 +30,8 @@ class LoadedModel:
         self._generator = Generator(self.graphdef, params, tokenizer, max_context=trained_context)
         self.quantization: dict | None = None  # {"mode", "group_size"} for quantized parameters
         self.lora: dict | None = None  # a LoRA run: {"config", "adapters", "base_dir", "merged"}
+        self.heads: dict | None = None  # a post-training run's extra heads (reward, classifier)
+        self.objective: dict = {}  # the run's objective.json ({} for a plain language model)
 
     @property
     def model(self) -> Transformer:
@@ -85,4 +91,15 @@ def load(model_dir: str, step: int | None = None, merge_adapters: bool = True, b
     model = LoadedModel(run.config, run.params, run.tokenizer, run.step, run.trained_context)
     model.generator.beyond_context = beyond_context
     model.quantization, model.lora = run.quantization, run.lora
+    model.heads, model.objective = run.heads, run.objective or {}
     return model
+
+
+def load_classifier(model_dir: str, step: int | None = None, batch_size: int = 32) -> Classifier:
+    """A :class:`~quark_jax.inference.classifier.Classifier` over a sequence-classifier run (trained with
+    ``configs/runs/intent.gin``): its head, labels, pooling and trained length from the run directory."""
+    from quark_jax.inference.classifier import Classifier
+
+    model_dir = runs.resolve(model_dir, "classifier run")
+    return Classifier.from_loaded(load(model_dir, step), batch_size,
+                                  name=model_dir if "://" in model_dir else os.path.abspath(model_dir))

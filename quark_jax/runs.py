@@ -254,6 +254,8 @@ class LoadedRun:
     trained_context: int | None = None  # tokens per training sequence, when the run recorded it
     quantization: dict | None = None  # {"mode", "group_size"} of quantized parameters
     lora: dict | None = None  # {"config", "adapters", "base_dir", "merged"} of a LoRA run
+    heads: dict | None = None  # a post-training run's extra heads (reward, classifier), beside the model
+    objective: dict | None = None  # the run's objective.json
 
 
 def load(run_dir: str, step: int | None = None, merge_adapters: bool = True) -> LoadedRun:
@@ -261,7 +263,7 @@ def load(run_dir: str, step: int | None = None, merge_adapters: bool = True) -> 
 
     A quantized directory gives its quantized parameters; a LoRA run gives its base with the adapters merged
     into the weights, or applied at run time with ``merge_adapters=False``; any post-training run gives the
-    plain language model (extra heads dropped)."""
+    plain language model, with its extra heads apart (``heads``; ``objective`` is its objective.json)."""
     run_dir = resolve(run_dir)
     config = read_model_config(run_dir)
     trained_context = read_run_info(run_dir).get("trained_context")
@@ -272,8 +274,9 @@ def load(run_dir: str, step: int | None = None, merge_adapters: bool = True) -> 
     if read_objective_info(run_dir).get("kind") == "lora":
         return _load_lora(run_dir, config, step, merge_adapters)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    restored_step, params, _ = restore_model_params(run_dir, config, device, device, step)
-    return LoadedRun(config, params, tokenizer(run_dir), restored_step, trained_context)
+    restored_step, params, heads = restore_model_params(run_dir, config, device, device, step)
+    return LoadedRun(config, params, tokenizer(run_dir), restored_step, trained_context, heads=heads,
+                     objective=read_objective_info(run_dir))
 
 
 # ---- quantized directories --------------------------------------------------------------------------------

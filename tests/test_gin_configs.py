@@ -112,5 +112,5 @@ def test_every_run_config_builds(run_gin):
     assert config.steps == 10 and config.model_dir == "/tmp/unused"
     kind = getattr(config.objective, "kind", "lm")
     expected = {"distill.gin": "distill", "lora.gin": "lora", "reward.gin": "reward_model", "dpo.gin": "dpo", "ppo.gin": "ppo",
-                "embed.gin": "contrastive_embedding"}
+                "embed.gin": "contrastive_embedding", "intent.gin": "sequence_classifier"}
     assert kind == expected.get(name, "lm")

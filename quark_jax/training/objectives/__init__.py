@@ -11,8 +11,9 @@ from quark_jax.training.objectives.reward import RewardModel
 from quark_jax.training.objectives.lora_finetune import LoRA
 from quark_jax.training.objectives.lm import LanguageModel
 from quark_jax.training.objectives.contrastive import ContrastiveEmbedding
+from quark_jax.training.objectives.classify import SequenceClassifier
 
-ALL = (LanguageModel, Distill, LoRA, RewardModel, DPO, PPO, ContrastiveEmbedding)
+ALL = (LanguageModel, Distill, LoRA, RewardModel, DPO, PPO, ContrastiveEmbedding, SequenceClassifier)
 
 __all__ = ["ALL", "LanguageModel", "LoRA", "Distill", "PPO", "Objective", "RunContext", "DPO", "RewardModel",
-           "ContrastiveEmbedding"]
+           "ContrastiveEmbedding", "SequenceClassifier"]
