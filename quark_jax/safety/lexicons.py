@@ -38,6 +38,12 @@ JAILBREAK = {
         r"\b(?:answer|respond|reply|write)\s+(?:only\s+)?in\s+(?:base64|hex|rot13|rot-13|leetspeak|leet|binary|morse|cipher)",
         r"\b(?:base64|rot13|rot-13|hex|morse)[- ](?:encoded|decoded)?\s*(?:instructions?|request|message|prompt|question)\b",
     ],
+    # Code aimed at a tool's evaluator or file reader rather than at the question: Python's object-model escape
+    # hatches (the classic sandbox escapes) and paths that climb out of a directory.
+    "sandbox_escape": [
+        r"__(?:import|subclasses|globals|builtins|class|bases|mro|code|getattribute|dict|reduce|init)__",
+        r"(?:\.\.[/\\]){2,}|(?:^|[\s'\"=(])/etc/(?:passwd|shadow|sudoers)|~/\.ssh/|\.\.%2f|%2e%2e[/%]",
+    ],
     "exfiltration": [
         r"\b(?:reveal|print|show|repeat|output|display|leak|tell me|give me|dump|recite|spell out)\b[\w\s,'-]{0,30}\b(?:system prompt|hidden prompt|initial prompt|instructions above|your (?:instructions|prompt|rules|configuration))",
     ],
@@ -64,6 +70,8 @@ MULTILINGUAL_OVERRIDE = [
 # line matching one is removed from the data before the model sees it (see :func:`quark_jax.safety.fence`).
 INJECTION = [
     *JAILBREAK["override"],
+    *JAILBREAK["encoding"],
+    r"\byour (?:new|real|actual|true|updated|only) (?:task|job|goal|instructions?|objective|purpose|role)\b",
     r"\b(?:attention|note|message|instructions?)\s+(?:to|for)\s+(?:the\s+)?(?:ai|assistant|model|llm|chatbot|agent|language model|bot)\b",
     r"\b(?:ai|assistant|model|llm|chatbot|agent)s?\s*(?:reading|processing|summari[sz]ing) (?:this|these)\b",
     r"\b(?:if you are|as) an? (?:ai|assistant|language model|llm|agent)\b",
@@ -93,7 +101,7 @@ REQUEST = (r"(?:\bhow\b|\bsteps?\b|\bstep[- ]by[- ]step\b|\binstructions?\b|\bgu
 
 _MAKE = (r"(?:make|making|build|building|create|creating|produce|producing|synthesi[sz]e|synthesi[sz]ing|cook|cooking|"
          r"manufacture|assemble|brew|extract|prepare|construct|craft|weaponi[sz]e|3d[- ]?print|obtain|acquire|"
-         r"get|buy|order|write|code|develop|program|deploy|spread|release|plant|detonate|set off|grow|refine)")
+         r"get|buy|order|write|code|develop|program|deploy|spread|release|plant|detonate|set off|grow|refine|print)")
 
 HARMFUL = {
     "explosives": [
@@ -137,23 +145,30 @@ HARMFUL = {
         r"\b(?:bypass|get around|defeat|disable)\b[\w\s,'-]{0,20}\b(?:login|authentication|2fa|two[- ]factor|paywall protection|drm on)\b",
         r"\bsql injection (?:payload|attack)s?\b[\w\s,'-]{0,40}\b(?:dump|steal|extract|against|on (?:this|their|a live))",
         r"\b(?:phishing|spear-?phishing)\s+(?:email|e-mail|page|site|kit|campaign|message|sms|text)s?\b",
+        r"\b(?:e-?mails?|courriels?|correos?|mensajes?|messages?|nachrichten|seiten?|pages?|sitios?)\s+(?:de\s+)?phishing\b|\bphishing-?(?:e-?mail|mail|seite|nachricht)",
+        r"\b(?:take|knock|bring|shut)\s+down\b[\w\s,'-]{0,40}\b(?:with|using|via|through)\b[\w\s-]{0,10}\b(?:ddos|dos|syn flood|botnet|flood)",
+        r"\b(?:launch|perform|run|carry out|start|do|orchestrate)\b[\w\s,'-]{0,20}\b(?:ddos|denial[- ]of[- ]service)\b",
+        r"\b(?:attaque|ataque|angriff)\s+(?:ddos|par deni de service)|\bddos-?(?:angriff|attacke)",
         r"\b(?:pirater|piratear|hackear|hacken)\b",
     ],
     "fraud": [
         r"\b(?:launder|laundering)\b[\w\s,'-]{0,30}\b(?:money|cash|funds|proceeds|bitcoin|crypto)",
         r"\bmoney laundering (?:scheme|method|steps|guide)",
+        r"\b(?:counterfeit|fake|forged?)\s+(?:[\w$-]+\s+){0,3}?(?:money|bills|banknotes|notes|currency)\b",
+        r"\b(?:faux billets|fausse monnaie|billetes falsos|dinero falso|gefalschte\b.{0,20}\bscheine|falschgeld|banconote false)\b",
         rf"\b{_MAKE}\b[\w\s,'-]{{0,30}}\b(?:counterfeit|fake|forged?)\s+(?:money|bills|currency|ids?|passports?|driver'?s licen[cs]es?|"
         r"diplomas?|invoices?|checks?|cheques?|documents?|prescriptions?|reviews)",
         r"\b(?:commit|pull off|run|get away with)\b[\w\s,'-]{0,30}\b(?:fraud|scam|ponzi|pyramid scheme|identity theft|insurance fraud|tax evasion)",
         r"\b(?:evade|avoid paying|cheat on)\b[\w\s,'-]{0,10}\b(?:taxes|tax)\b(?! legally)",
         r"\b(?:steal|stealing|use)\b[\w\s,'-]{0,20}\b(?:someone'?s|stolen|other people'?s)\s+(?:identity|credit cards?|ssn|social security)",
         r"\b(?:blanchir|blanquear|lavar|riciclare)\b[\w\s,'-]{0,20}\b(?:argent|dinero|dinheiro|denaro)|\bgeldwasche\b",
+        r"\b(?:drogengeld|schwarzgeld|geld)\b.{0,40}\bwaschen\b",
     ],
     "violence": [
         r"\b(?:kill|murder|poison|strangle|stab|shoot|drown|suffocate|assassinate|maim|torture|kidnap|abduct|beat up|hurt|harm|attack)\b"
         r"\s+(?:someone|somebody|a person|people|my (?:\w+ ){0,2}?(?:wife|husband|boss|neighbou?r|teacher|classmate|mother|father|mom|dad|"
         r"brother|sister|ex|coworker|colleague|roommate|landlord|friend|child|baby|partner|girlfriend|boyfriend|dog|cat)|"
-        r"a (?:child|kid|baby|coworker|classmate|politician|cop|police officer|judge)|the (?:president|senator|mayor|judge)|"
+        r"a (?:child|kid|baby|coworker|classmate|politician|cop|police officer|judge)(?!\s*(?:process|thread|task|job|node|widget|element|window|pid))|the (?:president|senator|mayor|judge)|"
         r"him|her|them|a crowd|as many)\b",
         r"\b(?:without (?:getting caught|leaving (?:a )?(?:trace|evidence|fingerprints)|anyone (?:knowing|noticing)|being detected)|"
         r"undetectable poison|untraceable poison|get away with (?:murder|it)|dispose of (?:a|the) body|hide (?:a|the) body)\b",
@@ -165,6 +180,8 @@ HARMFUL = {
         r"neighbou?r|coworker|boss|daughter's boyfriend)|someone|somebody|a person|her|him)\b(?![\w\s]{0,20}(?:consent|permission))",
         r"\b(?:without (?:their|her|his) (?:knowledge|consent|knowing)|secretly)\b[\w\s,'-]{0,40}\b(?:location|phone|messages|camera|track|read|install)",
         r"\b(?:dox|doxx|doxing|doxxing)\b",
+        r"\b(?:en secret|secretement|en secreto|a escondidas|heimlich|di nascosto|em segredo)\b.{0,60}\b(?:localisation|ubicacion|"
+        r"standort|telephone|telefono|handy|messages|mensajes|nachrichten|posizione|localizacao)",
         r"\b(?:find|get|look up|locate)\b[\w\s,'-]{0,30}\b(?:home address|where (?:she|he) lives|social security number|ssn)\s+(?:of|for)\b",
     ],
     "self_harm": [
