@@ -11,6 +11,7 @@ a continuation that turns out to be blocked is cut before any of it is sent, nev
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -56,6 +57,21 @@ _GIN_CONFIG = _configurable(GuardrailsConfig)
 def guardrails_config() -> GuardrailsConfig:
     """The :class:`GuardrailsConfig` with the parsed gin bindings applied."""
     return _GIN_CONFIG()
+
+
+def from_gin_file(path: str | None) -> Guardrails:
+    """The Guardrails of a gin file of ``GuardrailsConfig`` bindings (None: the bound or default config);
+    ValueError naming the file and the problem."""
+    if path is None:
+        return Guardrails.from_config(guardrails_config())
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such file")
+    try:
+        with gin.unlock_config():
+            gin.parse_config_file(path)
+        return Guardrails.from_config(guardrails_config())
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise ValueError(f"{path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def _load_classifier(run_dir: str):
