@@ -25,11 +25,10 @@ _SOURCE = re.compile(r"[^\w.:/ -]")
 
 def neutralise(text: str) -> str:
     """``text`` without chat, tool-call or fence markers, and with instruction lines replaced by a marker."""
+    text, _ = strip_injections(text)  # first: a line that opens a fake turn is recognised by its marker
     for marker in _MARKERS:
         text = text.replace(marker, " ")
-    text = _FOREIGN.sub(" ", text)
-    cleaned, _ = strip_injections(text)
-    return cleaned
+    return _FOREIGN.sub(" ", text)
 
 
 def fence(text: str, source: str) -> str:

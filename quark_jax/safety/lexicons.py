@@ -106,7 +106,7 @@ _MAKE = (r"(?:make|making|build|building|create|creating|produce|producing|synth
 HARMFUL = {
     "explosives": [
         r"\b(?:pipe|nail|car|letter|fertili[sz]er|pressure[- ]cooker|suicide|dirty|homemade|home-made)\s*bombs?\b",
-        rf"\b{_MAKE}\b[\w\s,'-]{{0,30}}\b(?:bombs?|explosives?|ieds?|detonators?|grenades?|napalm|molotov|tatp|hmtd|semtex|c-?4|dynamite)\b",
+        rf"\b{_MAKE}\b[\w\s,'-]{{0,30}}\b(?:bombs?|explosives?|ieds?|detonators?|grenades?|napalm|molotov|tatp|hmtd|semtex|c-?4|dynamite)\b(?![- ]?proof)",
         r"\b(?:bombs?|explosives?|ieds?|detonators?|napalm|tatp)\b[\w\s,'-]{0,30}\b(?:recipe|instructions|step[- ]by[- ]step|at home|from household)",
         r"\b(?:bombe|bomba|sprengstoff|sprengsatz|explosif|explosivo|esplosivo|rohrbombe)s?\b",
     ],

@@ -22,7 +22,7 @@ _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t
                        "@": "a", "$": "s", "!": "i", "|": "l", "+": "t", "€": "e"})
 _LEET_WORD = re.compile(r"[\w@$!|+€]+")
 # Letters separated by single spaces, dots, dashes or underscores: "i g n o r e", "b.o.m.b".
-_SPACED = re.compile(r"\b(?:\w[ ._\-*]){3,}\w\b")
+_SPACED = re.compile(r"\b(?:\w[ ._\-*]){2,}\w\b")
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9_-]{16,}={0,2}")
 _HEX_RUN = re.compile(r"\b(?:[0-9a-fA-F]{2}[ :]?){8,}\b")
 
@@ -52,8 +52,10 @@ def unleet(text: str) -> str:
 
 
 def unspace(text: str) -> str:
-    """Letters spaced or dotted apart joined back into words (``i g n o r e`` -> ``ignore``)."""
-    return _SPACED.sub(lambda m: re.sub(r"[ ._\-*]", "", m.group(0)), text)
+    """Letters spaced or dotted apart joined back into words (``i g n o r e`` -> ``ignore``); a wider gap
+    (two or more spaces) separates words. Whitespace is collapsed afterwards."""
+    joined = _SPACED.sub(lambda m: re.sub(r"[ ._\-*]", "", m.group(0)), text)
+    return _SPACE.sub(" ", joined).strip()
 
 
 def _printable(raw: bytes) -> str | None:
@@ -96,8 +98,9 @@ def views(text: str) -> dict[str, str]:
     """``{name: view}``: the basic normal form, accents stripped, leetspeak undone, spacing undone, ROT13, and
     the decoded base64/hex runs (joined), each lower-cased. Views equal to an earlier one are left out."""
     base = basic(text)
+    uncollapsed = _ZERO_WIDTH.sub("", unicodedata.normalize("NFKC", text[:MAX_VIEW_CHARS])).lower()
     candidates = {"text": base, "accents": strip_accents(base), "leet": unleet(strip_accents(base)),
-                  "spaced": unspace(unleet(strip_accents(base)))}
+                  "spaced": unspace(unleet(strip_accents(uncollapsed)))}
     decoded = decoded_runs(text)
     if decoded:
         candidates["decoded"] = basic(" ".join(decoded))

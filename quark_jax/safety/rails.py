@@ -256,15 +256,16 @@ class HarmfulRequestRail:
 
 
 class TopicRail:
-    """A deployment's blocklisted topic: any of its phrases (whole words, on every view) blocks the input and
-    the output. Topics come from gin (``GuardrailsConfig.topics``)."""
+    """A deployment's blocklisted topic: any of its phrases, starting at a word start (so ``diagnos`` also
+    catches "diagnosis"; matched on every normalised view), blocks the input and the output. Topics come
+    from gin (``GuardrailsConfig.topics``)."""
 
     def __init__(self, topic: str, phrases: Sequence[str]):
         if not phrases:
             raise ValueError(f"topic {topic!r}: give at least one phrase")
         self.name = f"topic:{topic}"
         self.topic = topic
-        self._pattern = re.compile(r"\b(?:" + "|".join(re.escape(normalize.basic(p)) for p in phrases) + r")\b")
+        self._pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(normalize.basic(p)) for p in phrases) + ")")
 
     def check(self, text: str, where: str) -> Verdict:
         if where not in ("input", "output"):
