@@ -99,6 +99,8 @@ REQUEST = (r"(?:\bhow\b|\bsteps?\b|\bstep[- ]by[- ]step\b|\binstructions?\b|\bgu
            r"\bfazer\b|\bfaire\b|\bcreer\b|\bcrear\b|\bcriar\b|\bschreib|\becri[rst]|\bescrib|\bescrev|\bscriv|"
            r"\betapes?\b|\bpasos\b|\bpassos\b|\bpassi\b|\bschritte?\b|\banleitung\b|\bistruzioni\b|\binstrucciones\b)")
 
+_FABRICATE = (r"(?:make|making|build|building|create|creating|assemble|manufacture|3d[- ]?print|craft|construct|machine|"
+              r"write|writing|code|coding|develop|program|deploy|spread|release)")
 _MAKE = (r"(?:make|making|build|building|create|creating|produce|producing|synthesi[sz]e|synthesi[sz]ing|cook|cooking|"
          r"manufacture|assemble|brew|extract|prepare|construct|craft|weaponi[sz]e|3d[- ]?print|obtain|acquire|"
          r"get|buy|order|write|code|develop|program|deploy|spread|release|plant|detonate|set off|grow|refine|print)")
@@ -124,14 +126,16 @@ HARMFUL = {
     "weapons": [
         r"\b(?:ghost guns?|untraceable (?:guns?|firearms?|weapons?)|3d[- ]?printed (?:guns?|firearms?))\b",
         r"\b(?:convert|modify|turn)\b[\w\s,'-]{0,40}\b(?:full[- ]?auto(?:matic)?|machine gun|auto sear|bump stock)",
-        rf"\b{_MAKE}\b[\w\s,'-]{{0,30}}\b(?:silencer|suppressor|zip gun|firearm|gun)s?\b(?![\w\s]{{0,10}}(?:game|toy|nerf|water))",
+        rf"\b{_FABRICATE}\b[\w\s,'-]{{0,30}}\b(?:silencer|suppressor|zip gun|firearm|gun)s?\b(?![\w\s]{{0,10}}(?:game|toy|nerf|water|license|licence|safe|cabinet))",
         r"\b(?:arme a feu|arma de fuego|schusswaffe|pistola fantasma)\b",
     ],
     "malware": [
         r"\b(?:ransomware|keyloggers?|key loggers?|rootkits?|botnets?|spyware|stalkerware|infostealers?|info-stealers?|"
         r"credential stealers?|password stealers?|remote access trojans?|\brats?\b(?= that)|cryptojacker|crypto-?miner that hides)\b",
-        rf"\b{_MAKE}\b[\w\s,'-]{{0,40}}\b(?:malware|virus|viruses|worms?|trojans?|backdoors?|exploits?|zero[- ]days?|payloads?|"
-        r"shellcode|ddos (?:tool|script|attack)|malicious (?:code|script|software|macro|extension))\b",
+        rf"\b{_FABRICATE}\b(?:\s+[\w'-]+){{0,4}}?\s+(?:malware|trojans?|backdoors?|shellcode|ddos (?:tool|script|attack)|"
+        r"malicious (?:code|script|software|macro|extension|payload)|(?:computer )?virus(?:es)? (?:that|which|to)|"
+        r"worms? (?:that|which|to) (?:spread|infect|replicate)|self-replicating|(?:working |weaponi[sz]ed )?exploits? (?:for|against|that)|"
+        r"zero[- ]days? (?:for|against|in)|payloads? (?:for|that|to) (?:infect|hack|exploit|steal))",
         r"\b(?:evade|bypass|avoid|hide from|undetectable by|fud)\b[\w\s,'-]{0,20}\b(?:antivirus|anti-virus|edr|defender|detection)\b",
         r"\b(?:logiciel malveillant|rancongiciel|programa malicioso|schadsoftware|trojaner|virus informatico)\b",
     ],
@@ -176,8 +180,10 @@ HARMFUL = {
         r"\b(?:tuer|matar|uccidere|toten|empoisonner|envenenar|avvelenare|vergiften)\b",
     ],
     "stalking_privacy": [
-        r"\b(?:stalk|spy on|track|follow|monitor|surveil|secretly record)\b[\w\s,'-]{0,30}\b(?:my (?:ex|wife|husband|girlfriend|boyfriend|partner|"
-        r"neighbou?r|coworker|boss|daughter's boyfriend)|someone|somebody|a person|her|him)\b(?![\w\s]{0,20}(?:consent|permission))",
+        r"\b(?:stalk|spy on|secretly (?:record|track|follow|monitor|watch|film))\b[\w\s,'-]{0,30}\b(?:my \w+|someone|somebody|"
+        r"a person|her|him|them)\b(?![\w\s]{0,20}(?:consent|permission))",
+        r"\b(?:track|follow|monitor|surveil|locate|read)\b[\w\s,'-]{0,20}\bmy (?:ex|wife|husband|girlfriend|boyfriend|partner|spouse)(?:'s)?\b"
+        r"[\w\s,'-]{0,20}\b(?:phone|location|messages|texts|car|whereabouts|calls|whatsapp|email)",
         r"\b(?:without (?:their|her|his) (?:knowledge|consent|knowing)|secretly)\b[\w\s,'-]{0,40}\b(?:location|phone|messages|camera|track|read|install)",
         r"\b(?:dox|doxx|doxing|doxxing)\b",
         r"\b(?:en secret|secretement|en secreto|a escondidas|heimlich|di nascosto|em segredo)\b.{0,60}\b(?:localisation|ubicacion|"
