@@ -686,8 +686,6 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
 def _server_guard(args: argparse.Namespace, model_version: str):
     """The server's guardrails for ``--guardrails`` (with ``--guardrails_config``, ``--audit_log``), else None."""
     if not args.guardrails:
-        if args.guardrails_config or args.audit_log:
-            raise UsageError("--guardrails_config and --audit_log need --guardrails")
         return None
     from quark_jax.safety.audit import AuditLog
     from quark_jax.safety.guardrails import from_gin_file
@@ -705,6 +703,10 @@ def _serve(args: argparse.Namespace) -> int:
     _check_at_least(args, 2, "max_seq_len")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: must be in 1..65535")
+    if not args.guardrails and (args.guardrails_config or args.audit_log):
+        raise UsageError("--guardrails_config and --audit_log need --guardrails")
+    if args.guardrails_config and not os.path.isfile(args.guardrails_config):
+        raise UsageError(f"--guardrails_config {args.guardrails_config}: no such file")
     _check_run_dir(args.model_dir)
     from quark_jax.serving import server
 

@@ -124,3 +124,14 @@ def test_redacted_input_is_audited_and_the_log_only_grows(served):
     assert all(set(e) >= {"time", "request_id", "event", "model"} and e["model"] == MODEL_VERSION for e in events)
     assert (events[0]["stage"], events[0]["action"], events[0]["rail"]) == ("input", "redact", "secrets")
     assert key not in after.decode()
+
+
+def test_serve_checks_its_guardrail_flags_before_loading_anything(tmp_path, capsys):
+    from quark_jax.cli import main
+
+    run = str(tmp_path / "no_run")  # never read: the flags are refused first
+    assert main(["serve", "--model_dir", run, "--audit_log", str(tmp_path / "a.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == "quark serve: --guardrails_config and --audit_log need --guardrails"
+    missing = str(tmp_path / "none.gin")
+    assert main(["serve", "--model_dir", run, "--guardrails", "--guardrails_config", missing]) == 2
+    assert capsys.readouterr().err.strip() == f"quark serve: --guardrails_config {missing}: no such file"
