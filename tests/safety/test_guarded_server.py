@@ -59,7 +59,7 @@ def served(tiny_model, tmp_path_factory):
     audit_path = tmp_path_factory.mktemp("audit") / "audit.jsonl"
     guardrails = Guardrails.from_config(GuardrailsConfig(topics={"test_topic": [phrase]}, stream_window=4))
     app.state.server.config.guard = ServerGuard(guardrails, MODEL_VERSION, AuditLog(str(audit_path)))
-    yield {"client": client, "reference": reference, "phrase": phrase, "audit": str(audit_path)}
+    yield {"client": client, "reference": reference, "phrase": phrase, "audit": str(audit_path), "url": url}
     uv.should_exit = True
     thread.join(timeout=10)
     engine.stop()
@@ -101,6 +101,7 @@ def test_a_blocked_continuation_is_cut_before_it_is_sent(served):
     text = "".join(sent)
     assert finish == ["content_filter"]
     assert phrase not in text and reference.startswith(text)  # nothing after the cut, nothing retracted
+    assert text.strip(), "the text before the blocked word was held back too"
     events = _events(served["audit"], request_id)
     assert [(e["stage"], e["action"]) for e in events] == [("input", "allow"), ("output", "block")]
     assert events[1]["rail"] == "topic:test_topic"
@@ -135,3 +136,14 @@ def test_serve_checks_its_guardrail_flags_before_loading_anything(tmp_path, caps
     missing = str(tmp_path / "none.gin")
     assert main(["serve", "--model_dir", run, "--guardrails", "--guardrails_config", missing]) == 2
     assert capsys.readouterr().err.strip() == f"quark serve: --guardrails_config {missing}: no such file"
+
+
+def test_quark_redteam_against_the_server_counts_its_content_filter(served):
+    """``quark redteam --server``'s target: a request the server's own guardrails reject (400 content_filter)
+    is the target refusing, so the attack fails even with the runner's guardrails off."""
+    from quark_jax.safety import redteam, redteam_suite
+
+    harmful = [c for c in redteam_suite.build() if c["category"] == "harmful_direct"][:3]
+    target = redteam.ServerTarget(served["url"], "tiny")
+    outcomes = redteam.run_suite(harmful, target, None, max_tokens=2)
+    assert [(o.blocked, o.reason, o.success) for o in outcomes] == [(True, "target: content filter", False)] * 3
