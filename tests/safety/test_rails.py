@@ -240,3 +240,24 @@ def test_stream_guard_cuts_when_a_redaction_would_reach_text_already_sent(guardr
     sent = "".join(_stream(guard, "id: 4111 1111 1111 1111 end", piece=5))
     assert guard.cut and guard.verdict.reason.endswith("(in text already sent: cut)")
     assert "4111 1111 1111 1111" not in sent
+
+
+@pytest.mark.parametrize("name", ["default.gin", "support_bot.gin"])
+def test_every_shipped_safety_config_builds(name):
+    import os
+
+    from quark_jax.safety.guardrails import from_gin_file
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "safety", name)
+    gin.clear_config()
+    try:
+        g = from_gin_file(path)
+    finally:
+        gin.clear_config()
+    names = [r.name for r in g.rails]
+    assert names[:2] == ["jailbreak", "harmful"] and names[-3:] == ["secrets", "pii", "toxicity"]
+    if name == "support_bot.gin":
+        assert "topic:medical_advice" in names
+        assert g.check("What dosage should I take?", "input").rail == "topic:medical_advice"
+    with pytest.raises(ValueError, match="no such file"):
+        from_gin_file(path + ".missing")
