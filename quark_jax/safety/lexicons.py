@@ -15,22 +15,28 @@ _RULES = r"(?:instructions?|rules?|prompts?|directions?|guidelines?|directives?|
 JAILBREAK = {
     "override": [
         rf"\b(?:ignore|disregard|forget|override|overrule|skip|drop|abandon|bypass|neglect|discard)\b[\w\s,'-]{{0,20}}?{_PRIOR}\b[\w\s-]{{0,20}}?\b{_RULES}",
-        rf"\b(?:ignore|disregard|forget)\s+(?:all|everything|anything)\b[\w\s,'-]{{0,30}}\b(?:told|said|instructed|above|before)",
+        r"\b(?:ignore|disregard|forget)\s+(?:all|everything|anything)\b[\w\s,'-]{0,30}\b(?:told|said|instructed|above|before)",
         rf"\b(?:ignore|disregard|forget|bypass)\s+(?:your|the|all)\s+(?:safety|content|ethical|moral)?\s*{_RULES}",
         r"\bnew (?:instructions?|rules?|system prompt)\s*[:\-]",
         r"\bfrom now on,? you (?:will|must|are|shall|should|have to)\b",
         r"\byou (?:are|have been) (?:now )?(?:freed|released|liberated|unlocked|jailbroken)",
     ],
     "persona": [
-        r"\b(?:dan|stan|dude|aim|evil ?bot|developer mode|god mode|jailbreak(?:ed)? mode|unrestricted mode|opposite mode)\b.{0,80}\b(?:no|without|any|free|ignore|stay|never|anything)\b",
+        r"\b(?:you are|you're|act as|acting as|pretend (?:to be|you are|you're)|become|roleplay as|role-play as|called|named|"
+        r"hi|hello|hey|dear|now)\s+(?:dan|stan|dude|aim|evil ?bot|evil ?gpt|dev ?mode gpt)\b",
         r"\bdo anything now\b",
+        r"\b(?:ai|assistant|chatgpt|gpt|model|llm|chatbot)\b.{0,40}\b(?:developer|god|dan|jailbreak(?:ed)?|unrestricted|opposite) mode\b",
+        r"\b(?:developer|god|dan|jailbreak(?:ed)?|unrestricted|opposite) mode\b.{0,40}\b(?:ai|assistant|chatgpt|gpt|model|llm|chatbot)\b",
+        r"\byou (?:are|'re) (?:now )?in (?:developer|god|dan|jailbreak(?:ed)?|unrestricted) mode\b",
         r"\b(?:you are|you're|act as|pretend (?:to be|you are|you're)|roleplay as|role-play as|play the role of|simulate|become)\b[\w\s,'-]{0,60}\b(?:no|without|free of|free from|zero)\s+(?:restrictions?|rules?|limits?|limitations?|filters?|guidelines?|ethics|morals?|censorship|boundaries|safety)",
+        r"\byou (?:have|got) no (?:restrictions?|rules?|limits?|filters?|guidelines?|ethics|morals?)\b",
         r"\b(?:unrestricted|unfiltered|uncensored|amoral|unethical|unbound|unaligned|evil)\s+(?:ai|assistant|model|chatbot|bot|version|mode|persona|character)\b",
         r"\bstay in character\b",
-        r"\b(?:never|don't|do not|cannot|can't|won't)\s+(?:refuse|decline|say no|reject)",
-        r"\b(?:without|no)\s+(?:any\s+)?(?:warnings?|disclaimers?|caveats?|moralizing|lectures?)\b",
+        r"\byou (?:will |must |shall |should |can )?(?:never|not|no longer) (?:refuse|decline|say no|reject)\b",
+        r"\b(?:never|don't|do not) (?:refuse|decline) (?:any|a|my|this) (?:request|question|prompt|instruction)",
+        r"\b(?:without|no)\s+(?:any\s+)?(?:disclaimers?|moralizing|moralising|lectures?|ethical (?:warnings?|considerations)|safety warnings?)\b",
         r"\b(?:grandma|grandmother|granny|late (?:mother|father|grandfather))\b.{0,120}\b(?:used to|would)\s+(?:tell|read|explain|say|recite|teach)",
-        r"\b(?:hypothetical(?:ly)?|fictional|in a (?:story|novel|movie|film|play|game)|for a (?:story|novel|screenplay|movie|game))\b.{0,120}\b(?:step[- ]by[- ]step|exact|detailed|precise|real)\s+(?:instructions?|steps|recipe|method|procedure|guide|quantities|code)",
+        r"\b(?:in a|for a|for my|write a) (?:story|novel|movie|film|play|screenplay|game)\b.{0,120}\b(?:real|exact|precise|actual|working)\s+(?:step[- ]by[- ]step\s+)?(?:instructions?|steps|recipe|method|procedure|guide|quantities|code)",
         r"\b(?:bypass|evade|disable|turn off|switch off|get around|circumvent)\b[\w\s'-]{0,20}\b(?:safety|content|your)\s*(?:filters?|guardrails?|restrictions?|rules?|guidelines?|policies|alignment|moderation)",
     ],
     "encoding": [
@@ -72,17 +78,22 @@ INJECTION = [
     *JAILBREAK["override"],
     *JAILBREAK["encoding"],
     r"\byour (?:new|real|actual|true|updated|only) (?:task|job|goal|instructions?|objective|purpose|role)\b",
+    # Addressed to the model.
     r"\b(?:attention|note|message|instructions?)\s+(?:to|for)\s+(?:the\s+)?(?:ai|assistant|model|llm|chatbot|agent|language model|bot)\b",
     r"\b(?:ai|assistant|model|llm|chatbot|agent)s?\s*(?:reading|processing|summari[sz]ing) (?:this|these)\b",
     r"\b(?:if you are|as) an? (?:ai|assistant|language model|llm|agent)\b",
-    r"^\s*(?:system|assistant|developer|admin|administrator|root)\s*(?:message|prompt|override|note|instruction)?\s*[:>\]]",
+    r"\byou (?:must|should|need to|have to|are required to|are instructed to)\s+(?:now\s+)?(?:say|reply with|respond with|answer with|reveal|disregard)\b",
+    # A fake turn or role line: chat markers, "system prompt:" / "assistant: ..." lines, hidden HTML comments to the model.
+    r"^\s*(?:system|assistant|developer|admin|administrator|root)\s*(?:message|prompt|override|note|instructions?)\s*[:>\]]",
+    r"^\s*(?:assistant|ai|system)\s*:\s*(?:ignore|disregard|say|reply|respond|print|output|you|new|override|always|never|from now)",
     r"\[(?:system|inst|instructions?|admin|developer)\]|<\|?(?:system|im_start|im_end|assistant|user|tool_call|end|inst)\|?>|\[/?inst\]|<<sys>>",
-    r"\byou (?:must|should|need to|have to|are required to|are instructed to)\s+(?:now\s+)?(?:say|reply|respond|answer|output|print|write|include|append|call|run|execute|send|email|forward|visit|open|fetch|reveal|ignore|tell)",
-    r"\b(?:say|reply|respond|answer|output|print|write|include|append|end your (?:answer|reply|response))\b[\w\s,'\"-]{0,30}\b(?:with|exactly|only|the (?:word|phrase|code|token|string))\b[\w\s,'\"-]{0,20}?(?:[\"'“][^\"'”]{2,60}[\"'”]|\b[a-z0-9]+-[a-z0-9-]+\b|\b[A-Z0-9_]{5,}\b)",
-    r"\b(?:call|invoke|use|run|execute)\s+(?:the\s+)?(?:tool|function)\b",
-    r"\b(?:send|forward|email|post|upload|exfiltrate|transmit)\b[\w\s,'-]{0,40}\b(?:to|at)\s+(?:https?://|[\w.+-]+@[\w-]+\.)",
-    r"\b(?:visit|open|fetch|navigate to|go to|load)\s+(?:this |the )?(?:url|link|page|site)?\s*:?\s*https?://",
+    r"<!--[^>]{0,200}\b(?:assistant|ai|model|llm|system|instructions?)\b",
+    # Demands for a code word or an exact reply, planted tool calls and exfiltration.
+    r"\b(?:say|reply|respond|answer|output|print|write|include|append|(?:end|begin|start) your (?:answer|reply|response))\b"
+    r"\s+(?:back\s+)?(?:with\s+)?(?:only\s+)?(?:with\s+)?(?:the (?:word|phrase|code|token|string|password)|exactly|only|verbatim)\b",
+    r"\b(?:call|invoke|use|run|execute)\s+(?:the\s+)?[\w-]*\s*tool\b",
     r'"name"\s*:\s*"[\w.-]+"\s*,\s*"arguments"\s*:',
+    r"\b(?:send|forward|email|exfiltrate|transmit|upload)\b[\w\s,'-]{0,40}\b(?:to|at)\s+(?:https?://|[\w.+-]+@[\w-]+\.)",
     *MULTILINGUAL_OVERRIDE,
 ]
 
