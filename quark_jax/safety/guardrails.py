@@ -201,18 +201,24 @@ class StreamGuard:
     """Output rails on a stream: :meth:`feed` each new piece of text and send what it returns; :meth:`finish`
     at the end. The last ``window`` characters (back to a word boundary) are held until more text shows they
     are safe. Once the text so far is blocked, or a redaction would change text already sent, the stream is
-    cut (``cut`` is set, ``verdict`` says why) and nothing more is released."""
+    cut (``cut`` is set, ``verdict`` says why) and nothing more is released.
+
+    The whole text is re-checked at most every ``window // 4`` new characters (and at the end): text that has
+    not been checked is held, so the cost stays a fraction of checking on every token."""
 
     def __init__(self, guardrails: Guardrails, window: int = 64):
         if window < 0:
             raise ValueError(f"window={window}: must be >= 0")
         self.guardrails, self.window = guardrails, window
+        self.check_every = max(1, window // 4)
+        self._checked = 0  # length of raw text at the last check
         self.raw, self.sent = "", ""
         self.cut = False
         self.verdict = Verdict(Action.ALLOW, "", "", "")
         self.decisions: list[Verdict] = []
 
     def _safe_text(self) -> str | None:
+        self._checked = len(self.raw)
         verdict, fired = self.guardrails.evaluate(self.raw, "output")
         for v in fired:
             if all((v.rail, v.reason) != (d.rail, d.reason) for d in self.decisions):
@@ -233,6 +239,8 @@ class StreamGuard:
         if self.cut or not piece:
             return ""
         self.raw += piece
+        if len(self.raw) - self._checked < self.check_every:
+            return ""
         safe = self._safe_text()
         if safe is None:
             return ""
