@@ -683,11 +683,30 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
     return 0
 
 
+def _server_guard(args: argparse.Namespace, model_version: str):
+    """The server's guardrails for ``--guardrails`` (with ``--guardrails_config``, ``--audit_log``), else None."""
+    if not args.guardrails:
+        return None
+    from quark_jax.safety.audit import AuditLog
+    from quark_jax.safety.guardrails import from_gin_file
+    from quark_jax.serving.guard import ServerGuard
+
+    try:
+        guardrails = from_gin_file(args.guardrails_config)
+    except ValueError as e:
+        raise UsageError(f"--guardrails_config {e}") from None
+    return ServerGuard(guardrails, model_version, AuditLog(args.audit_log) if args.audit_log else None)
+
+
 def _serve(args: argparse.Namespace) -> int:
     _check_at_least(args, 1, "max_slots", "max_queue", "max_n", "decode_block")
     _check_at_least(args, 2, "max_seq_len")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: must be in 1..65535")
+    if not args.guardrails and (args.guardrails_config or args.audit_log):
+        raise UsageError("--guardrails_config and --audit_log need --guardrails")
+    if args.guardrails_config and not os.path.isfile(args.guardrails_config):
+        raise UsageError(f"--guardrails_config {args.guardrails_config}: no such file")
     _check_run_dir(args.model_dir)
     from quark_jax.serving import server
 
@@ -705,7 +724,8 @@ def _serve(args: argparse.Namespace) -> int:
               "the model was trained on; answers past it may degrade", file=sys.stderr)
     name = args.served_model_name or server.default_model_name(args.model_dir)
     engine = server.build_engine(model, args.max_slots, max_seq_len, args.max_queue, args.decode_block)
-    config = ServerConfig(model_name=name, log_dir=args.log_dir, log_prompts=args.log_prompts, max_n=args.max_n)
+    config = ServerConfig(model_name=name, log_dir=args.log_dir, log_prompts=args.log_prompts, max_n=args.max_n,
+                          guard=_server_guard(args, f"{name}@step{model.step}"))
     url = f"http://{args.host}:{args.port}"
     print(f"quark serve: {name} on {url} ({args.max_slots} slots of {max_seq_len} tokens); compiling, "
           f"{url}/ready answers 200 when done", flush=True)
@@ -974,6 +994,12 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log_dir", default=None,
                        help="request log (requests.jsonl, rotated) and feedback.jsonl; default: none written")
     serve.add_argument("--log_prompts", action="store_true", help="put prompt text into the request log")
+    serve.add_argument("--guardrails", action="store_true",
+                       help="input and output rails (blocked input: 400 content_filter; blocked output: "
+                            "finish_reason content_filter); see docs/safety.md")
+    serve.add_argument("--guardrails_config", default=None,
+                       help="gin file binding quark_jax.safety.GuardrailsConfig (default: every rail on)")
+    serve.add_argument("--audit_log", default=None, help="append-only JSONL of every guardrail decision")
 
     tel = add("telemetry", help="usage, failures and latency hotspots of a `quark serve --log_dir` request log")
     tel.add_argument("--log", required=True, help="the server's --log_dir")
@@ -1014,6 +1040,11 @@ def _build_parser() -> argparse.ArgumentParser:
     tok_train.add_argument("--model_type", default="bpe", choices=("bpe", "unigram"))
     tok_train.add_argument("--max_chars", type=int, default=4_000_000, help="training sample size in characters")
 
+    from quark_jax.safety import redteam_cli
+
+    redteam = add("redteam", help="the red-team suite against a run or a server: attack success with guardrails off/on")
+    redteam_cli.add_arguments(redteam)
+
     from quark_jax.knowledge import cli_main as kg_cli
 
     kg = sub.add_parser("kg", help="the standard library's knowledge graph: build it, query it")
@@ -1022,6 +1053,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     agent_cli.add_subparser(sub, common)
     return parser
+
+
+def _redteam(args: argparse.Namespace) -> int:
+    from quark_jax.safety import redteam_cli
+
+    if args.model_dir:
+        _check_run_dir(args.model_dir)
+    args.quantize = None
+    try:
+        return redteam_cli.run(args, _load_for_generation)
+    except redteam_cli.RedteamUsageError as e:
+        raise UsageError(str(e)) from None
 
 
 def _index(args: argparse.Namespace) -> int:
@@ -1060,7 +1103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "tokenizer": lambda: _tokenizer(args), "eval": lambda: _eval(args),
                 "import_hf": lambda: _import_hf(args), "serve": lambda: _serve(args),
                 "telemetry": lambda: _telemetry(args), "kg": lambda: _kg(args), "rag": lambda: _rag(args),
-                "index": lambda: _index(args), "embed": lambda: _embed(args), "agent": lambda: _agent(args)}
+                "index": lambda: _index(args), "embed": lambda: _embed(args), "agent": lambda: _agent(args),
+                "redteam": lambda: _redteam(args)}
     try:
         return commands[args.command]()
     except UsageError as e:

@@ -48,6 +48,9 @@ def add_subparser(sub: Any, common: argparse.ArgumentParser) -> None:
     agent.add_argument("--embedder_dir", default=None, help="retrieve: the run whose embedder built a dense index")
     agent.add_argument("--kg", default=None, help="kg_query: a `quark kg build` SQLite file")
     agent.add_argument("--audit_log", default=None, help="append every step to this JSONL audit log")
+    agent.add_argument("--guardrails", action="store_true",
+                       help="check every user turn and the answer, fence tool output (quark_jax.safety)")
+    agent.add_argument("--guardrails_config", default=None, help="--guardrails: a gin file of GuardrailsConfig bindings")
     agent.add_argument("--system", default=None, help="a system message")
     agent.add_argument("--prompt", default=None, help="answer this once and exit (default: read turns from stdin)")
     agent.add_argument("--max_steps", type=int, default=8, help="generations per answer")
@@ -99,6 +102,20 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
     return names
 
 
+def _guardrails(args: argparse.Namespace) -> Any:
+    """The guardrails ``--guardrails`` asks for (``--guardrails_config`` a gin file), else None."""
+    if not args.guardrails:
+        if args.guardrails_config:
+            raise AgentUsageError("--guardrails_config needs --guardrails")
+        return None
+    from quark_jax.safety.guardrails import from_gin_file
+
+    try:
+        return from_gin_file(args.guardrails_config)
+    except ValueError as e:
+        raise AgentUsageError(f"--guardrails_config {e}") from None
+
+
 def run(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Any], stdin: TextIO | None = None,
         stdout: TextIO | None = None) -> int:
     """Runs ``quark agent``; ``load_model(args)`` loads ``--model_dir`` (the CLI's loader, errors as usage
@@ -119,10 +136,12 @@ def run(args: argparse.Namespace, load_model: Callable[[argparse.Namespace], Any
         audit = AuditLog(args.audit_log) if args.audit_log else None
     except OSError as e:
         raise AgentUsageError(f"--audit_log {args.audit_log}: cannot write it ({e.strerror})") from None
+    guardrails = _guardrails(args)
     printer = StepPrinter(stdout)
     agent = Agent(backend, tools, Limits(args.max_steps, args.max_tokens, args.timeout, args.max_new_tokens),
-                  audit=audit, system=args.system, temperature=args.temperature, seed=args.seed,
-                  on_step=printer)
+                  guardrails=guardrails, audit=audit, system=args.system, temperature=args.temperature,
+                  seed=args.seed, on_step=printer,
+                  observation_filter=guardrails.check_untrusted if guardrails is not None else None)
     try:
         if args.prompt is not None:
             try:

@@ -41,6 +41,7 @@ from quark_jax.serving import chat_prompt
 from quark_jax.serving import feedback as feedback_lib
 from quark_jax.serving import protocol
 from quark_jax.serving.engine import Engine, EngineRequest, Output, QueueFull
+from quark_jax.serving.guard import CONTENT_FILTER, ServerGuard
 from quark_jax.serving.metrics import CountRequests, Metrics
 from quark_jax.serving.protocol import APIError
 from quark_jax.serving.telemetry import RequestLog
@@ -62,6 +63,7 @@ class ServerConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     retry_after_s: int = 1  # the Retry-After of a 429
     recent_responses: int = 10_000  # responses kept in memory for feedback
+    guard: ServerGuard | None = None  # guardrails on input and output (quark serve --guardrails); None: off
 
 
 @dataclasses.dataclass
@@ -266,6 +268,10 @@ def _legacy_logprobs(server: Server, choice: Output, prompt_ids: list[int] | Non
 async def completions(server: Server, body: dict[str, Any], timing: _Timing) -> Response:
     req = protocol.completion_request(body, server.config.max_n)
     server.check_model(req.sampling.model)
+    request_id, guard = protocol.new_id("cmpl"), server.config.guard
+    if guard is not None:  # token-id prompts are checked (and then sent) as their text
+        req = dataclasses.replace(req, prompts=guard.screen_prompts(
+            request_id, [p if isinstance(p, str) else server.vocabulary.decode(p) for p in req.prompts]))
     s = req.sampling
     prompt_ids = [server.encode(p, start=True) if isinstance(p, str) else p for p in req.prompts]
     prompt_texts = [p if isinstance(p, str) else server.vocabulary.decode(p) for p in req.prompts]
@@ -278,7 +284,7 @@ async def completions(server: Server, body: dict[str, Any], timing: _Timing) -> 
         for ids in prompt_ids for j in range(s.n)
     ]
     handles = server.submit(requests)
-    request_id, created = protocol.new_id("cmpl"), protocol.now()
+    created = protocol.now()
     head = {"id": request_id, "object": "text_completion", "created": created, "model": server.config.model_name}
     first_prompt = prompt_texts[0]
 
@@ -291,7 +297,10 @@ async def completions(server: Server, body: dict[str, Any], timing: _Timing) -> 
                 for i in range(len(handles)):
                     yield {**head, "choices": [{"index": i, "text": prompt_texts[prompt_of(i)], "logprobs": None,
                                                 "finish_reason": None}]}
-            async for i, out in _outputs(server, handles, choices, timing):
+            events = _outputs(server, handles, choices, timing)
+            if guard is not None:
+                events = guard.guarded(request_id, events, guard.streams(len(handles)), handles, choices)
+            async for i, out in events:
                 if out.text or out.finish_reason:
                     piece = {"index": i, "text": out.text, "logprobs": None,
                              "finish_reason": _finish(out.finish_reason)}
@@ -317,6 +326,9 @@ async def completions(server: Server, body: dict[str, Any], timing: _Timing) -> 
     out = []
     for i, c in enumerate(choices):
         p = prompt_of(i)
+        if guard is not None:
+            c.text, filtered = guard.output(request_id, c.text)
+            c.finish_reason = CONTENT_FILTER if filtered else c.finish_reason
         text = (prompt_texts[p] if req.echo else "") + c.text
         logprobs = None
         if req.logprobs is not None:
@@ -359,6 +371,9 @@ def _chat_logprobs(server: Server, choice: Output, n_top: int) -> dict[str, Any]
 async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing) -> Response:
     req = protocol.chat_request(body, server.config.max_n)
     server.check_model(req.sampling.model)
+    request_id, guard = protocol.new_id("chatcmpl"), server.config.guard
+    if guard is not None:
+        req = guard.screen_chat(request_id, req)
     s = req.sampling
     prefix, prompt, system, user = chat_prompt.build(server.vocabulary, server.lead, req)
     room = server.engine.max_seq_len - len(prefix) - len(prompt)
@@ -383,7 +398,7 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
                               None if s.seed is None else s.seed + j, stop, n_top, False, prefix, grammar)
                 for j in range(s.n)]
     handles = server.submit(requests)
-    request_id, created = protocol.new_id("chatcmpl"), protocol.now()
+    created = protocol.now()
     head = {"id": request_id, "object": "chat.completion", "created": created, "model": server.config.model_name}
     prompt_tokens = len(prefix) + len(prompt)
     tool_mode = bool(req.tools) and req.tool_choice != "none"
@@ -395,7 +410,10 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
             for i in range(len(handles)):
                 yield {**chunk_head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
                                                   "logprobs": None, "finish_reason": None}]}
-            async for i, out in _outputs(server, handles, choices, timing):
+            events = _outputs(server, handles, choices, timing)
+            if guard is not None:
+                events = guard.guarded(request_id, events, guard.streams(len(handles)), handles, choices)
+            async for i, out in events:
                 if out.text and not tool_mode:
                     piece = {"index": i, "delta": {"content": out.text}, "logprobs": None, "finish_reason": None}
                     if req.logprobs:
@@ -403,7 +421,7 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
                     yield {**chunk_head, "choices": [piece]}
                 if out.finish_reason is not None:
                     delta, reason = {}, _finish(out.finish_reason)
-                    if tool_mode:  # a call is only known once it is whole: send it in one delta
+                    if tool_mode and reason != CONTENT_FILTER:  # a call is only known once whole: one delta
                         message, is_call = chat_prompt.assistant_message(req, choices[i].text)
                         if is_call:
                             delta = {"tool_calls": [{"index": 0, **message["tool_calls"][0]}]}
@@ -429,12 +447,15 @@ async def chat_completions(server: Server, body: dict[str, Any], timing: _Timing
         raise failure
     out = []
     for i, c in enumerate(choices):
+        filtered = False
+        if guard is not None:
+            c.text, filtered = guard.output(request_id, c.text)
         message, is_call = ({"role": "assistant", "content": c.text}, False)
-        if tool_mode:
+        if tool_mode and not filtered:
             message, is_call = chat_prompt.assistant_message(req, c.text)
+        finish = CONTENT_FILTER if filtered else "tool_calls" if is_call else _finish(c.finish_reason)
         out.append({"index": i, "message": message,
-                    "logprobs": _chat_logprobs(server, c, n_top) if req.logprobs else None,
-                    "finish_reason": "tool_calls" if is_call else _finish(c.finish_reason)})
+                    "logprobs": _chat_logprobs(server, c, n_top) if req.logprobs else None, "finish_reason": finish})
     server.remember(request_id, user, [c.text for c in choices], system)
     server.record(request_id, "/v1/chat/completions", timing, 200, None, prompt_tokens,
                   sum(c.completion_tokens for c in choices), False, user)

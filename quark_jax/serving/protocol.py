@@ -26,13 +26,13 @@ class APIError(Exception):
     """An error answered to the client as OpenAI does: ``status`` (4xx), ``message``, ``param``, ``type``."""
 
     def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
-                 headers: Mapping[str, str] | None = None):
+                 headers: Mapping[str, str] | None = None, code: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
         self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 def new_id(prefix: str) -> str:
