@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -163,3 +167,32 @@ def assert_greedy_completion(model, prompt: str, completion, max_new_tokens: int
         assert row[token] >= row.max() - 1e-4, (i, token, int(row.argmax()))
         if i < len(new):
             assert abs(row[token] - completion.logprobs[i]) < 1e-3, (i, row[token], completion.logprobs[i])
+
+
+@contextlib.contextmanager
+def serve_app(app, ready_path: str = "/health", timeout_s: float = 30.0):
+    """An ASGI app (the FastAPI server) served by uvicorn on a free loopback port in a daemon thread: yields its
+    base URL once ``GET ready_path`` answers 200, and stops the server on exit."""
+    import httpx2 as httpx  # the openai client's HTTP library
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + ready_path).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

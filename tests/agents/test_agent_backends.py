@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import socket
-import threading
-import time
 
 import pytest
+from conftest import serve_app  # the root tests/conftest.py
 
 from quark_jax.agents.backends import EngineBackend, OpenAIBackend
 from quark_jax.agents.loop import Agent, Limits
@@ -68,23 +66,12 @@ def test_concurrent_sessions_share_the_engine_and_equal_the_sequential_runs(back
 
 @pytest.fixture(scope="module")
 def server(backend):
-    import uvicorn
 
     from quark_jax.serving.app import ServerConfig, create_app
 
     app = create_app(backend.engine, backend.vocabulary, ServerConfig(model_name="tiny-agent"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app) as url:
+        yield url
 
 
 def test_the_same_agent_over_http_gives_the_same_runs(backend, server, tmp_path):

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import threading
-import time
 
 import pytest
+from conftest import serve_app  # the root tests/conftest.py
 
 openai = pytest.importorskip("openai")
-import httpx2 as httpx  # noqa: E402  (the openai client's HTTP library)
 
 from quark_jax.safety import Guardrails, GuardrailsConfig  # noqa: E402
 from quark_jax.safety.audit import AuditLog, read  # noqa: E402
@@ -24,7 +21,6 @@ MODEL_VERSION = "tiny@step40"
 
 @pytest.fixture(scope="module")
 def served(tiny_model, tmp_path_factory):
-    import uvicorn
 
     from quark_jax.serving.app import ServerConfig, create_app
     from quark_jax.serving.engine import Engine
@@ -34,20 +30,8 @@ def served(tiny_model, tmp_path_factory):
     engine = Engine(model.graphdef, model.params, model.tokenizer, model.config, eos_id=model.tokenizer.eos_id,
                     max_slots=2, max_seq_len=128, max_queue=8).start()
     app = create_app(engine, model.tokenizer, ServerConfig(model_name="tiny"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    serving = serve_app(app)
+    url = serving.__enter__()
     client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
     # What the model says unguarded decides the blocklisted "topic": the first word it writes.
     reference = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": QUESTION}],
@@ -60,8 +44,7 @@ def served(tiny_model, tmp_path_factory):
     guardrails = Guardrails.from_config(GuardrailsConfig(topics={"test_topic": [phrase]}, stream_window=4))
     app.state.server.config.guard = ServerGuard(guardrails, MODEL_VERSION, AuditLog(str(audit_path)))
     yield {"client": client, "reference": reference, "phrase": phrase, "audit": str(audit_path), "url": url}
-    uv.should_exit = True
-    thread.join(timeout=10)
+    serving.__exit__(None, None, None)
     engine.stop()
 
 

@@ -5,11 +5,9 @@ every parseable answer is the grammar's doing."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 
 import pytest
+from conftest import serve_app  # the root tests/conftest.py
 
 openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
@@ -58,28 +56,12 @@ def engine(vocabulary):
 
 @pytest.fixture(scope="module")
 def server(engine, vocabulary):
-    import uvicorn
 
     from quark_jax.serving.app import ServerConfig, create_app
 
     app = create_app(engine, vocabulary, ServerConfig(model_name="tiny", max_n=4))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield url
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

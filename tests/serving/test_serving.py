@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import random
-import socket
-import threading
 import time
 
 import numpy as np
 import pytest
+from conftest import serve_app  # the root tests/conftest.py
 
 openai = pytest.importorskip("openai")
 import httpx2 as httpx  # noqa: E402  (the openai client's HTTP library)
@@ -43,30 +42,14 @@ def engine(model):
 
 @pytest.fixture(scope="module")
 def server(engine, model, tmp_path_factory):
-    import uvicorn
 
     from quark_jax.serving.app import ServerConfig, create_app
 
     log_dir = tmp_path_factory.mktemp("serve_logs")
     app = create_app(engine, model.tokenizer, ServerConfig(model_name="tiny", log_dir=str(log_dir), max_n=4,
                                                            max_body_bytes=64 * 1024))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield {"url": url, "log_dir": log_dir, "app": app}
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with serve_app(app, "/ready") as url:
+        yield {"url": url, "log_dir": log_dir, "app": app}
 
 
 @pytest.fixture
