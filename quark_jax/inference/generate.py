@@ -31,6 +31,7 @@ from quark_jax.inference.decode import (
     make_prefill_prefix_fn,
     make_score_fn,
 )
+from quark_jax.inference.speculative import Draft, SpeculativeSpec, make_speculative_fn
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ class Completion:
     logprobs: list[float]
     finish_reason: str
     text: str | None = None
+    # With a draft model: {"target_calls", "accepted", "examined"} (see speculative.SpeculativeOutput).
+    speculation: dict | None = None
 
 
 def _pow2(n: int, minimum: int = 1) -> int:
@@ -225,10 +228,16 @@ class Generator:
         return self._call(fn, self.params, tokens, np.int32(len(prefix)))
 
     # ---- generation ------------------------------------------------------------------------------
-    def generate_requests(self, requests: Sequence[Request], prefix: PrefixCache | None = None) -> list[Completion]:
-        """Runs a batch of token-level requests through one compiled generate function."""
+    def generate_requests(
+        self, requests: Sequence[Request], prefix: PrefixCache | None = None, draft: Draft | None = None
+    ) -> list[Completion]:
+        """Runs a batch of token-level requests through one compiled generate function; with a ``draft``,
+        through exact speculative decoding (:mod:`quark_jax.inference.speculative`; no prefix)."""
         if not requests:
             raise ValueError("no requests")
+        if draft is not None and prefix is not None:
+            raise ValueError("prefix= with draft=: speculative decoding takes no prefix cache; put the prefix in "
+                             "the prompts or drop the draft")
         batch = len(requests)
         prefix_length = 0 if prefix is None else int(prefix.length)
         self.check_context(prefix_length + max(len(r.prompt) + r.max_new_tokens for r in requests),
@@ -264,10 +273,18 @@ class Generator:
                           sampling=sampling)
         key = ("generate", batch_bucket, prompt_bucket, new_bucket, None if prefix is None else prefix.bucket,
                num_stops, stop_len, sampling, filtering)
-        fn = self._function(key, lambda: make_generate_fn(self.graphdef, spec, self.trace_count))
-        out = jax.device_get(self._call(
-            fn, self.params, tokens, lengths, max_tokens, temperature, top_k, top_p, keys, stop_tokens, prefix
-        ))
+        if draft is None:
+            fn = self._function(key, lambda: make_generate_fn(self.graphdef, spec, self.trace_count))
+            out = jax.device_get(self._call(
+                fn, self.params, tokens, lengths, max_tokens, temperature, top_k, top_p, keys, stop_tokens, prefix
+            ))
+        else:
+            spec = SpeculativeSpec(new_bucket, self.eos_id, draft.gamma, self.pad_id, filtering, sampling)
+            fn = self._function(key + ("speculative", draft.graphdef, draft.gamma),
+                                lambda: make_speculative_fn(self.graphdef, draft.graphdef, spec, self.trace_count))
+            out = jax.device_get(self._call(
+                fn, self.params, draft.params, tokens, lengths, max_tokens, temperature, top_k, top_p, keys, stop_tokens
+            ))
         completions = []
         for row in range(batch):
             n = int(out.num_tokens[row])
@@ -279,6 +296,9 @@ class Generator:
             else:
                 reason = "length"
             completions.append(Completion(tokens=toks, logprobs=lps, finish_reason=reason))
+            if draft is not None:
+                completions[-1].speculation = {name: int(getattr(out, name)[row])
+                                               for name in ("target_calls", "accepted", "examined")}
         return completions
 
     def generate_tokens(
@@ -309,12 +329,14 @@ class Generator:
         seed: int | Sequence[int] = 0,
         stop: Sequence[str] = (),
         prefix: str | PrefixCache | None = None,
+        draft: Draft | None = None,
     ) -> list[Completion]:
         """Text completions with token ids, log-probabilities and finish reasons.
 
         ``max_new_tokens`` and ``seed`` may be per prompt (a sequence) or shared; a shared seed gives row i
         seed ``seed + i``. ``stop`` strings end a row (the stop text is cut from the returned text).
-        ``prefix`` (text or a :meth:`prefill_prefix` result) is a shared context prefilled once.
+        ``prefix`` (text or a :meth:`prefill_prefix` result) is a shared context prefilled once. A ``draft``
+        (:class:`~quark_jax.inference.speculative.Draft`) decodes speculatively: same output distribution.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -333,7 +355,7 @@ class Generator:
             Request(self._encode(p, start=prefix is None), limits[i], temperature, top_k, top_p, seeds[i], stop_ids)
             for i, p in enumerate(prompts)
         ]
-        completions = self.generate_requests(requests, prefix)
+        completions = self.generate_requests(requests, prefix, draft)
         for c in completions:
             text = self.vocabulary.decode(c.tokens)
             # Token-level stop matching can miss a stop string that tokenizes differently in context; the
@@ -355,21 +377,26 @@ class Generator:
         prefix: str | PrefixCache | None = None,
         num_beams: int = 1,
         length_penalty: float = 1.0,
+        draft: Draft | None = None,
     ) -> list[str]:
         """Continuations of ``prompts`` (the prompt itself not included); ``num_beams > 1`` runs beam search
-        (greedy ranking by ``length_penalty``-normalised log-probability; no prefix, no sampling)."""
+        (greedy ranking by ``length_penalty``-normalised log-probability; no prefix, no sampling); a ``draft``
+        decodes speculatively."""
         if isinstance(prompts, str):
             prompts = [prompts]
         check_prompts(prompts)
         check_generation_args(max_new_tokens, temperature, top_k, top_p, num_beams)
         if num_beams > 1:
+            if draft is not None:
+                raise ValueError(f"num_beams={num_beams} with a draft: beam search is not speculative; drop one")
             if prefix is not None:
                 raise ValueError("beam search (num_beams > 1) takes no prefix")
             limit = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens)
             texts = [self.vocabulary.decode(t) for t, _ in self.beam_search(
                 [self._encode(p, start=True) for p in prompts], num_beams, limit, length_penalty)]
             return [_cut(t, stop) for t in texts]
-        return [c.text for c in self.complete(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, prefix)]
+        return [c.text for c in self.complete(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, prefix,
+                                              draft)]
 
     # ---- beam search -----------------------------------------------------------------------------
     def beam_search(
