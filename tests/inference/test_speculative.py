@@ -160,3 +160,30 @@ def test_prefix_and_beams_are_refused_with_a_draft():
         from quark_jax.inference.speculative import SpeculativeSpec
 
         SpeculativeSpec(8, EOS, gamma=0)
+
+
+def test_a_draft_with_another_tokenizer_is_refused_naming_both(trained_run, tmp_path, capsys):
+    import shutil
+
+    from sentencepiece import sentencepiece_model_pb2
+
+    import quark_jax as qj
+    from quark_jax.cli import main
+
+    target_dir = trained_run["model_dir"]
+    other = tmp_path / "other_tokenizer"
+    shutil.copytree(target_dir, other)
+    # The same run with a tokenizer whose last piece spells something else: a different vocabulary.
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((other / "tokenizer.model").read_bytes())
+    proto.pieces[-1].piece = "\u2581speculative"
+    (other / "tokenizer.model").write_bytes(proto.SerializeToString())
+
+    target = qj.load(target_dir)
+    assert target.draft(target_dir, gamma=2).gamma == 2  # its own tokenizer: accepted
+    with pytest.raises(ValueError, match=f"draft {other} and target {target_dir} use different tokenizers"):
+        target.draft(str(other))
+    code = main(["generate", "--model_dir", target_dir, "--draft_dir", str(other), "--prompt", "def "])
+    err = capsys.readouterr().err
+    assert code == 2 and f"draft {other} and target {target_dir} use different tokenizers" in err
+    assert "Traceback" not in err
