@@ -150,27 +150,36 @@ def make_speculative_fn(
             sampled = jax.vmap(jax.random.categorical)(row_keys, jnp.log(row_probs)).astype(jnp.int32)
             return jnp.where(temperature > 0, sampled, greedy)
 
-        def record(token, logprob, active, out, out_logprobs, done, stopped, count):
-            write = active & ~done
-            column = jnp.minimum(count, M - 1)
-            out = out.at[rows, column].set(jnp.where(write, token, out[rows, column]))
-            out_logprobs = out_logprobs.at[rows, column].set(jnp.where(write, logprob, out_logprobs[rows, column]))
-            count = count + write.astype(jnp.int32)
-            matched = jax.vmap(lambda o, i, s: _stop_matched(o[None], i, s[None])[0])(out, count - 1, stop_tokens)
-            hit_stop = write & matched
-            stopped = stopped | hit_stop
-            done = done | (write & (token == eos)) | hit_stop | (count >= max_tokens)
-            return out, out_logprobs, done, stopped, count
+        def record(tokens, logprobs, offered, out, out_logprobs, done, stopped, count):
+            """Appends each live row's first ``offered`` tokens of ``tokens`` [B J], cut after the first one that
+            ends the row (EOS, a completed stop sequence, or the row's max_tokens), in one vectorised step."""
+            steps = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+            columns = count[:, None] + steps  # [B J]; the buffer is G + 1 wider than M, so always in range
+            take = ~done[:, None] & (steps < offered[:, None])
+            out = out.at[rows[:, None], columns].set(jnp.where(take, tokens, pad))
+            stop_at = jax.vmap(lambda i: jax.vmap(
+                lambda o, i, s: _stop_matched(o[None], i, s[None])[0])(out, i, stop_tokens), out_axes=1)(
+                count[None, :] + steps.T)  # [B J]: a stop sequence ends at this token
+            ends = take & ((tokens == eos) | stop_at | (columns + 1 >= max_tokens[:, None]))
+            ended = jnp.any(ends, axis=1)
+            first_end = jnp.argmax(ends, axis=1)
+            written = jnp.where(ended, first_end + 1, jnp.sum(take, axis=1))  # 0 for finished rows
+            kept = steps < written[:, None]
+            out = out.at[rows[:, None], columns].set(jnp.where(kept, tokens, pad))
+            out_logprobs = out_logprobs.at[rows[:, None], columns].set(jnp.where(kept, logprobs, 0.0))
+            stopped = stopped | (ended & stop_at[rows, first_end])
+            return out, out_logprobs, done | ended, stopped, count + written
 
         round_keys = lambda i, j: jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, i), j))(keys)  # noqa: E731
         no = jnp.zeros((batch,), bool)
         # Greedy rows take the arg-max of the raw logits, as plain decoding does (probs() is one-hot there).
         first = pick(probs(last) if spec.sampling else last, round_keys(0, 0))
         first_logprob = jnp.take_along_axis(jax.nn.log_softmax(last, axis=-1), first[:, None], axis=-1)[:, 0]
-        out = jnp.full((batch, M), pad, jnp.int32)
-        out_logprobs = jnp.zeros((batch, M), jnp.float32)
+        out = jnp.full((batch, M + G + 1), pad, jnp.int32)
+        out_logprobs = jnp.zeros((batch, M + G + 1), jnp.float32)
         out, out_logprobs, done, stopped, count = record(
-            first, first_logprob, ~no, out, out_logprobs, no, no, jnp.zeros((batch,), jnp.int32))
+            first[:, None], first_logprob[:, None], jnp.ones_like(first), out, out_logprobs, no, no,
+            jnp.zeros((batch,), jnp.int32))
         previous = prompts[rows, lengths - 1]
         zeros = jnp.zeros((batch,), jnp.int32)
 
@@ -218,9 +227,8 @@ def make_speculative_fn(
             logprobs = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), emitted[..., None], axis=-1)[..., 0]
 
             live = ~done
-            for j in range(G + 1):
-                out, out_logprobs, done, stopped, count = record(
-                    emitted[:, j], logprobs[:, j], j <= accepted, out, out_logprobs, done, stopped, count)
+            out, out_logprobs, done, stopped, count = record(
+                emitted, logprobs, accepted + 1, out, out_logprobs, done, stopped, count)
             calls = calls + live.astype(jnp.int32)
             accepted_total = accepted_total + jnp.where(live, accepted, 0)
             examined = examined + jnp.where(live, jnp.minimum(accepted + 1, G), 0)
@@ -239,7 +247,7 @@ def make_speculative_fn(
                  count, zeros, zeros, zeros)
         carry = jax.lax.while_loop(cond, body, carry)
         _, _, _, _, _, _, out, out_logprobs, _, stopped, count, calls, accepted_total, examined = carry
-        return SpeculativeOutput(tokens=out, logprobs=out_logprobs, num_tokens=count, stopped=stopped,
+        return SpeculativeOutput(tokens=out[:, :M], logprobs=out_logprobs[:, :M], num_tokens=count, stopped=stopped,
                                  target_calls=calls + 1, accepted=accepted_total, examined=examined)
 
     return jax.jit(generate)
