@@ -150,7 +150,7 @@ def test_sampled_speculation_follows_the_target_distribution():
     assert 0 < accepted < sum(c.speculation["examined"] for c in out)
 
 
-def test_prefix_and_beams_are_refused_with_a_draft():
+def test_a_prefix_and_gamma_0_are_refused_with_a_draft():
     graphdef, params = tiny_model()
     gen = Generator(graphdef, params, eos_id=EOS, compilation_cache=False)
     draft = Draft(graphdef, params, gamma=2)
@@ -187,3 +187,15 @@ def test_a_draft_with_another_tokenizer_is_refused_naming_both(trained_run, tmp_
     err = capsys.readouterr().err
     assert code == 2 and f"draft {other} and target {target_dir} use different tokenizers" in err
     assert "Traceback" not in err
+
+
+def test_cli_refuses_bad_draft_options_before_loading(tmp_path, capsys):
+    from quark_jax.cli import main
+
+    run = str(tmp_path)
+    assert main(["serve", "--model_dir", run, "--draft_dir", run]) == 2
+    assert "--draft_dir: speculative decoding is not supported by quark serve yet" in capsys.readouterr().err
+    assert main(["generate", "--model_dir", run, "--draft_dir", run, "--gamma", "0"]) == 2
+    assert "--gamma=0: must be >= 1" in capsys.readouterr().err
+    assert main(["generate", "--model_dir", run, "--draft_dir", run, "--num_beams", "2"]) == 2
+    assert "--draft_dir with --num_beams 2: beam search is not speculative" in capsys.readouterr().err
