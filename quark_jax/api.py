@@ -9,6 +9,7 @@ from flax import nnx
 
 from quark_jax import runs
 from quark_jax.inference.generate import Generator
+from quark_jax.inference.speculative import Draft
 from quark_jax.models.config import ModelConfig
 from quark_jax.models.transformer import Transformer, abstract_model
 
@@ -32,6 +33,8 @@ class LoadedModel:
         self.lora: dict | None = None  # a LoRA run: {"config", "adapters", "base_dir", "merged"}
         self.heads: dict | None = None  # a post-training run's extra heads (reward, classifier)
         self.objective: dict = {}  # the run's objective.json ({} for a plain language model)
+        self.model_dir: str | None = None  # the run directory it was loaded from (qj.load)
+        self._drafts: dict[str, LoadedModel] = {}  # draft runs loaded by path, for draft="DIR"
 
     @property
     def model(self) -> Transformer:
@@ -42,19 +45,35 @@ class LoadedModel:
         self, prompts: str | list[str], max_new_tokens: int | list[int] = 64, temperature: float = 0.0,
         top_k: int = 0, top_p: float = 1.0, seed: int | list[int] = 0, stop: list[str] = (), prefix=None,
         num_beams: int = 1, length_penalty: float = 1.0, constraint=None,
+        draft: str | LoadedModel | None = None, gamma: int = 4,
     ) -> list[str]:
         """Continuations of each prompt; greedy unless ``temperature > 0``. Same seed, same output.
 
         ``max_new_tokens`` and ``seed`` may be per prompt; ``stop`` strings end a continuation; ``prefix``
         (text or ``generator.prefill_prefix(...)``) is a shared context prefilled once; ``num_beams > 1``
         runs beam search with ``length_penalty``; ``constraint`` (a token automaton of
-        :mod:`quark_jax.inference.constrained`, or one per prompt) restricts the text to a grammar. See
-        :class:`quark_jax.inference.generate.Generator`.
+        :mod:`quark_jax.inference.constrained`, or one per prompt) restricts the text to a grammar. ``draft`` (a
+        run directory or a loaded model sharing this model's tokenizer) decodes speculatively, ``gamma`` draft
+        tokens per target call: the same outputs for greedy decoding, the same distribution when sampling
+        (:mod:`quark_jax.inference.speculative`). See :class:`quark_jax.inference.generate.Generator`.
         """
         return self._generator.generate(
             prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, prefix, num_beams, length_penalty,
-            constraint,
+            constraint, self.draft(draft, gamma) if draft is not None else None,
         )
+
+    def draft(self, draft: str | LoadedModel, gamma: int = 4) -> Draft:
+        """``draft`` (a run directory, loaded once and kept, or a :class:`LoadedModel`) as a speculative
+        :class:`~quark_jax.inference.speculative.Draft` for this model; refused unless both share one
+        tokenizer (the same vocabulary, token for token)."""
+        if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+            raise ValueError(f"gamma={gamma!r}: must be a whole number >= 1 (draft tokens per target call)")
+        if isinstance(draft, str):
+            if draft not in self._drafts:
+                self._drafts[draft] = load(draft, beyond_context=self.generator.beyond_context)
+            draft = self._drafts[draft]
+        check_same_tokenizer(self, draft)
+        return Draft(draft.graphdef, draft.params, gamma)
 
     def complete(self, prompts: str | list[str], **kwargs: Any) -> list:
         """Like :meth:`generate` but returns ``Completion``s: text, token ids, logprobs, finish reason."""
@@ -92,6 +111,7 @@ def load(model_dir: str, step: int | None = None, merge_adapters: bool = True, b
     model.generator.beyond_context = beyond_context
     model.quantization, model.lora = run.quantization, run.lora
     model.heads, model.objective = run.heads, run.objective or {}
+    model.model_dir = model_dir
     return model
 
 
@@ -103,3 +123,25 @@ def load_classifier(model_dir: str, step: int | None = None, batch_size: int = 3
     model_dir = runs.resolve(model_dir, "classifier run")
     return Classifier.from_loaded(load(model_dir, step), batch_size,
                                   name=model_dir if "://" in model_dir else os.path.abspath(model_dir))
+
+
+def tokenizer_identity(tokenizer: Any) -> tuple:
+    """What makes two tokenizers the same for decoding: the SentencePiece model bytes when there are any,
+    else the special ids and the text of every token id."""
+    model_bytes = getattr(tokenizer, "sp_model", None)
+    if isinstance(model_bytes, bytes):
+        return ("sentencepiece", model_bytes)
+    size = int(tokenizer.vocab_size)
+    return ("pieces", size, getattr(tokenizer, "eos_id", None), tuple(tokenizer.decode([i]) for i in range(size)))
+
+
+def check_same_tokenizer(target: LoadedModel, draft: LoadedModel) -> None:
+    """Refuses a draft whose tokenizer or vocabulary size differs from the target's, naming both runs."""
+    names = f"draft {draft.model_dir or 'model'} and target {target.model_dir or 'model'}"
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(f"{names} have different vocabularies ({draft.config.vocab_size} vs "
+                         f"{target.config.vocab_size} ids); a draft must share the target's tokenizer "
+                         "(distill one from the target with configs/runs/distill.gin)")
+    if tokenizer_identity(draft.tokenizer) != tokenizer_identity(target.tokenizer):
+        raise ValueError(f"{names} use different tokenizers; a draft must share the target's tokenizer "
+                         "(distill one from the target with configs/runs/distill.gin)")

@@ -162,6 +162,9 @@ def _check_generate_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--{e}") from e
     _check_at_least(args, 1, "batch_size")
     _check_at_least(args, 0, "step")
+    _check_at_least(args, 1, "gamma")
+    if args.draft_dir and args.num_beams > 1:
+        raise UsageError(f"--draft_dir with --num_beams {args.num_beams}: beam search is not speculative; drop one")
 
 
 def _read_requests(path: str) -> list[dict]:
@@ -337,16 +340,19 @@ def _generate(args: argparse.Namespace) -> int:
     _check_run_dir(args.model_dir)
     _start_tensorflow(args.verbose)
 
+    if args.draft_dir:
+        _check_run_dir(args.draft_dir)
     model = _load_for_generation(args, beyond_context=args.beyond_context)
     try:
-        return _print_generations(args, model, requests)
+        draft = model.draft(args.draft_dir, args.gamma) if args.draft_dir else None
+        return _print_generations(args, model, requests, draft)
     except ValueError as e:  # what only the tokenized request shows: e.g. longer than the trained context
         if args.verbose:
             raise
         raise UsageError(str(e)) from e
 
 
-def _print_generations(args: argparse.Namespace, model, requests: list[dict]) -> int:
+def _print_generations(args: argparse.Namespace, model, requests: list[dict], draft=None) -> int:
     if args.input_jsonl:
         for start in range(0, len(requests), args.batch_size):
             chunk = requests[start:start + args.batch_size]
@@ -360,7 +366,7 @@ def _print_generations(args: argparse.Namespace, model, requests: list[dict]) ->
             else:
                 completions = model.complete(
                     prompts, max_new_tokens=limits, temperature=args.temperature, top_k=args.top_k,
-                    top_p=args.top_p, seed=seeds, stop=args.stop or (),
+                    top_p=args.top_p, seed=seeds, stop=args.stop or (), draft=draft,
                 )
                 results = [{"text": c.text, "finish_reason": c.finish_reason,
                             **({"logprobs": c.logprobs} if args.logprobs else {})} for c in completions]
@@ -368,10 +374,10 @@ def _print_generations(args: argparse.Namespace, model, requests: list[dict]) ->
                 print(json.dumps({"prompt": r["prompt"], **result}))
         return 0
     prompts = args.prompt or ["def "]
-    outputs = model.generate(
+    outputs = model.generator.generate(
         prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         top_p=args.top_p, seed=args.seed, stop=args.stop or (), num_beams=args.num_beams,
-        length_penalty=args.length_penalty,
+        length_penalty=args.length_penalty, draft=draft,
     )
     for prompt, text in zip(prompts, outputs):
         if len(prompts) > 1:
@@ -699,6 +705,9 @@ def _server_guard(args: argparse.Namespace, model_version: str):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.draft_dir:
+        raise UsageError("--draft_dir: speculative decoding is not supported by quark serve yet; serve without it "
+                         "(quark generate --draft_dir and model.generate(draft=...) support it)")
     _check_at_least(args, 1, "max_slots", "max_queue", "max_n", "decode_block")
     _check_at_least(args, 2, "max_seq_len")
     if not 0 < args.port < 65536:
@@ -908,6 +917,9 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--beyond_context", choices=("error", "warn"), default="error",
                      help="a prompt + max_new_tokens longer than the run's trained context: refuse (default) or warn")
     gen.add_argument("--logprobs", action="store_true", help="with --input_jsonl: add chosen-token logprobs")
+    gen.add_argument("--draft_dir", help="a small run sharing the tokenizer: exact speculative decoding "
+                     "(same greedy output, same sampling distribution; docs/speculative.md)")
+    gen.add_argument("--gamma", type=int, default=4, help="with --draft_dir: draft tokens per target call")
 
     qz = add("quantize", help="write a weight-only int8/int4 copy of a trained run")
     qz.add_argument("--model_dir", required=True)
@@ -979,6 +991,7 @@ def _build_parser() -> argparse.ArgumentParser:
                 description="Serve a run directory over HTTP: /v1/completions, /v1/chat/completions, /tokenize, "
                             "/metrics, /health, /ready, and a chat page at /.")
     serve.add_argument("--model_dir", required=True, help="run directory (quark train, quantize, import_hf ...)")
+    serve.add_argument("--draft_dir", help="speculative decoding draft: not supported by the server yet")
     serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")

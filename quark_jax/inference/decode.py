@@ -77,8 +77,23 @@ def sample_rows(
     Rows with ``temperature == 0`` take the argmax. ``filtering=False`` compiles the top-k/top-p masks out
     (they need a sort over the vocabulary, which is the dominant cost of a decode step for small models).
     """
-    logits = logits.astype(jnp.float32)
     greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    scaled = filter_logits(logits, temperature, top_k, top_p, filtering)
+    sampled = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, scaled).astype(jnp.int32)
+    return jnp.where(temperature > 0, sampled, greedy)
+
+
+def filter_logits(
+    logits: Float[Array, "B V"],
+    temperature: Float[Array, "B"],
+    top_k: Int[Array, "B"],
+    top_p: Float[Array, "B"],
+    filtering: bool,
+) -> Float[Array, "B V"]:
+    """Logits divided by each row's temperature (rows at 0 are left unscaled), with the tokens outside the
+    row's top-k / top-p set to ``NEG_INF``: ``softmax`` of the result is the distribution a sampled row
+    draws from (speculative decoding compares exactly these distributions of target and draft)."""
+    logits = logits.astype(jnp.float32)
     scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
     if filtering:
         vocab = logits.shape[-1]
@@ -95,8 +110,7 @@ def sample_rows(
         # Only rows that ask for top-p are cut: at top_p = 1 the float sum can reach 1 before the tail, and
         # such a row must sample exactly as it would with filtering compiled out.
         scaled = jnp.where((top_p < 1.0)[:, None] & (scaled < cutoff), NEG_INF, scaled)
-    sampled = jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, scaled).astype(jnp.int32)
-    return jnp.where(temperature > 0, sampled, greedy)
+    return scaled
 
 
 @struct.dataclass

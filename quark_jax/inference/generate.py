@@ -34,6 +34,7 @@ from quark_jax.inference.decode import (
     make_prefill_prefix_fn,
     make_score_fn,
 )
+from quark_jax.inference.speculative import Draft, SpeculativeSpec, make_speculative_fn
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class Completion:
     logprobs: list[float]
     finish_reason: str
     text: str | None = None
+    # With a draft model: {"target_calls", "accepted", "examined"} (see speculative.SpeculativeOutput).
+    speculation: dict | None = None
 
 
 def _pow2(n: int, minimum: int = 1) -> int:
@@ -230,10 +233,18 @@ class Generator:
         return self._call(fn, self.params, tokens, np.int32(len(prefix)))
 
     # ---- generation ------------------------------------------------------------------------------
-    def generate_requests(self, requests: Sequence[Request], prefix: PrefixCache | None = None) -> list[Completion]:
-        """Runs a batch of token-level requests through one compiled generate function."""
+    def generate_requests(
+        self, requests: Sequence[Request], prefix: PrefixCache | None = None, draft: Draft | None = None
+    ) -> list[Completion]:
+        """Runs a batch of token-level requests through one compiled generate function; with a ``draft``,
+        through exact speculative decoding (:mod:`quark_jax.inference.speculative`; no prefix)."""
         if not requests:
             raise ValueError("no requests")
+        if draft is not None and prefix is not None:
+            raise ValueError("prefix= with draft=: speculative decoding takes no prefix cache; put the prefix in "
+                             "the prompts or drop the draft")
+        if draft is not None and any(r.constraint is not None for r in requests):
+            raise ValueError("constraint= with draft=: speculative decoding does not take a grammar yet; drop one")
         batch = len(requests)
         prefix_length = 0 if prefix is None else int(prefix.length)
         self.check_context(prefix_length + max(len(r.prompt) + r.max_new_tokens for r in requests),
@@ -277,11 +288,19 @@ class Generator:
                           sampling=sampling, constrained=constrained)
         key = ("generate", batch_bucket, prompt_bucket, new_bucket, None if prefix is None else prefix.bucket,
                num_stops, stop_len, sampling, filtering, constrained)
-        fn = self._function(key, lambda: make_generate_fn(self.graphdef, spec, self.trace_count))
-        out = jax.device_get(self._call(
-            fn, self.params, tokens, lengths, max_tokens, temperature, top_k, top_p, keys, stop_tokens, prefix,
-            grammar, grammar_start,
-        ))
+        if draft is None:
+            fn = self._function(key, lambda: make_generate_fn(self.graphdef, spec, self.trace_count))
+            out = jax.device_get(self._call(
+                fn, self.params, tokens, lengths, max_tokens, temperature, top_k, top_p, keys, stop_tokens, prefix,
+                grammar, grammar_start,
+            ))
+        else:
+            spec = SpeculativeSpec(new_bucket, self.eos_id, draft.gamma, self.pad_id, filtering, sampling)
+            fn = self._function(key + ("speculative", draft.graphdef, draft.gamma),
+                                lambda: make_speculative_fn(self.graphdef, draft.graphdef, spec, self.trace_count))
+            out = jax.device_get(self._call(
+                fn, self.params, draft.params, tokens, lengths, max_tokens, temperature, top_k, top_p, keys, stop_tokens
+            ))
         completions = []
         for row in range(batch):
             n = int(out.num_tokens[row])
@@ -293,6 +312,9 @@ class Generator:
             else:
                 reason = "length"
             completions.append(Completion(tokens=toks, logprobs=lps, finish_reason=reason))
+            if draft is not None:
+                completions[-1].speculation = {name: int(getattr(out, name)[row])
+                                               for name in ("target_calls", "accepted", "examined")}
         return completions
 
     def _vocab_size(self) -> int:
@@ -330,6 +352,7 @@ class Generator:
         stop: Sequence[str] = (),
         prefix: str | PrefixCache | None = None,
         constraint: grammar_lib.TokenAutomaton | Sequence[grammar_lib.TokenAutomaton | None] | None = None,
+        draft: Draft | None = None,
     ) -> list[Completion]:
         """Text completions with token ids, log-probabilities and finish reasons.
 
@@ -338,7 +361,8 @@ class Generator:
         ``prefix`` (text or a :meth:`prefill_prefix` result) is a shared context prefilled once.
         ``constraint`` (one :class:`~quark_jax.inference.constrained.TokenAutomaton` for every prompt, or one
         per prompt with None for a free row) restricts the new text to a grammar; a row that ends with EOS
-        within its token limit ends in text the grammar accepts.
+        within its token limit ends in text the grammar accepts. A ``draft``
+        (:class:`~quark_jax.inference.speculative.Draft`) decodes speculatively: same output distribution.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -359,7 +383,7 @@ class Generator:
                     constraints[i])
             for i, p in enumerate(prompts)
         ]
-        completions = self.generate_requests(requests, prefix)
+        completions = self.generate_requests(requests, prefix, draft)
         for c in completions:
             text = self.vocabulary.decode(c.tokens)
             # Token-level stop matching can miss a stop string that tokenizes differently in context; the
@@ -382,10 +406,11 @@ class Generator:
         num_beams: int = 1,
         length_penalty: float = 1.0,
         constraint: grammar_lib.TokenAutomaton | Sequence[grammar_lib.TokenAutomaton | None] | None = None,
+        draft: Draft | None = None,
     ) -> list[str]:
         """Continuations of ``prompts`` (the prompt itself not included); ``num_beams > 1`` runs beam search
         (greedy ranking by ``length_penalty``-normalised log-probability; no prefix, no sampling);
-        ``constraint`` as in :meth:`complete`."""
+        ``constraint`` as in :meth:`complete`; a ``draft`` decodes speculatively."""
         if isinstance(prompts, str):
             prompts = [prompts]
         check_prompts(prompts)
@@ -393,6 +418,8 @@ class Generator:
         if num_beams > 1 and constraint is not None:
             raise ValueError("constrained decoding does not support num_beams > 1; use num_beams=1")
         if num_beams > 1:
+            if draft is not None:
+                raise ValueError(f"num_beams={num_beams} with a draft: beam search is not speculative; drop one")
             if prefix is not None:
                 raise ValueError("beam search (num_beams > 1) takes no prefix")
             limit = max_new_tokens if isinstance(max_new_tokens, int) else max(max_new_tokens)
@@ -400,7 +427,7 @@ class Generator:
                 [self._encode(p, start=True) for p in prompts], num_beams, limit, length_penalty)]
             return [_cut(t, stop) for t in texts]
         return [c.text for c in self.complete(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop, prefix,
-                                              constraint)]
+                                              constraint, draft)]
 
     # ---- beam search -----------------------------------------------------------------------------
     def beam_search(
