@@ -39,6 +39,8 @@ from typing import Any
 RATINGS = {1: 1, -1: -1, "up": 1, "down": -1}
 FEEDBACK_FIELDS = ("id", "rating", "preferred", "choice")
 SPLITS = ("train", "validation")
+# Written beside the pairs: which feedback file (and its SHA-256) they were made from, for run lineage.
+SOURCE_FILE = "source.json"
 
 
 def _is_index(value: Any) -> bool:
@@ -212,6 +214,16 @@ def split_pairs(pairs: list[dict[str, str]], validation_fraction: float = 0.1,
             "validation": [r for r in pairs if r["prompt"] in held_out]}
 
 
+def write_source(output_dir: str, feedback_path: str, entries: int, pairs: int) -> None:
+    """``output_dir/source.json``: the feedback file's absolute path and content hash, the counts (atomic)."""
+    from quark_jax import run_paths
+    from quark_jax.data.fingerprint import file_sha256
+
+    source = {"feedback": os.path.abspath(feedback_path), "sha256": file_sha256(feedback_path),
+              "entries": entries, "pairs": pairs}
+    run_paths.write_text(os.path.join(output_dir, SOURCE_FILE), json.dumps(source, indent=2) + "\n")
+
+
 def feedback_to_pairs_main(feedback_path: str, output_dir: str, validation_fraction: float = 0.1,
                            seed: int = 0) -> int:
     """`quark data feedback`: writes ``output_dir/{train,validation}.jsonl`` from a feedback file, prints the
@@ -231,6 +243,7 @@ def feedback_to_pairs_main(feedback_path: str, output_dir: str, validation_fract
             for record in splits[split]:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     counts = {split: len(splits[split]) for split in SPLITS}
+    write_source(output_dir, feedback_path, len(entries), len(pairs))
     print(json.dumps({"entries": len(entries), "skipped_lines": skipped, "pairs": len(pairs), **counts,
                       "output": output_dir}))
     if not counts["validation"]:

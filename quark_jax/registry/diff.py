@@ -1,0 +1,86 @@
+"""``quark runs diff A B``: how two runs differ in their operative gin bindings and their lineage.
+
+The bindings are read from each run's ``config.gin`` (gin's operative config: ``NAME = VALUE`` lines, a value
+continued on indented lines); macros are compared too. The lineage comparison covers the kind, the parents by
+role (path, step, run id), the data by role (name, path, content hash, feedback it came from), the config hash,
+the code commit, and the newest figure of each evaluated metric.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from quark_jax import lineage, run_paths
+
+_BINDING = re.compile(r"^([A-Za-z_][\w.]*(?:/[\w.]+)?)\s*=\s*(.*)$")
+
+
+def parse_bindings(text: str) -> dict[str, str]:
+    """``{name: value text}`` of a gin operative config (comments and blank lines skipped; an indented line
+    continues the value above it, whitespace collapsed)."""
+    bindings: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            name = None if not line.strip() else name
+            continue
+        match = _BINDING.match(line)
+        if match and not line[0].isspace():
+            name = match.group(1)
+            bindings[name] = match.group(2).strip()
+        elif name is not None:
+            bindings[name] = f"{bindings[name]} {line.strip()}"
+    return bindings
+
+
+def read_bindings(run_dir: str) -> dict[str, str]:
+    path = run_paths.safe_path(run_dir, "config.gin")
+    return parse_bindings(run_paths.read_text(path)) if run_paths.exists(path) else {}
+
+
+def _compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, list]:
+    """``{key: [value in a, value in b]}`` of every key whose values differ (None where absent)."""
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b), key=str) if a.get(k) != b.get(k)}
+
+
+def _lineage_view(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The comparable facts of a lineage, flattened to ``{"parent.reference.step": 40, ...}``."""
+    view: dict[str, Any] = {"kind": record.get("kind"),
+                            "config.sha256": (record.get("config") or {}).get("sha256"),
+                            "code.git_commit": (record.get("code") or {}).get("git_commit")}
+    for p in record.get("parents", []):
+        for field in ("path", "step", "run_id"):
+            view[f"parent.{p['role']}.{field}"] = p.get(field)
+    for d in record.get("data", []):
+        for field in ("name", "path", "sha256"):
+            if field in d:
+                view[f"data.{d['role']}.{field}"] = d[field]
+        if isinstance(d.get("derived_from"), dict):
+            view[f"data.{d['role']}.derived_from.sha256"] = d["derived_from"].get("sha256")
+    for e in record.get("evaluations", []):  # oldest first: the newest figure wins
+        for task, metrics in (e.get("tasks") or {}).items():
+            for metric, value in metrics.items():
+                view[f"eval.{task}.{metric}"] = value
+        for metric, value in (e.get("figures") or {}).items():
+            view[f"eval.{e.get('source')}.{metric}"] = value
+    return view
+
+
+def diff_runs(run_a: str, run_b: str) -> dict[str, dict[str, list]]:
+    """``{"config": {binding: [a, b]}, "lineage": {fact: [a, b]}}`` of what differs between two runs."""
+    return {"config": _compare(read_bindings(run_a), read_bindings(run_b)),
+            "lineage": _compare(_lineage_view(lineage.read_lineage(run_a)), _lineage_view(lineage.read_lineage(run_b)))}
+
+
+def format_diff(diff: Mapping[str, Mapping[str, list]], run_a: str, run_b: str) -> str:
+    """One line per difference: ``config TrainConfig.steps: 40 -> 5``; a header naming A and B."""
+    lines = [f"A = {run_a}", f"B = {run_b}"]
+    for section in ("config", "lineage"):
+        for key, (a, b) in diff[section].items():
+            show = lambda v: "(absent)" if v is None else str(v)
+            lines.append(f"{section} {key}: {show(a)} -> {show(b)}")
+    if len(lines) == 2:
+        lines.append("no differences")
+    return "\n".join(lines) + "\n"
