@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -156,10 +157,9 @@ def data_versions(mixture: str, objective_info: Mapping[str, Any]) -> list[dict]
 def record_training(run_dir: str, init_from: str | None, mixture: str, objective_info: Mapping[str, Any],
                     gin_config_text: str, extra_parents: Mapping[str, str] = ()) -> dict:
     """Writes (or, on a resumed run, updates) ``lineage.json`` at the start of training; returns it."""
-    from quark_jax import __version__
-
     previous = read_lineage(run_dir)
-    code = {**git_state(), "version": __version__}
+    # the package's version, read without importing the package here (it imports the trainer, which imports this)
+    code = {**git_state(), "version": getattr(sys.modules.get("quark_jax"), "__version__", None)}
     config = {"file": "config.gin", "sha256": fingerprint.text_sha256(gin_config_text) if gin_config_text else None}
     start = {"time": time.time(), "git_commit": code["git_commit"], "config_sha256": config["sha256"]}
     lineage = {

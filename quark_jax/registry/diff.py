@@ -1,13 +1,15 @@
 """``quark runs diff A B``: how two runs differ in their operative gin bindings and their lineage.
 
-The bindings are read from each run's ``config.gin`` (gin's operative config: ``NAME = VALUE`` lines, a value
-continued on indented lines); macros are compared too. The lineage comparison covers the kind, the parents by
+The model is compared field by field from ``model_config.json`` (what the run really built, whichever gin file
+set it). The bindings are read from each run's ``config.gin`` (gin's operative config: ``NAME = VALUE`` lines, a
+value continued on indented lines), a macro reference replaced by the macro's value; macros are compared too. The lineage comparison covers the kind, the parents by
 role (path, step, run id), the data by role (name, path, content hash, feedback it came from), the config hash,
 the code commit, and the newest figure of each evaluated metric.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -35,9 +37,30 @@ def parse_bindings(text: str) -> dict[str, str]:
     return bindings
 
 
+def resolve_macros(bindings: Mapping[str, str]) -> dict[str, str]:
+    """A binding whose value is a macro reference (``%TRAIN_STEPS``) takes the macro's value, so that two runs
+    binding the same value directly and through a macro do not differ."""
+    resolved = dict(bindings)
+    for name, value in bindings.items():
+        seen = set()
+        while value.startswith("%") and value[1:] in bindings and value not in seen:
+            seen.add(value)
+            value = bindings[value[1:]]
+        resolved[name] = value
+    return resolved
+
+
 def read_bindings(run_dir: str) -> dict[str, str]:
+    """The run's operative bindings, macros resolved; ``ModelConfig.*`` left out (the model is compared
+    whole, from ``model_config.json``)."""
     path = run_paths.safe_path(run_dir, "config.gin")
-    return parse_bindings(run_paths.read_text(path)) if run_paths.exists(path) else {}
+    bindings = resolve_macros(parse_bindings(run_paths.read_text(path))) if run_paths.exists(path) else {}
+    return {k: v for k, v in bindings.items() if not k.split("/")[-1].startswith("ModelConfig.")}
+
+
+def read_model(run_dir: str) -> dict[str, Any]:
+    path = run_paths.safe_path(run_dir, "model_config.json")
+    return json.loads(run_paths.read_text(path)) if run_paths.exists(path) else {}
 
 
 def _compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, list]:
@@ -69,15 +92,17 @@ def _lineage_view(record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def diff_runs(run_a: str, run_b: str) -> dict[str, dict[str, list]]:
-    """``{"config": {binding: [a, b]}, "lineage": {fact: [a, b]}}`` of what differs between two runs."""
-    return {"config": _compare(read_bindings(run_a), read_bindings(run_b)),
+    """``{"model": {field: [a, b]}, "config": {binding: [a, b]}, "lineage": {fact: [a, b]}}`` of what differs
+    between two runs."""
+    return {"model": _compare(read_model(run_a), read_model(run_b)),
+            "config": _compare(read_bindings(run_a), read_bindings(run_b)),
             "lineage": _compare(_lineage_view(lineage.read_lineage(run_a)), _lineage_view(lineage.read_lineage(run_b)))}
 
 
 def format_diff(diff: Mapping[str, Mapping[str, list]], run_a: str, run_b: str) -> str:
     """One line per difference: ``config TrainConfig.steps: 40 -> 5``; a header naming A and B."""
     lines = [f"A = {run_a}", f"B = {run_b}"]
-    for section in ("config", "lineage"):
+    for section in ("model", "config", "lineage"):
         for key, (a, b) in diff[section].items():
             show = lambda v: "(absent)" if v is None else str(v)
             lines.append(f"{section} {key}: {show(a)} -> {show(b)}")
