@@ -3,8 +3,9 @@
 :func:`register` enters a run into the ledger with what its lineage says (parents, data hashes, config hash,
 code commit). :func:`run_gate` evaluates the run's newest checkpoint on a baseline's tasks
 (:mod:`quark_jax.evaluation.harness`) and compares the figures with the baseline
-(:func:`quark_jax.evaluation.regression.compare`), recording the result in the run's lineage; a result already
-recorded for the same checkpoint, baseline bytes, tasks, limit and seed is read back instead of evaluating again.
+(:func:`quark_jax.evaluation.regression.compare`), recording the result in the run's lineage. Figures already
+recorded for the same checkpoint, tasks, limit and seed (by an earlier gate or ``quark eval --tasks``) are read
+back instead of evaluating again -- the evaluation is deterministic; only the verdict depends on the baseline.
 :func:`promote` writes ``evaluated`` and then ``promoted`` -- or ``rejected``, raising :class:`PromotionRefused`
 whose one-line message names every regression.
 """
@@ -77,18 +78,21 @@ def run_gate(run: str, baseline: str, tasks: str | None = None, limit: int | Non
     spec = tasks or ",".join(stored["tasks"])
     step = lineage.newest_step(run)
     key = {"step": step, "limit": limit, "seed": seed, "task_spec": spec}
-    if reuse:
-        for record in reversed(lineage.evaluations(run)):
-            gate = record.get("gate") or {}
-            if gate.get("baseline_sha256") == baseline_sha and all(record.get(k) == v for k, v in key.items()):
-                return GateResult(run, step, baseline, baseline_sha, record["tasks"], gate["regressions"], True)
-    results = _evaluate(run, spec, limit, seed, batch_size)
-    regressions = [r.as_dict() for r in regression.compare(results, stored)]
-    figures = lineage.task_figures(results)
-    lineage.append_evaluation(run, {**key, "source": "gate", "tasks": figures, "gate": {
-        "baseline": run_paths.absolute(baseline), "baseline_sha256": baseline_sha, "passed": not regressions,
+    figures = None
+    if reuse:  # the figures depend on the checkpoint, tasks, limit and seed only; the verdict on the baseline
+        figures = next((record["tasks"] for record in reversed(lineage.evaluations(run))
+                        if record.get("tasks") and all(record.get(k) == v for k, v in key.items())), None)
+    reused = figures is not None
+    if figures is None:
+        figures = lineage.task_figures(_evaluate(run, spec, limit, seed, batch_size))
+    as_results = {"tasks": {task: {"metrics": {m: {"value": v} for m, v in metrics.items()}}
+                            for task, metrics in figures.items()}}
+    regressions = [r.as_dict() for r in regression.compare(as_results, stored)]
+    baseline = run_paths.absolute(baseline)
+    lineage.append_evaluation(run, {**key, "source": "gate", "tasks": figures, "reused": reused, "gate": {
+        "baseline": baseline, "baseline_sha256": baseline_sha, "passed": not regressions,
         "regressions": regressions}})
-    return GateResult(run, step, run_paths.absolute(baseline), baseline_sha, figures, regressions, False)
+    return GateResult(run, step, baseline, baseline_sha, figures, regressions, reused)
 
 
 def _evaluate(run: str, spec: str, limit: int | None, seed: int, batch_size: int) -> dict:
