@@ -79,7 +79,11 @@ def _record_in_lineage(model_dir: str, results: list[dict], limit: int | None, s
             record["gate"] = {"baseline": os.path.abspath(baseline), "baseline_sha256": file_sha256(baseline),
                               "passed": not found,
                               "regressions": [r.as_dict() for r in found]}
-        lineage.append_evaluation(model_dir, record)
+        try:
+            lineage.append_evaluation(model_dir, record)
+        except OSError as e:  # a read-only run directory: the report is still written where --output says
+            print(f"note: could not record the results in {model_dir}'s lineage.json ({e.strerror or e})",
+                  file=sys.stderr)
 
 
 def pairwise_main(run_a: str, run_b: str, task_spec: str, output: str, limit: int | None = 50, seed: int = 0,

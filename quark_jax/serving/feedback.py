@@ -21,7 +21,8 @@ with ``k >= 2`` choices gives ``k - 1`` pairs (the preferred text over each othe
 with every thumbs-down text. Duplicates and pairs whose two texts are equal are dropped.
 
 **Files** (:func:`feedback_to_pairs_main`): ``OUTPUT/train.jsonl`` and ``OUTPUT/validation.jsonl``, the
-directory ``configs/runs/dpo.gin`` reads as ``PREFERENCES_DIR``. A prompt's pairs all land in one split, chosen
+directory ``configs/runs/dpo.gin`` reads as ``PREFERENCES_DIR``, and ``OUTPUT/source.json`` naming the feedback
+file and its SHA-256 (which a DPO run's ``lineage.json`` carries, :mod:`quark_jax.lineage`). A prompt's pairs all land in one split, chosen
 by a hash of ``(seed, prompt)``; with two or more distinct prompts each split gets at least one of them (with a
 single prompt everything is training data and validation.jsonl is empty: train with
 ``--gin.quark_jax.TrainConfig.eval_every=0``).

@@ -73,6 +73,10 @@ def test_feedback_to_dpo_to_gate_to_promotion(trained_run, tmp_path, capsys):
     baseline = json.loads(open(BASELINE).read())
     assert evaluated["passed"] == _passes(evaluated["tasks"], baseline)
     assert set(evaluated["tasks"]) == {"perplexity_code"} and evaluated["step"] == 3
+    gates = [e for e in json.loads((out / "dpo" / "lineage.json").read_text())["evaluations"] if e["source"] == "gate"]
+    assert len(gates) == 1 and gates[0]["tasks"] == evaluated["tasks"] and gates[0]["step"] == 3
+    assert gates[0]["gate"]["passed"] == evaluated["passed"]
+    assert gates[0]["gate"]["baseline_sha256"] == hashlib.sha256(open(BASELINE, "rb").read()).hexdigest()
     final = records[3]
     assert final["evaluation"] == evaluated["hash"] and final["stage"] == "production"
     if evaluated["passed"]:
