@@ -101,10 +101,12 @@ def diff_runs(run_a: str, run_b: str) -> dict[str, dict[str, list]]:
 
 def format_diff(diff: Mapping[str, Mapping[str, list]], run_a: str, run_b: str) -> str:
     """One line per difference: ``config TrainConfig.steps: 40 -> 5``; a header naming A and B."""
+    def show(value: Any) -> str:
+        return "(absent)" if value is None else str(value)
+
     lines = [f"A = {run_a}", f"B = {run_b}"]
     for section in ("model", "config", "lineage"):
         for key, (a, b) in diff[section].items():
-            show = lambda v: "(absent)" if v is None else str(v)
             lines.append(f"{section} {key}: {show(a)} -> {show(b)}")
     if len(lines) == 2:
         lines.append("no differences")
