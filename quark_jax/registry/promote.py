@@ -122,7 +122,10 @@ def promote(run: str, stage: str, ledger: Ledger, baseline: str, tasks: str | No
             limit: int | None = None, seed: int = 0, batch_size: int = 16) -> dict:
     """Registers the run if needed, gates it and appends ``evaluated`` then ``promoted`` (returned) or
     ``rejected`` (then raises :class:`PromotionRefused`)."""
+    from quark_jax.evaluation import regression
+
     run = run_dir_of(run)
+    regression.read_baseline(baseline)  # a missing or malformed baseline fails before anything is recorded
     ledger.verify()  # a tampered ledger is refused before any work
     register(run, ledger)
     run_id = lineage.read_lineage(run)["run_id"]
