@@ -22,6 +22,8 @@
     quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
     quark index build --index /tmp/idx --passages passages.jsonl --model_dir=/tmp/run --hnsw   (then add/delete/search/info)
     quark tokenizer train --mixture quark_demo --output tokenizers/quark_demo_4k --vocab_size 4096
+    quark runs list|show|diff|register|verify|promote RUN --stage production --baseline evals/baselines/B.json
+    quark improve --feedback feedback.jsonl --base /tmp/sft --out /tmp/improved --baseline evals/baselines/B.json
 
 ``--gin_file`` and ``--gin.NAME=VALUE`` may repeat; bindings apply after all files, in order. Values are gin
 literals, so strings need inner quotes (``--gin.MODEL_DIR="'/tmp/run'"``). ``--gin_search_paths`` (repeatable,
@@ -1065,6 +1067,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from quark_jax.agents import cli_main as agent_cli
 
     agent_cli.add_subparser(sub, common)
+    from quark_jax.registry import cli_main as registry_cli
+
+    registry_cli.add_subparsers(sub, common, _Parser)
     return parser
 
 
@@ -1080,6 +1085,17 @@ def _redteam(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
 
 
+def _registry(args: argparse.Namespace, bindings: list[str]) -> int:
+    from quark_jax.registry import cli_main as registry_cli
+
+    if args.command == "improve":  # trains: seqio's data backend must not take the GPUs
+        _start_tensorflow(args.verbose)
+    try:
+        return registry_cli.run(args, bindings)
+    except registry_cli.RegistryUsageError as e:
+        raise UsageError(str(e)) from None
+
+
 def _index(args: argparse.Namespace) -> int:
     from quark_jax.retrieval import index_cli
 
@@ -1091,7 +1107,8 @@ def _index(args: argparse.Namespace) -> int:
 
 def _command_name(args: argparse.Namespace) -> str:
     sub = (getattr(args, "data_command", None) or getattr(args, "tokenizer_command", None)
-           or getattr(args, "kg_command", None) or getattr(args, "index_command", None))
+           or getattr(args, "kg_command", None) or getattr(args, "index_command", None)
+           or getattr(args, "runs_command", None))
     return f"quark {args.command}" + (f" {sub}" if sub else "")
 
 
@@ -1106,7 +1123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(rest)
     args.verbose += args.sub_verbose
     _configure_output(args.verbose)
-    if bindings and args.command not in ("train", "data", "plan"):
+    if bindings and args.command not in ("train", "data", "plan", "improve"):
         print(f"quark {args.command}: --gin.* flags only apply to `quark train`, `quark data` and `quark plan`",
               file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -1117,7 +1134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "import_hf": lambda: _import_hf(args), "serve": lambda: _serve(args),
                 "telemetry": lambda: _telemetry(args), "kg": lambda: _kg(args), "rag": lambda: _rag(args),
                 "index": lambda: _index(args), "embed": lambda: _embed(args), "agent": lambda: _agent(args),
-                "redteam": lambda: _redteam(args)}
+                "redteam": lambda: _redteam(args), "runs": lambda: _registry(args, bindings),
+                "improve": lambda: _registry(args, bindings)}
     try:
         return commands[args.command]()
     except UsageError as e:

@@ -29,6 +29,8 @@ from quark_jax.data import tasks
 
 MANIFEST = "dataset.json"
 FEATURE_NAMES = ("text", "id", "meta")
+# mixture name -> the built directory it was registered from (read by quark_jax.lineage for content hashes)
+REGISTERED_DIRS: dict[str, str] = {}
 
 
 def shard_paths(directory: pathlib.Path, split: str, num_shards: int) -> list[pathlib.Path]:
@@ -81,6 +83,7 @@ def register_built(data_dir: str | os.PathLike, vocabulary=None, chunk_overlap: 
         )
         rates[task_name] = info["rate"]
     tasks.register_mixture(name, rates)
+    REGISTERED_DIRS[name] = data_dir
     return name
 
 

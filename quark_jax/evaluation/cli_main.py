@@ -54,12 +54,36 @@ def eval_tasks_main(model_dir: str, tasks: str, output: str | None = None, batch
     if write_baseline:
         regression.write_baseline(results, write_baseline)
         print(f"baseline written: {write_baseline}")
+    _record_in_lineage(model_dir, results, limit, seed, tasks, baseline, stored)
     if stored is not None:
         regressions = regression.compare(results, stored)
         print(regression.format_regressions(regressions), end="", file=sys.stdout)
         if regressions:
             return 1
     return 0
+
+
+def _record_in_lineage(model_dir: str, results: list[dict], limit: int | None, seed: int, task_spec: str,
+                       baseline: str | None, stored: dict | None) -> None:
+    """Appends each evaluated checkpoint's figures (and the gate's verdict, with a baseline) to the run's
+    ``lineage.json`` (:mod:`quark_jax.lineage`)."""
+    from quark_jax import lineage
+    from quark_jax.data.fingerprint import file_sha256
+    from quark_jax.evaluation import regression
+
+    for result in results:
+        record = {"step": result["step"], "source": "quark eval", "tasks": lineage.task_figures(result),
+                  "limit": limit, "seed": seed, "task_spec": task_spec}
+        if stored is not None:
+            found = regression.compare(result, stored)
+            record["gate"] = {"baseline": os.path.abspath(baseline), "baseline_sha256": file_sha256(baseline),
+                              "passed": not found,
+                              "regressions": [r.as_dict() for r in found]}
+        try:
+            lineage.append_evaluation(model_dir, record)
+        except OSError as e:  # a read-only run directory: the report is still written where --output says
+            print(f"note: could not record the results in {model_dir}'s lineage.json ({e.strerror or e})",
+                  file=sys.stderr)
 
 
 def pairwise_main(run_a: str, run_b: str, task_spec: str, output: str, limit: int | None = 50, seed: int = 0,

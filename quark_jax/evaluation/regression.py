@@ -45,6 +45,11 @@ class Regression:
         """The worst value that would still pass."""
         return self.baseline - self.tolerance if self.higher_is_better else self.baseline + self.tolerance
 
+    def as_dict(self) -> dict:
+        """The regression as JSON-ready fields (with ``allowed``), as lineages and the registry ledger keep it."""
+        return {"task": self.task, "metric": self.metric, "baseline": self.baseline, "now": self.now,
+                "tolerance": self.tolerance, "allowed": self.allowed, "higher_is_better": self.higher_is_better}
+
 
 def higher_is_better(metric: str) -> bool:
     return metric not in LOWER_IS_BETTER

@@ -21,7 +21,8 @@ with ``k >= 2`` choices gives ``k - 1`` pairs (the preferred text over each othe
 with every thumbs-down text. Duplicates and pairs whose two texts are equal are dropped.
 
 **Files** (:func:`feedback_to_pairs_main`): ``OUTPUT/train.jsonl`` and ``OUTPUT/validation.jsonl``, the
-directory ``configs/runs/dpo.gin`` reads as ``PREFERENCES_DIR``. A prompt's pairs all land in one split, chosen
+directory ``configs/runs/dpo.gin`` reads as ``PREFERENCES_DIR``, and ``OUTPUT/source.json`` naming the feedback
+file and its SHA-256 (which a DPO run's ``lineage.json`` carries, :mod:`quark_jax.lineage`). A prompt's pairs all land in one split, chosen
 by a hash of ``(seed, prompt)``; with two or more distinct prompts each split gets at least one of them (with a
 single prompt everything is training data and validation.jsonl is empty: train with
 ``--gin.quark_jax.TrainConfig.eval_every=0``).
@@ -39,6 +40,8 @@ from typing import Any
 RATINGS = {1: 1, -1: -1, "up": 1, "down": -1}
 FEEDBACK_FIELDS = ("id", "rating", "preferred", "choice")
 SPLITS = ("train", "validation")
+# Written beside the pairs: which feedback file (and its SHA-256) they were made from, for run lineage.
+SOURCE_FILE = "source.json"
 
 
 def _is_index(value: Any) -> bool:
@@ -212,6 +215,16 @@ def split_pairs(pairs: list[dict[str, str]], validation_fraction: float = 0.1,
             "validation": [r for r in pairs if r["prompt"] in held_out]}
 
 
+def write_source(output_dir: str, feedback_path: str, entries: int, pairs: int) -> None:
+    """``output_dir/source.json``: the feedback file's absolute path and content hash, the counts (atomic)."""
+    from quark_jax import run_paths
+    from quark_jax.data.fingerprint import file_sha256
+
+    source = {"feedback": os.path.abspath(feedback_path), "sha256": file_sha256(feedback_path),
+              "entries": entries, "pairs": pairs}
+    run_paths.write_text(os.path.join(output_dir, SOURCE_FILE), json.dumps(source, indent=2) + "\n")
+
+
 def feedback_to_pairs_main(feedback_path: str, output_dir: str, validation_fraction: float = 0.1,
                            seed: int = 0) -> int:
     """`quark data feedback`: writes ``output_dir/{train,validation}.jsonl`` from a feedback file, prints the
@@ -231,6 +244,7 @@ def feedback_to_pairs_main(feedback_path: str, output_dir: str, validation_fract
             for record in splits[split]:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
     counts = {split: len(splits[split]) for split in SPLITS}
+    write_source(output_dir, feedback_path, len(entries), len(pairs))
     print(json.dumps({"entries": len(entries), "skipped_lines": skipped, "pairs": len(pairs), **counts,
                       "output": output_dir}))
     if not counts["validation"]:

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from quark_jax import run_paths, runs
+from quark_jax import lineage, run_paths, runs
 from quark_jax import sharding as sh
 from quark_jax.training import checkpoint as ckpt
 from quark_jax.training import metrics as qm
@@ -154,6 +154,9 @@ class Trainer:
         if self.gin_config_text:
             runs.write_gin_config(cfg.model_dir, self.gin_config_text)
         runs.copy_tokenizer(self.vocabulary.sentencepiece_model_file, cfg.model_dir)
+        lineage.record_training(cfg.model_dir, cfg.init_from, cfg.data.mixture_or_task_name,
+                                {**self.objective.objective_info(),
+                                 **lineage.objective_parents(self.objective)}, self.gin_config_text)
 
     def _check_checkpoint_shapes(self) -> None:
         """Refuses checkpoints whose parameter shapes differ from this run's (from the checkpoint's own metadata,
@@ -309,6 +312,10 @@ class Trainer:
         values = {f"eval/{name}/{metric}": figure["value"]
                   for name, task in results["tasks"].items() for metric, figure in task["metrics"].items()}
         self.last_task_results = results
+        if jax.process_index() == 0:
+            lineage.append_evaluation(cfg.model_dir, {"step": step, "source": "training",
+                                                      "tasks": lineage.task_figures(results),
+                                                      "limit": cfg.eval_tasks_limit, "seed": cfg.seed})
         log.info("step %d: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in values.items()))
         return values
 
@@ -591,6 +598,9 @@ class Trainer:
         self.state = state
         summary.update(final_step=step, last_metrics=last)
         if jax.process_index() == 0:
+            held_out = {k: v for k, v in summary.items() if k.startswith("val_") and isinstance(v, (int, float))}
+            if held_out:
+                lineage.append_evaluation(cfg.model_dir, {"step": step, "source": "validation", "figures": held_out})
             summary["loss_curve"] = qm.plot_loss_curve(cfg.model_dir)
             run_paths.write_text(run_paths.safe_path(cfg.model_dir, SUMMARY_FILE),  # atomic, local or not
                                  json.dumps(summary, indent=2, default=str))

@@ -103,7 +103,15 @@ FORBIDDEN = {
     "quark_jax.inference": ("quark_jax.training", "quark_jax.runs", "quark_jax.api", "quark_jax.cli",
                             "quark_jax.evaluation", "quark_jax.serving", "quark_jax.agents", "quark_jax.safety"),
     "quark_jax.training.config": ("quark_jax.training.trainer", "quark_jax.training.objectives"),
-    "quark_jax.evaluation": ("quark_jax.training.trainer", "quark_jax.training.steps", "quark_jax.cli"),
+    "quark_jax.evaluation": ("quark_jax.training.trainer", "quark_jax.training.steps", "quark_jax.cli",
+                             "quark_jax.registry"),
+    # A run's lineage is part of the run-directory format: light, below training, evaluation and the registry.
+    "quark_jax.lineage": ("quark_jax.training", "quark_jax.evaluation", "quark_jax.registry", "quark_jax.runs",
+                          "quark_jax.api", "quark_jax.cli", "quark_jax.models", "quark_jax.inference"),
+    # The registry drives training and evaluation; only the command line sits above it, and training never
+    # reaches up into it.
+    "quark_jax.registry": ("quark_jax.cli",),
+    "quark_jax.training": ("quark_jax.registry",),
     # Serving uses a loaded model; nothing below it knows it exists, and it never reaches into training.
     "quark_jax.serving": ("quark_jax.training", "quark_jax.cli", "quark_jax.evaluation"),
     # The knowledge graph reads data and answers retrievers; it never reaches up into serving or the command line.
