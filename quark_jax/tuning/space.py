@@ -69,6 +69,16 @@ class Dimension:
         return (x - low) / (high - low) if high > low else 0.0
 
 
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-2`` (no dot) as a string: such a string is taken as the number it spells."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def _dimension(path: str, binding: str, spec: Any) -> Dimension:
     where = f"{path}: {binding}"
     if not isinstance(spec, Mapping):
@@ -86,7 +96,7 @@ def _dimension(path: str, binding: str, spec: Any) -> Dimension:
         if any(not isinstance(c, (str, int, float, bool)) and c is not None for c in choices):
             raise SearchSpaceError(f"{where}: choices must be numbers, bools or strings (gin text with raw: true)")
         return Dimension(binding, kind, choices=tuple(choices), raw=bool(spec.get("raw", False)))
-    low, high = spec.get("low"), spec.get("high")
+    low, high = _number(spec.get("low")), _number(spec.get("high"))
     if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or isinstance(low, bool) \
             or isinstance(high, bool) or not low < high:
         raise SearchSpaceError(f"{where}: needs numbers low < high, got low={low!r} high={high!r}")
