@@ -49,6 +49,7 @@ class StudySpec:
     time_budget_s: float | None = None  # per trial: stop at the first evaluation past it
     study_name: str = ""
     sleep_s: float = 0.0  # quadratic objective only: how long each trial "trains"
+    startup_trials: int = 4  # TPE: random trials before the model of good and bad points takes over
 
     @property
     def name(self) -> str:
@@ -127,7 +128,7 @@ def open_study(spec: StudySpec, worker_index: int = 0) -> Any:
     for attempt in range(3):
         try:
             return optuna.create_study(
-                study_name=spec.name, storage=storage, sampler=study_lib.make_sampler(spec.sampler, seed),
+                study_name=spec.name, storage=storage, sampler=study_lib.make_sampler(spec.sampler, seed, spec.startup_trials),
                 pruner=study_lib.make_pruner(spec.pruner), direction="minimize", load_if_exists=True,
             )
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it in between: load it

@@ -103,41 +103,41 @@ def test_search_space_errors_name_the_binding(tmp_path):
     assert str(e.value) == (f"{path}: quark_jax.OptimizerConfig.learning_rate: log: true needs low > 0, got 0")
 
 
-# The two real-trainer tests each take ~2.5 min of CPU on the shared 2-core machine (every trial compiles its own
-# step): far over the suite's budget, so they run only with QUARK_SLOW_TESTS=1.
-slow = pytest.mark.skipif(not os.environ.get("QUARK_SLOW_TESTS"), reason="real trainer trials: QUARK_SLOW_TESTS=1")
-
-
-@slow
-def test_real_trials_prune_on_validation_loss_and_best_gin_loads(tmp_path):
+def test_real_trial_is_pruned_on_its_validation_loss_and_best_gin_loads(tmp_path):
+    """One real tiny-model trial against two finished trials (added to the study with known losses): its
+    validation loss at step 4 is worse than their median, so it is pruned there and stops training."""
     from quark_jax import gin_utils
 
     study_dir = tmp_path / "study"
     overrides = tiny_overrides("unused", 12, **MICRO_MODEL, **{"quark_jax.TrainConfig.eval_every": 4})
     overrides = [b for b in overrides if not b.startswith("MODEL_DIR=")]
+    lr = "quark_jax.OptimizerConfig.learning_rate"
     spec = search.StudySpec(
         study_dir=str(study_dir), gin_files=(RUN_CONFIG,), overrides=tuple(overrides), trials=3, sampler="random",
-        pruner="median", seed=3, space=space_lib.parse_space({
-            "quark_jax.OptimizerConfig.learning_rate": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True}}))
-    # Trials 0 and 1 set the median; trial 2 gets a learning rate so small that its loss stays high: pruned.
+        pruner="median", seed=3, space=space_lib.parse_space({lr: {"type": "float", "low": 1e-5, "high": 3e-2, "log": True}}))
     study = search.open_study(spec)
-    for lr in (1e-2, 3e-2, 1e-5):
-        study.enqueue_trial({"quark_jax.OptimizerConfig.learning_rate": lr})
-    search.run_worker(spec)
-    trials = search.open_study(spec).get_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
-    pruned = trials[2]
-    assert min(pruned.intermediate_values) == 4 and pruned.user_attrs["final_step"] < 12
+    distribution = optuna.distributions.FloatDistribution(1e-5, 3e-2, log=True)
+    for value, rate in ((4.0, 3e-3), (4.5, 1e-2)):  # a random-init model is at ~8.3 nats (ln 4096)
+        study.add_trial(optuna.trial.create_trial(params={lr: rate}, distributions={lr: distribution}, value=value,
+                                                  intermediate_values={4: value + 1, 8: value + 0.5}))
+    study.enqueue_trial({lr: 1e-5})
+    assert search.run_worker(spec) == 1
+    trial = search.open_study(spec).get_trials()[2]
+    assert trial.state.name == "PRUNED" and trial.user_attrs["final_step"] == 4
     metrics = [json.loads(line) for line in (study_dir / "trials" / "2" / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["step"] for r in metrics) == pruned.user_attrs["final_step"]  # stopped where it was pruned
-    for t in trials[:2]:  # the value is the run's own final validation loss
-        summary = json.loads((study_dir / "trials" / str(t.number) / "summary.json").read_text())
-        assert t.value == pytest.approx(summary["val_loss"]) and summary["final_step"] == 12
-        assert t.intermediate_values[4] > t.value
-    search.finalize(spec)
-    best = min(trials[:2], key=lambda t: t.value)
+    val_losses = {r["step"]: r["val_loss"] for r in metrics if "val_loss" in r}
+    assert trial.intermediate_values == {4: pytest.approx(val_losses[4])}  # the run's own validation loss
+    assert max(r["step"] for r in metrics) == 4  # it stopped training where it was pruned
+    assert (study_dir / "trials" / "2" / "checkpoints" / "4").is_dir()  # cleanly: step 4 checkpointed
+    summary = search.finalize(spec)
+    assert summary["best_trial"] == 0 and summary["trials"] == {"complete": 2, "pruned": 1}
     gin_utils.parse([RUN_CONFIG, str(study_dir / "best.gin")], ["MODEL_DIR='/tmp/x'", "TRAIN_STEPS=1"])
-    assert gin_utils.build_train_config().optimizer.learning_rate == best.params["quark_jax.OptimizerConfig.learning_rate"]
+    assert gin_utils.build_train_config().optimizer.learning_rate == 3e-3
+
+
+# The whole PBT loop (four trainer runs) takes minutes of CPU on the shared 2-core machine: far over the suite's
+# budget, so it runs only with QUARK_SLOW_TESTS=1; the exploit step itself is tested below on the session's run.
+slow = pytest.mark.skipif(not os.environ.get("QUARK_SLOW_TESTS"), reason="four trainer runs: QUARK_SLOW_TESTS=1")
 
 
 @slow
@@ -164,3 +164,43 @@ def test_pbt_exploit_copies_the_donors_checkpoint_and_perturbs(tmp_path):
         assert min(abs(ratio - 0.8), abs(ratio - 1.2)) < 1e-9
     assert schedules[donor][1]["exploited"] is None and schedules[donor][1]["params"] == first[donor]["params"]
     assert result["best_member"] == min(range(2), key=lambda m: schedules[m][1]["val_loss"])
+
+
+def test_exploited_member_continues_from_the_donors_checkpoint(tmp_path, trained_run):
+    """Exploit on real runs: the session's 40-step tiny run is the donor; the recipient (a member that trained
+    elsewhere) takes its step-40 checkpoint and, with perturbed hyper-parameters, trains on from step 40 with
+    the donor's parameters."""
+    import random
+
+    donor = trained_run["model_dir"]
+    recipient = tmp_path / "pbt" / "members" / "1"
+    recipient.mkdir(parents=True)
+    (recipient / "checkpoints" / "7").mkdir(parents=True)  # the recipient's own (worse) history goes
+    assert pbt.copy_checkpoint(donor, str(recipient)) == 40
+    assert sorted(os.listdir(recipient / "checkpoints")) == ["40"]
+    space = space_lib.parse_space({
+        "quark_jax.OptimizerConfig.learning_rate": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True},
+        "quark_jax.OptimizerConfig.weight_decay": {"type": "float", "low": 0.01, "high": 0.3},
+        "quark_jax.OptimizerConfig.warmup_steps": {"type": "int", "low": 1, "high": 9}})
+    params = {"quark_jax.OptimizerConfig.learning_rate": 1e-3, "quark_jax.OptimizerConfig.weight_decay": 0.25,
+              "quark_jax.OptimizerConfig.warmup_steps": 5}
+    perturbed = pbt.perturb(space, params, random.Random(0))
+    assert perturbed["quark_jax.OptimizerConfig.warmup_steps"] == 5  # only floats are perturbed
+    assert perturbed["quark_jax.OptimizerConfig.learning_rate"] / 1e-3 == pytest.approx(0.8) or \
+        perturbed["quark_jax.OptimizerConfig.learning_rate"] / 1e-3 == pytest.approx(1.2)
+    wd = perturbed["quark_jax.OptimizerConfig.weight_decay"]
+    assert wd in (pytest.approx(0.2), 0.3)  # 0.25 x 1.2 = 0.3 clipped to the range's top
+    overrides = [b for b in tiny_overrides("unused", 1) if not b.startswith(("MODEL_DIR=", "TRAIN_STEPS="))]
+    spec = pbt.PBTSpec(pbt_dir=str(tmp_path / "pbt"), space=space, gin_files=(RUN_CONFIG,), overrides=tuple(overrides),
+                       members=2, rounds=21, steps_per_round=2)
+    summary = pbt._train_round(spec, 1, perturbed, end_step=42)
+    assert summary["start_step"] == 40 and summary["final_step"] == 42
+    # It trained on from the donor's parameters: its first loss (of the step-40 parameters) is the donor's
+    # late loss, not a fresh model's ln(4096) = 8.3 nats.
+    from conftest import train_losses
+
+    donor_losses, recipient_losses = train_losses(donor), train_losses(recipient)
+    assert sorted(recipient_losses) == [41, 42]
+    assert abs(recipient_losses[41] - donor_losses[40]) < 0.5 < donor_losses[1] - recipient_losses[41]
+    config_text = (recipient / "config.gin").read_text()
+    assert f"learning_rate = {perturbed['quark_jax.OptimizerConfig.learning_rate']!r}" in config_text
