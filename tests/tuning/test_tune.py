@@ -204,3 +204,20 @@ def test_exploited_member_continues_from_the_donors_checkpoint(tmp_path, trained
     assert abs(recipient_losses[41] - donor_losses[40]) < 0.5 < donor_losses[1] - recipient_losses[41]
     config_text = (recipient / "config.gin").read_text()
     assert f"learning_rate = {perturbed['quark_jax.OptimizerConfig.learning_rate']!r}" in config_text
+
+
+def test_quark_tune_cli_runs_a_study_and_names_a_bad_space(tmp_path, capsys):
+    from quark_jax import cli
+
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("quark_jax.OptimizerConfig.learning_rate: {type: float, low: 1e-4, high: 1e-1, log: true}\n")
+    study_dir = tmp_path / "study"
+    args = ["tune", f"--study_dir={study_dir}", f"--space={space_file}", "--objective=quadratic", "--trials=3",
+            "--seed=0", "--sampler=random"]
+    assert cli.main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    trials = search.open_study(search.spec_from_json(json.loads((study_dir / "study.json").read_text()))).get_trials()
+    assert summary["trials"] == {"complete": 3} and summary["best_value"] == min(t.value for t in trials)
+    assert cli.main(args[:2] + [f"--space={tmp_path / 'missing.yaml'}", *args[3:]]) == 2
+    assert capsys.readouterr().err == (f"quark tune: search space {tmp_path / 'missing.yaml'}: no such file; "
+                                       "write one like docs/tuning.md shows\n")
