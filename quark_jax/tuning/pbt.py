@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import shutil
-from collections.abc import Sequence
 from typing import Any
 
 from quark_jax.tuning import space as space_lib

@@ -169,7 +169,11 @@ def run_worker(spec: StudySpec, worker_index: int = 0) -> int:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             log.info("trial %d pruned", trial.number)
         except Exception as e:
+            from quark_jax.gin_utils import GinConfigError
+
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            if isinstance(e, GinConfigError):  # every trial would fail the same way: stop now
+                raise
             log.warning("trial %d failed: %s", trial.number, str(e).splitlines()[0] if str(e) else type(e).__name__)
             if not isinstance(e, (ValueError, ArithmeticError, RuntimeError)):
                 raise
