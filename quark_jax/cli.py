@@ -806,6 +806,15 @@ def _agent(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
 
 
+def _tune(args: argparse.Namespace, bindings: list[str]) -> int:
+    from quark_jax.tuning import cli_main as tune_cli
+
+    try:
+        return tune_cli.run(args, bindings)
+    except (tune_cli.TuneUsageError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
 def _kg(args: argparse.Namespace) -> int:
     from quark_jax.knowledge import cli_main
 
@@ -967,6 +976,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batches", type=int, default=0, help="0 = the whole split")
     ev.add_argument("--step", type=int, default=None)
 
+    tune = add("tune", help="hyper-parameter search (Optuna) or population-based training over gin bindings")
+    from quark_jax.tuning import cli_main as tune_cli
+
+    tune_cli.add_arguments(tune)
+
     data = sub.add_parser("data", help="list registered tasks and mixtures; build cleaned shards")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     data_sub.add_parser("list", parents=[common], help="registered seqio tasks and mixtures")
@@ -1123,8 +1137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(rest)
     args.verbose += args.sub_verbose
     _configure_output(args.verbose)
-    if bindings and args.command not in ("train", "data", "plan", "improve"):
-        print(f"quark {args.command}: --gin.* flags only apply to `quark train`, `quark data` and `quark plan`",
+    if bindings and args.command not in ("train", "data", "plan", "improve", "tune"):
+        print(f"quark {args.command}: --gin.* flags only apply to `quark train`, `data`, `plan`, `tune` and "
+              "`improve`",
               file=sys.stderr)
         return EXIT_CONFIG_ERROR
     commands = {"train": lambda: _train(args, bindings), "plan": lambda: _plan(args, bindings),
@@ -1135,7 +1150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "telemetry": lambda: _telemetry(args), "kg": lambda: _kg(args), "rag": lambda: _rag(args),
                 "index": lambda: _index(args), "embed": lambda: _embed(args), "agent": lambda: _agent(args),
                 "redteam": lambda: _redteam(args), "runs": lambda: _registry(args, bindings),
-                "improve": lambda: _registry(args, bindings)}
+                "improve": lambda: _registry(args, bindings), "tune": lambda: _tune(args, bindings)}
     try:
         return commands[args.command]()
     except UsageError as e:

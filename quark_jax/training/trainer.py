@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -113,6 +113,10 @@ class Trainer:
     def __init__(self, config: TrainConfig, gin_config_text: str = ""):
         self.config = config
         self.gin_config_text = gin_config_text
+        # Called as on_eval(step, values) after each periodic evaluation (values: val_loss ...); a true result
+        # stops the run cleanly at that step (checkpointed; the summary says ``stopped_early``). Hyper-parameter
+        # search (quark_jax.tuning) reports to its pruner and keeps its time budget through it.
+        self.on_eval: Callable[[int, dict[str, float]], bool] | None = None
 
     @classmethod
     def from_gin(
@@ -556,7 +560,15 @@ class Trainer:
                 if is_ckpt or stopping:
                     self._save_checked(state, step, force=step == cfg.steps or not is_ckpt)
                 if is_eval:
-                    summary.update(self._evaluate_and_log(step, state.params))
+                    eval_values = self._evaluate_and_log(step, state.params)
+                    summary.update(eval_values)
+                    if self.on_eval is not None and self.on_eval(step, eval_values):
+                        if not is_ckpt:
+                            self._save_checked(state, step, force=True)
+                        self._wait_for_saves()
+                        self.state = state
+                        summary.update(stopped_early=True, final_step=step, last_metrics=last)
+                        return summary
                 if is_task_eval:
                     task_values = self.evaluate_tasks(state.params, step)
                     if task_values:

@@ -1,0 +1,71 @@
+"""Random search vs TPE vs population-based training at equal compute on the tiny model: the same number of
+trainer steps in total (trials x steps per trial = members x rounds x steps per round); prints one JSON line
+with each method's best final validation loss.
+
+    PYTHONPATH=. python bench/tune.py [--trials 4] [--steps 40] [--out /tmp/tune_bench]
+
+A pruned trial stops early, so random search and TPE may use fewer steps than the budget (reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+
+from quark_jax.tuning import pbt, search
+from quark_jax.tuning import space as space_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_CONFIG = os.path.join(REPO, "configs", "runs", "pretrain_tiny.gin")
+SPACE = {
+    "quark_jax.OptimizerConfig.learning_rate": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
+    "quark_jax.OptimizerConfig.weight_decay": {"type": "float", "low": 0.01, "high": 0.3},
+}
+
+
+def overrides(steps_eval: int) -> list[str]:
+    return ["TASK_FEATURE_LENGTHS={'targets': 64}", "BATCH_SIZE=8", "CHECKPOINT_PERIOD=1000",
+            "quark_jax.OptimizerConfig.warmup_steps=5", "quark_jax.TrainConfig.log_every=10",
+            f"quark_jax.TrainConfig.eval_every={steps_eval}", "quark_jax.TrainConfig.eval_batches=4",
+            "quark_jax.TrainConfig.peak_flops_per_s=1e11"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--members", type=int, default=2)
+    parser.add_argument("--out", default="/tmp/tune_bench")
+    args = parser.parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    space = space_lib.parse_space(SPACE)
+    result = {"model": "tiny (pretrain_tiny.gin, 64-token sequences, batch 8)", "trial_steps": args.steps,
+              "trials": args.trials}
+    for sampler in ("random", "tpe"):
+        start = time.perf_counter()
+        spec = search.StudySpec(
+            study_dir=os.path.join(args.out, sampler), space=space, gin_files=(RUN_CONFIG,),
+            overrides=(*overrides(args.steps // 4), f"TRAIN_STEPS={args.steps}"), trials=args.trials,
+            sampler=sampler, pruner="median", seed=0, startup_trials=2)
+        search.run_worker(spec)
+        study = search.open_study(spec)
+        steps = sum(t.user_attrs.get("final_step", 0) for t in study.get_trials())
+        best = min(t.value for t in study.get_trials() if t.value is not None)
+        result[sampler] = {"best_val_loss": round(best, 4), "steps": steps,
+                           "pruned": sum(t.state.name == "PRUNED" for t in study.get_trials()),
+                           "wall_s": round(time.perf_counter() - start, 1)}
+    rounds = args.trials // args.members
+    start = time.perf_counter()
+    pbt_result = pbt.run_pbt(pbt.PBTSpec(
+        pbt_dir=os.path.join(args.out, "pbt"), space=space, gin_files=(RUN_CONFIG,),
+        overrides=tuple(overrides(0)), members=args.members, rounds=rounds, steps_per_round=args.steps, seed=0))
+    result["pbt"] = {"best_val_loss": round(pbt_result["best_val_loss"], 4), "steps": args.members * rounds * args.steps,
+                     "members": args.members, "rounds": rounds, "wall_s": round(time.perf_counter() - start, 1)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

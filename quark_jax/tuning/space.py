@@ -1,0 +1,187 @@
+"""The search space: a small YAML or JSON file mapping gin bindings to distributions, and gin text back.
+
+    quark_jax.OptimizerConfig.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+    quark_jax.ModelConfig.num_layers: {type: int, low: 1, high: 4}
+    TASK_FEATURE_LENGTHS: {type: categorical, raw: true, choices: ["{'targets': 128}", "{'targets': 256}"]}
+
+A ``categorical`` choice is a number, a bool or a string; strings are quoted for gin unless ``raw: true``
+says the choices are gin text already (dicts, ``@references``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+KINDS = ("float", "int", "categorical")
+
+
+class SearchSpaceError(ValueError):
+    """The search-space file is malformed; the message names the file, the binding and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    """One searched binding: its gin name and distribution."""
+
+    binding: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+    raw: bool = False
+
+    def suggest(self, trial: Any) -> Any:
+        """The value an Optuna trial samples for this dimension."""
+        if self.kind == "float":
+            return trial.suggest_float(self.binding, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(self.binding, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_categorical(self.binding, list(self.choices))
+
+    def gin_value(self, value: Any) -> str:
+        """``value`` as a gin literal."""
+        if self.kind == "categorical" and self.raw:
+            return str(value)
+        if isinstance(value, str):
+            return repr(value)
+        if isinstance(value, float):
+            return repr(float(value))
+        return str(value)
+
+    def clip(self, value: float) -> float:
+        """``value`` inside [low, high] (an int dimension rounds)."""
+        clipped = min(max(value, self.low), self.high)
+        return int(round(clipped)) if self.kind == "int" else float(clipped)
+
+    def unit(self, value: float) -> float:
+        """Where ``value`` lies in [low, high] as a number in [0, 1] (on the log scale if ``log``)."""
+        if self.kind == "categorical":
+            return self.choices.index(value) / max(len(self.choices) - 1, 1)
+        low, high, x = float(self.low), float(self.high), float(value)
+        if self.log:
+            low, high, x = math.log(low), math.log(high), math.log(x)
+        return (x - low) / (high - low) if high > low else 0.0
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-2`` (no dot) as a string: such a string is taken as the number it spells."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _dimension(path: str, binding: str, spec: Any) -> Dimension:
+    where = f"{path}: {binding}"
+    if not isinstance(spec, Mapping):
+        raise SearchSpaceError(f"{where}: expected a mapping like {{type: float, low: 1e-4, high: 1e-2}}")
+    kind = spec.get("type")
+    if kind not in KINDS:
+        raise SearchSpaceError(f"{where}: type {kind!r} must be one of {', '.join(KINDS)}")
+    unknown = sorted(set(spec) - {"type", "low", "high", "log", "choices", "raw"})
+    if unknown:
+        raise SearchSpaceError(f"{where}: unknown key(s) {', '.join(unknown)}; use type, low, high, log, choices, raw")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise SearchSpaceError(f"{where}: a categorical needs a non-empty list of choices")
+        if any(not isinstance(c, (str, int, float, bool)) and c is not None for c in choices):
+            raise SearchSpaceError(f"{where}: choices must be numbers, bools or strings (gin text with raw: true)")
+        return Dimension(binding, kind, choices=tuple(choices), raw=bool(spec.get("raw", False)))
+    low, high = _number(spec.get("low")), _number(spec.get("high"))
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)) or isinstance(low, bool) \
+            or isinstance(high, bool) or not low < high:
+        raise SearchSpaceError(f"{where}: needs numbers low < high, got low={low!r} high={high!r}")
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise SearchSpaceError(f"{where}: log: true needs low > 0, got {low!r}")
+    if kind == "int" and (int(low) != low or int(high) != high):
+        raise SearchSpaceError(f"{where}: an int dimension needs whole-number bounds, got {low!r}..{high!r}")
+    return Dimension(binding, kind, float(low) if kind == "float" else int(low),
+                     float(high) if kind == "float" else int(high), log)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """The searched bindings, in file order."""
+
+    dimensions: tuple[Dimension, ...]
+
+    def __getitem__(self, binding: str) -> Dimension:
+        for dimension in self.dimensions:
+            if dimension.binding == binding:
+                return dimension
+        raise KeyError(binding)
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """{binding: value} sampled by an Optuna trial."""
+        return {d.binding: d.suggest(trial) for d in self.dimensions}
+
+    def bindings(self, params: Mapping[str, Any]) -> list[str]:
+        """``NAME=VALUE`` gin bindings of sampled ``params``."""
+        return [f"{d.binding}={d.gin_value(params[d.binding])}" for d in self.dimensions if d.binding in params]
+
+    def to_json(self) -> dict:
+        out = {}
+        for d in self.dimensions:
+            spec: dict[str, Any] = {"type": d.kind}
+            if d.kind == "categorical":
+                spec.update(choices=list(d.choices), raw=d.raw)
+            else:
+                spec.update(low=d.low, high=d.high, log=d.log)
+            out[d.binding] = spec
+        return out
+
+
+def parse_space(data: Any, path: str = "<search space>") -> SearchSpace:
+    """A :class:`SearchSpace` from the decoded file (a mapping of binding to spec)."""
+    if not isinstance(data, Mapping) or not data:
+        raise SearchSpaceError(f"{path}: expected a mapping of gin bindings to distributions, e.g. "
+                               "quark_jax.OptimizerConfig.learning_rate: {type: float, low: 1e-4, high: 1e-2, log: true}")
+    dims = []
+    for binding, spec in data.items():
+        if not isinstance(binding, str) or not binding or "=" in binding or any(c.isspace() for c in binding):
+            raise SearchSpaceError(f"{path}: {binding!r} is not a gin binding name (e.g. quark_jax.ModelConfig.d_model)")
+        dims.append(_dimension(path, binding, spec))
+    return SearchSpace(tuple(dims))
+
+
+def load_space(path: str) -> SearchSpace:
+    """Reads a YAML (``.yaml``/``.yml``) or JSON search-space file."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise SearchSpaceError(f"search space {path}: no such file; write one like docs/tuning.md shows")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise SearchSpaceError(f"search space {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
+                               f"({str(e).splitlines()[0]})") from None
+    return parse_space(data, path)
+
+
+def best_gin_text(bindings: Sequence[str], value: float, trial_number: int, study_name: str) -> str:
+    """The text of ``best.gin``: the winning trial's bindings, one per line, after a comment naming it."""
+    lines = [f"# {study_name}: best trial {trial_number}, validation loss {value:.4f}",
+             "# Use it after the run's own files: quark train --gin_file=<run.gin> --gin_file=best.gin ..."]
+    lines += [b.replace("=", " = ", 1) for b in bindings]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
