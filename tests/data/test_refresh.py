@@ -119,3 +119,41 @@ def test_seen_index_round_trips_without_pickle(tmp_path):
     assert not loaded.near_duplicate(topic("dict"))
     with pytest.raises(ValueError, match=r"built with num_perm=32, not num_perm=64; bind quark_jax.data.CleaningConfig"):
         SeenIndex.load(tmp_path / "seen.npz", expected={"num_perm": 64})
+
+
+def test_replay_mixture_mixes_the_new_version_with_its_ancestors(refreshed):
+    import seqio
+
+    from quark_jax.data.replay import replay_mixture
+
+    root = refreshed["root"]
+    name = replay_mixture(str(root), replay_fraction=0.3, version="v0002")
+    mixture = seqio.get_mixture_or_task(name)
+    rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+    assert name == "refresh_docs_clean_v2_replay300"
+    assert rates == {"refresh_docs_clean_v2.refresh_docs.docs": 0.7, "refresh_docs_clean_v1.refresh_docs.docs": 0.3}
+    alone = seqio.get_mixture_or_task(replay_mixture(str(root), replay_fraction=0.0, version="v0002"))
+    assert [t.name for t in alone.tasks] == ["refresh_docs_clean_v2.refresh_docs.docs"]
+    # v0003 kept nothing (every document had been seen): there is nothing new to train on.
+    with pytest.raises(ValueError, match=r"v0003 holds no documents to train on"):
+        replay_mixture(str(root), replay_fraction=0.1)
+    with pytest.raises(ValueError, match=r"replay_fraction=0.2 but v0001 has no older version with documents"):
+        replay_mixture(str(root), replay_fraction=0.2, version="v0001")
+
+
+def test_cli_refresh_prints_the_version_and_refuses_a_file_root(tmp_path, capsys):
+    from quark_jax import cli
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "class.txt").write_text(topic("class"))
+    mixture = register(docs, "refresh_cli_docs")
+    assert cli.main(["data", "refresh", "--mixture", mixture, "--root", str(tmp_path / "root"), "--no_progress",
+                     "--num_shards", "1"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (line["version"], line["parent"], line["output_documents"]) == (1, None, 1)
+    assert line["content_hash"] == refresh.content_hash(tmp_path / "root" / "v0001")
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["data", "refresh", "--mixture", mixture, "--root", str(tmp_path / "file"), "--no_progress"]) == 2
+    err = capsys.readouterr().err
+    assert "quark data refresh: --root" in err and "is a file; pass a directory" in err and "Traceback" not in err
