@@ -82,7 +82,8 @@ def _example_bytes(doc: Mapping[str, str]) -> bytes:
     import tensorflow as tf
 
     feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[doc[k].encode("utf-8")])) for k in FEATURE_NAMES}
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries in key order, so the same documents give the same bytes in every process.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def build(mixture: str, output: str | os.PathLike, name: str | None = None, config=None,

@@ -17,8 +17,8 @@ keeps everything clean (it is a build whose index is remembered).
 The version directory, with the updated ``seen.npz`` inside it, is written under a temporary name and renamed
 into place last: a crash leaves the root as it was, and the index can never disagree with the versions.
 
-``content_hash`` is the SHA-256 over the shards (relative path and bytes, in sorted order), so the same
-documents give the same hash wherever and whenever they are refreshed. Versions register as the mixture
+``content_hash`` is the SHA-256 over the shards' relative paths and their records' fields, in order, so the
+same documents give the same hash wherever and whenever they are refreshed. Versions register as the mixture
 ``<name>_v<N>`` (tasks ``<name>_v<N>.<task>``); see ``replay.py`` for training on one with replay of the older.
 """
 
@@ -91,14 +91,22 @@ def lineage(version_dir: str | os.PathLike) -> list[pathlib.Path]:
 
 
 def content_hash(directory: str | os.PathLike) -> str:
-    """``sha256:<hex>`` over every shard file below ``directory`` (relative path and bytes, sorted by path)."""
+    """``sha256:<hex>`` over every shard below ``directory``: each shard's relative path, then each record's
+    ``text``, ``id`` and ``meta`` in order (length-prefixed), so the hash names the content, not one serialisation
+    of it (a protobuf map's entry order may differ between processes)."""
+    import tensorflow as tf
+
+    from quark_jax.data.built_tasks import FEATURE_NAMES
+
     directory = pathlib.Path(directory)
     digest = hashlib.sha256()
     for path in sorted(p for p in directory.rglob("*.tfrecord-*") if p.is_file() and not p.is_symlink()):
         digest.update(path.relative_to(directory).as_posix().encode("utf-8") + b"\0")
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        for raw in tf.data.TFRecordDataset(str(path)):
+            features = tf.train.Example.FromString(raw.numpy()).features.feature
+            for name in FEATURE_NAMES:
+                value = features[name].bytes_list.value[0] if name in features else b""
+                digest.update(len(value).to_bytes(8, "little") + value)
         digest.update(b"\0")
     return "sha256:" + digest.hexdigest()
 
