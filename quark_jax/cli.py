@@ -20,6 +20,7 @@
     quark data feedback --feedback /tmp/serve_logs/feedback.jsonl --output /tmp/pairs   (pairs for dpo.gin)
     quark data list
     quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
+    quark data refresh --mixture quark_demo --root /data/quark_demo   (the next version: only unseen documents)
     quark index build --index /tmp/idx --passages passages.jsonl --model_dir=/tmp/run --hnsw   (then add/delete/search/info)
     quark tokenizer train --mixture quark_demo --output tokenizers/quark_demo_4k --vocab_size 4096
     quark runs list|show|diff|register|verify|promote RUN --stage production --baseline evals/baselines/B.json
@@ -672,9 +673,11 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
 
             args.mixture = sources.source_mixture()
     except (gin_utils.GinConfigError, ValueError, TypeError) as e:
-        print(f"quark data build: gin configuration error: {e}. Pass --mixture NAME, or a --gin_file that "
+        print(f"quark data {args.data_command}: gin configuration error: {e}. Pass --mixture NAME, or a --gin_file that "
               "binds quark_jax.data.source_mixture (see configs/data/local_sources.gin).", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    if args.data_command == "refresh":
+        return _data_refresh(args, config)
     try:
         report = build.build(args.mixture, args.output, name=args.name, config=config, num_shards=args.num_shards,
                              progress=not args.no_progress, packing_length=args.packing_length)
@@ -704,6 +707,26 @@ def _server_guard(args: argparse.Namespace, model_version: str):
     except ValueError as e:
         raise UsageError(f"--guardrails_config {e}") from None
     return ServerGuard(guardrails, model_version, AuditLog(args.audit_log) if args.audit_log else None)
+
+
+def _data_refresh(args: argparse.Namespace, config) -> int:
+    """``quark data refresh``: the next data version of ``--root`` (see quark_jax/data/refresh.py)."""
+    import gin
+
+    from quark_jax.data import refresh
+
+    try:
+        report = refresh.refresh(args.mixture, args.root, name=args.name, config=config, num_shards=args.num_shards,
+                                 progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        print(f"quark data refresh: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    finally:
+        gin.clear_config()
+    print(json.dumps({"name": report["name"], "version": report["version"], "parent": report["parent"],
+                      "content_hash": report["content_hash"], "output": report["output"],
+                      "seen_documents": report["seen_documents"], **report["totals"]}))
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -995,6 +1018,17 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no_progress", action="store_true", help="no progress bar")
     build.add_argument("--packing_length", type=int, default=256,
                        help="report the packing efficiency at this sequence length (0: skip)")
+
+    refresh = data_sub.add_parser("refresh", parents=[common],
+                                  help="the next data version: new documents only, deduplicated against every "
+                                       "earlier version, cleaned as in the build")
+    refresh.add_argument("--mixture", default=None, help="registered mixture or task (as for build)")
+    refresh.add_argument("--root", required=True, help="the data root holding the versions v0001, v0002, ...")
+    refresh.add_argument("--name", default=None, help="base mixture name (default <mixture>_clean; versions "
+                                                       "register as <name>_v<N>)")
+    refresh.add_argument("--num_shards", type=int, default=4)
+    refresh.add_argument("--gin_file", action="append", default=[], help="gin file with quark_jax.data.* thresholds")
+    refresh.add_argument("--no_progress", action="store_true", help="no progress bar")
 
     fb = data_sub.add_parser("feedback", parents=[common],
                              help="turn `quark serve` feedback into preference pairs for configs/runs/dpo.gin")

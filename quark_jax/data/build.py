@@ -82,18 +82,20 @@ def _example_bytes(doc: Mapping[str, str]) -> bytes:
     import tensorflow as tf
 
     feature = {k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[doc[k].encode("utf-8")])) for k in FEATURE_NAMES}
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: map entries in key order, so the same documents give the same bytes in every process.
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def build(mixture: str, output: str | os.PathLike, name: str | None = None, config=None,
           num_shards: int = 4, splits: Sequence[str] = ("validation", "train"), progress: bool = True,
-          packing_length: int = 256) -> dict:
+          packing_length: int = 256, cleaner: _Cleaner | None = None) -> dict:
     """Cleans every task of ``mixture`` (or a single task) into shards under ``output``; returns the report.
 
     ``name`` is the mixture name the shards are registered under (default ``<mixture>_clean``); its tasks
     are ``<name>.<task>``. ``config`` is a :class:`filters.CleaningConfig` (default: ``filters.cleaning_config()``, gin-bound).
     ``packing_length > 0`` also packs a few batches of the result at that length and reports the packing
-    efficiency (non-pad fraction).
+    efficiency (non-pad fraction). ``cleaner`` replaces the build's own filters (``quark data refresh`` passes
+    one whose deduplication also covers every earlier data version).
     """
     import tensorflow as tf
     from tqdm.auto import tqdm
@@ -108,7 +110,7 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
     out = pathlib.Path(output).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    cleaner = _Cleaner(config)
+    cleaner = cleaner or _Cleaner(config)
     start = time.perf_counter()
     manifest = {"name": name, "mixture": mixture, "num_shards": num_shards, "tasks": {}}
     report = {"name": name, "mixture": mixture, "output": str(out), "config": _config_dict(config), "tasks": {},
@@ -184,19 +186,25 @@ def build(mixture: str, output: str | os.PathLike, name: str | None = None, conf
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     (out / "report.md").write_text(markdown_report(report))
-    (out / "data.gin").write_text(
-        "# Train on this built data: quark train --gin_file=configs/runs/pretrain_tiny.gin "
-        f"--gin_file={out / 'data.gin'} --gin.MODEL_DIR=...\n"
-        "import quark_jax.data.built_tasks\n\n"
-        "MIXTURE_OR_TASK_NAME = @quark_jax.data.built_dataset()\n"
-        f"quark_jax.data.built_dataset.data_dir = {str(out)!r}\n"
-    )
+    write_data_gin(out)
     register_built(out)
     if packing_length and report["totals"].get("output_documents"):
         report["packing"] = packing_report(name, packing_length)
         (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         (out / "report.md").write_text(markdown_report(report))
     return report
+
+
+def write_data_gin(out: pathlib.Path, data_dir: pathlib.Path | None = None) -> None:
+    """``out/data.gin``: the gin file that trains on the built directory ``data_dir`` (default ``out``)."""
+    data_dir = data_dir or out
+    (out / "data.gin").write_text(
+        "# Train on this built data: quark train --gin_file=configs/runs/pretrain_tiny.gin "
+        f"--gin_file={data_dir / 'data.gin'} --gin.MODEL_DIR=...\n"
+        "import quark_jax.data.built_tasks\n\n"
+        "MIXTURE_OR_TASK_NAME = @quark_jax.data.built_dataset()\n"
+        f"quark_jax.data.built_dataset.data_dir = {str(data_dir)!r}\n"
+    )
 
 
 def packing_report(name: str, length: int, batch_size: int = 8, batches: int = 4) -> dict:

@@ -91,6 +91,9 @@ class TrainConfig:
     # has no checkpoint of its own. The optimizer starts fresh; parameters the source lacks keep their
     # initialisation; a shape mismatch is an error naming every mismatching parameter.
     init_from: str | None = None
+    # An architecture upgrade applied to the init_from parameters (quark_jax.training.init_transforms):
+    # 'upcycle' (dense -> MoE, experts copied from the MLP) or 'grow_depth' (more layers, new ones identity).
+    init_transform: str | None = None
     # What the run optimises (quark_jax.training.objectives: LanguageModel, Distill, RewardModel, DPO, PPO,
     # LoRA); None is the language-modelling objective of pre-training and fine-tuning.
     objective: Any = None
@@ -117,5 +120,7 @@ class TrainConfig:
         if self.eval_tasks_every < 0 or self.eval_tasks_limit < 1:
             raise ValueError(f"TrainConfig.eval_tasks_every={self.eval_tasks_every} must be >= 0 and "
                              f"eval_tasks_limit={self.eval_tasks_limit} >= 1")
+        if self.init_transform is not None and not self.init_from:
+            raise ValueError(f"TrainConfig.init_transform={self.init_transform!r} needs INIT_FROM (the run to upgrade)")
         if not self.model_dir:
             raise ValueError("TrainConfig.model_dir is empty: set MODEL_DIR, e.g. --gin.MODEL_DIR=\"'/tmp/run'\"")

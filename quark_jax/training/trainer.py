@@ -204,6 +204,8 @@ class Trainer:
     def _warm_start_params(self, params: Any) -> Any:
         """``params`` with every parameter that the ``init_from`` checkpoint holds replaced by its value."""
         source_dir = runs.resolve(self.config.init_from, "TrainConfig.init_from")
+        if self.config.init_transform:
+            return self._transformed_warm_start(params, source_dir)
         source = ckpt.Checkpointer(source_dir, async_save=False)
         try:
             step, metadata = source.param_metadata()
@@ -239,6 +241,32 @@ class Trainer:
         log.info("warm-started %d parameters from %s step %d", len(flat_params) - len(missing), source_dir, step)
         merged = {name: flat_restored.get(name, value) for name, value in flat_params.items()}
         return _unflatten_like(params, merged)
+
+    def _transformed_warm_start(self, params: Any, source_dir: str) -> Any:
+        """``params`` replaced by ``init_transform`` applied to the ``init_from`` run's parameters."""
+        from quark_jax.training import init_transforms
+
+        transform = init_transforms.get(self.config.init_transform)
+        source_config = runs.read_model_config(source_dir)
+        source = ckpt.Checkpointer(source_dir, async_save=False)
+        try:
+            step, metadata = source.param_metadata()
+            replicated = sh.replicated(self.mesh)
+            abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=replicated),
+                                    metadata, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+            _, restored, _ = source.restore_params(abstract, step)
+        finally:
+            source.close()
+        flat_params = dict(_flatten(params))
+        flat = transform(dict(_flatten(restored)), source_config, self.config.model, flat_params)
+        wrong = sorted(n for n in flat_params if n not in flat or tuple(flat[n].shape) != tuple(flat_params[n].shape))
+        if wrong:
+            raise ValueError(f"init_transform={self.config.init_transform!r} from {source_dir} gave the wrong "
+                             f"parameters for this model: {', '.join(wrong[:5])}")
+        shardings = dict(_flatten(self.training.state_shardings.params))
+        placed = {n: jax.device_put(jnp.asarray(flat[n], flat_params[n].dtype), shardings[n]) for n in flat_params}
+        log.info("warm-started with init_transform=%r from %s step %d", self.config.init_transform, source_dir, step)
+        return _unflatten_like(params, placed)
 
     def _compile(self, state: TrainState, batch: dict[str, jax.Array]):
         start = time.perf_counter()
