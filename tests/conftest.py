@@ -33,7 +33,9 @@ SLOW_FIRST = (
     "tests/training/test_distill.py", "tests/moe/test_moe_train.py", "tests/serving/test_lm_eval.py",
     "tests/serving/test_chat_page.py", "tests/evaluation/test_baseline_gate.py", "tests/evaluation/test_harness.py",
     "tests/evaluation/test_periodic_eval.py", "tests/evaluation/test_lm_eval_interop.py",
-    "tests/serving/test_serving.py",
+    "tests/serving/test_serving.py", "tests/tuning/test_tune.py", "tests/inference/test_speculative.py",
+    "tests/training/test_init_transforms.py", "tests/agents/test_agent_backends.py",
+    "tests/inference/test_constrained.py", "tests/registry/test_improve_loop.py",
 )
 
 
