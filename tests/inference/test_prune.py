@@ -221,3 +221,13 @@ def test_the_masked_train_step_keeps_zeros_at_zero():
             params = optax.apply_updates(params, updates)
         new = np.asarray(params["w"])
         assert (np.count_nonzero(new[np.asarray(wq) == 0]) > 0) == moved, keep
+
+
+def test_the_recovery_gin_file_turns_the_mask_on():
+    from quark_jax import gin_utils
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    gin_utils.parse([os.path.join(repo, "configs", "runs", "prune_recover.gin")],
+                    ["MODEL_DIR='/tmp/unused'", "INIT_FROM='/tmp/unused_pruned'"])
+    config = gin_utils.build_train_config()
+    assert config.optimizer.keep_zero_weights and config.init_from == "/tmp/unused_pruned" and config.steps == 50
