@@ -5,6 +5,7 @@
     quark generate --model_dir=/tmp/run --input_jsonl requests.jsonl --quantize int8 --stop "\n\n" --logprobs
     quark eval --model_dir=/tmp/run --batches 16
     quark quantize --model_dir=/tmp/run --out_dir=/tmp/run_int4 --mode int4
+    quark prune --model_dir=/tmp/run --out=/tmp/run_sparse50 --sparsity 0.5 --method magnitude --scope global --recover_steps 50
     quark merge_lora --model_dir=/tmp/sft_lora --out_dir=/tmp/sft_merged
     quark import_hf --hf_dir=/path/to/Llama-3-8B --out_dir=/tmp/llama3 --mesh_shape='fsdp=-1'
     quark plan --gin_file=configs/runs/pretrain.gin --gin_file=configs/models/mixtral_8x7b.gin \
@@ -418,6 +419,34 @@ def _quantize(args: argparse.Namespace) -> int:
         print(f"quark quantize: {e}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     print(f"quark quantize: {args.mode} checkpoint of {args.model_dir} written to {out} (qj.load / quark generate read it)")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    _check_at_least(args, 0, "step", "recover_steps")
+    _check_at_least(args, 1, "recover_batch_size")
+    sparsity = 0.5 if args.sparsity is None else args.sparsity
+    if not 0.0 <= sparsity < 1.0:
+        raise UsageError(f"--sparsity {sparsity}: must be in [0, 1), the fraction of block weights set to zero")
+    if args.method == "2:4" and sparsity != 0.5:
+        raise UsageError(f"--method 2:4 removes exactly half the weights; drop --sparsity {sparsity} (or pass 0.5)")
+    if args.method == "2:4" and args.scope == "global":
+        raise UsageError("--scope global does not apply to --method 2:4 (it prunes within groups of 4 weights)")
+    if args.recover_learning_rate <= 0:
+        raise UsageError(f"--recover_learning_rate {args.recover_learning_rate}: must be > 0")
+    _check_run_dir(args.model_dir)
+    _start_tensorflow(args.verbose)
+    from quark_jax.training.prune_recovery import prune_and_recover
+
+    try:
+        out = prune_and_recover(args.model_dir, args.out, sparsity, args.method, args.scope, args.recover_steps,
+                                step=args.step, learning_rate=args.recover_learning_rate,
+                                mixture_or_task_name=args.mixture_or_task_name, batch_size=args.recover_batch_size)
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    recovered = f", then {args.recover_steps} recovery steps" if args.recover_steps else ""
+    print(f"quark prune: {args.method} {sparsity:.0%} ({args.scope}) of {args.model_dir}{recovered}, written to {out} "
+          "(qj.load, quark generate and INIT_FROM read it)")
     return 0
 
 
@@ -962,6 +991,21 @@ def _build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--group_size", type=int, default=32, help="int4 group size along the contraction axis")
     qz.add_argument("--step", type=int, default=None)
 
+    pr = add("prune", help="zero the smallest block weights (magnitude or 2:4), optionally fine-tune to recover")
+    pr.add_argument("--model_dir", required=True)
+    pr.add_argument("--out", required=True, help="the pruned run directory to write (new or empty)")
+    pr.add_argument("--sparsity", type=float, default=None, help="fraction of block weights set to zero (default 0.5)")
+    pr.add_argument("--method", choices=("magnitude", "2:4"), default="magnitude",
+                    help="2:4: in every 4 consecutive input weights the 2 largest stay (50%%)")
+    pr.add_argument("--scope", choices=("layer", "global"), default="layer",
+                    help="magnitude ranking per weight matrix, or one ranking over the whole model")
+    pr.add_argument("--recover_steps", type=int, default=0,
+                    help="then fine-tune this many steps with the zeros held at zero (0: one-shot)")
+    pr.add_argument("--recover_learning_rate", type=float, default=3e-4)
+    pr.add_argument("--recover_batch_size", type=int, default=8)
+    pr.add_argument("--mixture_or_task_name", default="stdlib", help="the recovery fine-tune's data")
+    pr.add_argument("--step", type=int, default=None, help="checkpoint step to prune (default: newest)")
+
     ml = add("merge_lora", help="merge a LoRA run's adapters into its base: a plain run directory")
     ml.add_argument("--model_dir", required=True, help="the LoRA run (configs/runs/lora.gin)")
     ml.add_argument("--out_dir", required=True)
@@ -1177,7 +1221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_CONFIG_ERROR
     commands = {"train": lambda: _train(args, bindings), "plan": lambda: _plan(args, bindings),
-                "generate": lambda: _generate(args), "quantize": lambda: _quantize(args),
+                "generate": lambda: _generate(args), "quantize": lambda: _quantize(args), "prune": lambda: _prune(args),
                 "merge_lora": lambda: _merge_lora(args), "data": lambda: _data(args, bindings),
                 "tokenizer": lambda: _tokenizer(args), "eval": lambda: _eval(args),
                 "import_hf": lambda: _import_hf(args), "serve": lambda: _serve(args),

@@ -39,6 +39,7 @@ QUANTIZATION_FILE = "quantization.json"
 QUANTIZED_PARAMS_DIR = "quantized_params"
 MERGED_FROM_FILE = "merged_from.json"
 IMPORTED_FROM_FILE = "imported_from.json"
+PRUNING_FILE = "pruning.json"  # how a pruned run was made (quark prune)
 UNREADABLE_CHECKPOINTS_DIR = "checkpoints_unreadable"
 
 

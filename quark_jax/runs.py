@@ -13,6 +13,7 @@ A run directory holds::
     checkpoints/<step>/      orbax: params, opt_state, meta (training.checkpoint.Checkpointer)
     quantization.json + quantized_params/     a quantized model (written by :func:`save_quantized`)
     merged_from.json         a LoRA run merged into its base (written by :func:`save_merged_lora`)
+    pruning.json             a pruned run: method, scope, sparsity measured (written by :func:`save_pruned`)
     imported_from.json       a Hugging Face checkpoint imported as a run (written by :func:`import_hf`)
 
 A run directory may be local or on an object store (``gs://bucket/run``): every file here is reached through
@@ -56,6 +57,7 @@ from quark_jax.run_paths import (  # noqa: F401 -- the names and checks are part
     MERGED_FROM_FILE,
     MODEL_CONFIG_FILE,
     OBJECTIVE_FILE,
+    PRUNING_FILE,
     QUANTIZATION_FILE,
     QUANTIZED_PARAMS_DIR,
     RUN_INFO_FILE,
@@ -369,6 +371,70 @@ def save_merged_lora(lora_run_dir: str, out_dir: str, step: int | None = None) -
                           {"step": model.step, "data_position": 0, "merged_lora": True}, force=True)
     finally:
         checkpointer.close()
+    return out_dir
+
+
+# ---- pruned runs ------------------------------------------------------------------------------------------
+def read_pruning_info(run_dir: str) -> dict:
+    """``pruning.json`` of a pruned run (``{}`` for any other run)."""
+    return _read_json(run_dir, PRUNING_FILE)
+
+
+def write_pruning_info(run_dir: str, info: dict) -> None:
+    _write_json(run_dir, PRUNING_FILE, info)
+
+
+def save_pruned(run_dir: str, out_dir: str, sparsity: float, method: str = "magnitude", scope: str = "layer",
+                step: int | None = None) -> str:
+    """Prunes a run's checkpoint (:func:`quark_jax.inference.prune.prune_params`) and writes it as a plain run
+    directory (``model_config.json``, tokenizer, ``run.json``, ``pruning.json``, the pruned parameters as the
+    ``checkpoints/<step>`` of the source) that :func:`load`, ``qj.load`` and ``INIT_FROM`` read.
+
+    A local directory is built beside ``out_dir`` and renamed into place, so a crash leaves no half-written
+    run; an ``out_dir`` that already holds checkpoints is refused. A post-training run's heads are kept."""
+    from quark_jax.inference import prune
+
+    out_dir = run_paths.absolute(out_dir)
+    if run_paths.exists(run_paths.join(out_dir, CHECKPOINTS_DIR)):
+        raise RunDirError(f"--out {out_dir} already holds {CHECKPOINTS_DIR}/; write the pruned run to a new directory")
+    if run_paths.exists(out_dir) and run_paths.listdir(out_dir):
+        raise RunDirError(f"--out {out_dir} is not empty; write the pruned run to a new directory")
+    source = resolve(run_dir, "--model_dir")
+    if run_paths.exists(safe_path(source, QUANTIZATION_FILE)):
+        raise ValueError(f"--model_dir {source} is quantized; prune the float run, then quantize the pruned one")
+    model = load(source, step=step)
+    pruned = prune.prune_params(model.params, sparsity, method, scope)
+    measured = prune.sparsity_of(pruned)
+    target = out_dir
+    if run_paths.is_local(out_dir):
+        import tempfile
+
+        parent = os.path.dirname(out_dir)
+        os.makedirs(parent, exist_ok=True)
+        target = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out_dir)}.tmp-")
+    try:
+        run_paths.makedirs(target)
+        write_model_config(target, model.config)
+        _copy_run_files(source, target)
+        kind = read_objective_info(source).get("kind")
+        if kind and kind != "lora":  # a LoRA run comes out merged: a plain language model
+            write_objective_info(target, read_objective_info(source))
+        write_pruning_info(target, {"source": run_paths.absolute(source), "step": model.step, "method": method,
+                                    "scope": scope, "sparsity": sparsity, "measured_sparsity": measured["total"],
+                                    "recover_steps": 0})
+        saved = dict(pruned) if model.heads is None else {**pruned, "heads": model.heads}
+        checkpointer = Checkpointer(target, async_save=False)
+        try:
+            checkpointer.save(model.step, saved, {"empty": jnp.zeros(())},
+                              {"step": model.step, "data_position": 0, "pruned": True}, force=True)
+        finally:
+            checkpointer.close()
+        if target != out_dir:
+            os.replace(target, out_dir)
+    except BaseException:
+        if target != out_dir:
+            run_paths.rmtree(target)
+        raise
     return out_dir
 
 

@@ -28,6 +28,9 @@ class OptimizerConfig:
     eps: float = 1e-8
     clip_norm: float | None = 1.0
     grad_accum_steps: int = 1
+    # Zero weights stay zero: every update is multiplied by (weight != 0), so a pruned model's recovery
+    # fine-tune keeps its sparsity pattern (quark prune --recover_steps; configs/runs/prune_recover.gin).
+    keep_zero_weights: bool = False
 
     def __post_init__(self):
         if self.grad_accum_steps < 1:

@@ -31,6 +31,18 @@ def weight_decay_mask(abstract_state: nnx.State) -> dict:
     return nnx.to_pure_dict(mask)
 
 
+def keep_zero_weights() -> optax.GradientTransformation:
+    """Multiplies each update by ``params != 0``: a weight that is exactly zero never moves (the sparsity
+    pattern of a pruned model survives fine-tuning, weight decay included, since it acts through the update)."""
+
+    def mask(updates, params):
+        if params is None:
+            raise ValueError("keep_zero_weights needs the parameters in the optimizer update")
+        return jax.tree.map(lambda u, p: u * (p != 0).astype(u.dtype), updates, params)
+
+    return optax.stateless(mask)
+
+
 def make_optimizer(config: OptimizerConfig, total_steps: int, decay_mask: dict) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """The optax chain and its learning-rate schedule (the schedule is also logged)."""
     schedule = make_schedule(config, total_steps)
@@ -40,4 +52,6 @@ def make_optimizer(config: OptimizerConfig, total_steps: int, decay_mask: dict) 
     parts.append(
         optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay, mask=decay_mask)
     )
+    if config.keep_zero_weights:
+        parts.append(keep_zero_weights())
     return optax.chain(*parts), schedule
