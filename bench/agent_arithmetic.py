@@ -31,19 +31,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import chat_runs  # noqa: E402  (bench/chat_runs.py, beside this script)
+
 TASK = "tool_traces"
 SEQUENCE = 256
 _RESULT = re.compile(r"=\s*(-?\d+)")
-
-
-def _train(gin_file: str, model_dir: str, steps: int, extra: list[str]) -> None:
-    import quark_jax as qj
-
-    overrides = [f"MODEL_DIR={model_dir!r}", f"TRAIN_STEPS={steps}", f"TASK_FEATURE_LENGTHS={{'targets': {SEQUENCE}}}",
-                 f"CHECKPOINT_PERIOD={steps}", "quark_jax.TrainConfig.eval_every=0",
-                 "quark_jax.TrainConfig.sample_prompts=()", "quark_jax.TrainConfig.progress_bar=False", *extra]
-    qj.Trainer.from_gin(os.path.join(REPO, gin_file), overrides).run()
 
 
 def final_number(text: str | None) -> int | None:
@@ -102,18 +94,10 @@ def main() -> None:
     timings = {}
     sft_dir = args.sft_dir
     if sft_dir is None:
-        t = time.perf_counter()
         paths = traces.build(os.path.join(work, "traces"), tools.calculator().spec(), seed=args.seed)
         chat_tasks.register_chat_task(TASK, paths)
-        base = args.init_from
-        if base is None:
-            base = os.path.join(work, "pretrain")
-            _train("configs/runs/pretrain_tiny.gin", base, args.pretrain_steps, [])
-        timings["pretrain_s"] = round(time.perf_counter() - t, 1)
-        t = time.perf_counter()
-        sft_dir = os.path.join(work, "sft")
-        _train("configs/runs/sft.gin", sft_dir, args.sft_steps, [f"INIT_FROM={base!r}", f"MIXTURE_OR_TASK_NAME={TASK!r}"])
-        timings["sft_s"] = round(time.perf_counter() - t, 1)
+        sft_dir = chat_runs.pretrain_then_sft(work, args.init_from, args.pretrain_steps, args.sft_steps, TASK,
+                                              SEQUENCE, timings)
 
     held_out = traces.problems(seed=args.seed)["validation"]
     random.Random(args.seed).shuffle(held_out)
@@ -126,7 +110,7 @@ def main() -> None:
         backend.close()
     print(json.dumps({
         "benchmark": "agent_arithmetic",
-        "base": args.init_from or f"pretrain_tiny {args.pretrain_steps} steps",
+        "base": None if args.sft_dir else args.init_from or f"pretrain_tiny {args.pretrain_steps} steps",
         "sft_steps": args.sft_steps if args.sft_dir is None else None,
         "sft_dir": sft_dir,
         "held_out_questions": len(held_out),

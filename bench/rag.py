@@ -33,7 +33,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import chat_runs  # noqa: E402  (bench/chat_runs.py, beside this script)
+
 TASK = "rag_api_sft"
 SEQUENCE = 256
 
@@ -45,16 +46,6 @@ def lexical_index(passages, directory: str):
     index = Index.create(directory, embedder=None, lexical=True, dense=False)
     index.add(passages)
     return index
-
-
-def _train(gin_file: str, model_dir: str, steps: int, extra: list[str]) -> None:
-    import quark_jax as qj
-
-    overrides = [f"MODEL_DIR={model_dir!r}", f"TRAIN_STEPS={steps}", f"TASK_FEATURE_LENGTHS={{'targets': {SEQUENCE}}}",
-                 f"CHECKPOINT_PERIOD={steps}", "quark_jax.TrainConfig.eval_every=0",
-                 "quark_jax.TrainConfig.sample_prompts=()", "quark_jax.TrainConfig.progress_bar=False",
-                 "quark_jax.TrainConfig.peak_flops_per_s=1e11", *extra]
-    qj.Trainer.from_gin(os.path.join(REPO, gin_file), overrides).run()
 
 
 def held_out(count: int, seed: int):
@@ -146,16 +137,8 @@ def main() -> None:
     chat_tasks.register_chat_task(TASK, paths)
     timings["sft_data_s"] = round(time.perf_counter() - t, 1)
 
-    t = time.perf_counter()
-    base = args.init_from
-    if base is None:
-        base = os.path.join(work, "pretrain")
-        _train("configs/runs/pretrain_tiny.gin", base, args.pretrain_steps, [])
-    timings["pretrain_s"] = round(time.perf_counter() - t, 1)
-    t = time.perf_counter()
-    sft_dir = os.path.join(work, "sft")
-    _train("configs/runs/sft.gin", sft_dir, args.sft_steps, [f"INIT_FROM={base!r}", f"MIXTURE_OR_TASK_NAME={TASK!r}"])
-    timings["sft_s"] = round(time.perf_counter() - t, 1)
+    sft_dir = chat_runs.pretrain_then_sft(work, args.init_from, args.pretrain_steps, args.sft_steps, TASK, SEQUENCE,
+                                          timings)
 
     model = qj.load(sft_dir)
     pipeline = RAGPipeline(model, retriever, budget_tokens=args.budget, k=args.k, rerank=args.rerank,
