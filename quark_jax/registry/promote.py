@@ -13,7 +13,6 @@ whose one-line message names every regression.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from quark_jax import lineage, run_paths
 from quark_jax.data import fingerprint

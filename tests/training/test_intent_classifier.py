@@ -4,7 +4,6 @@ un-jitted reference, and the Router dispatching with the trained classifier."""
 import json
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
