@@ -28,7 +28,6 @@ mean.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import string

@@ -88,6 +88,16 @@ def moe_loss(run: RunContext, aux: Mapping[str, jax.Array]) -> jax.Array | float
     return cfg.load_balance_loss_weight * aux["load_balance_loss"] + cfg.router_z_loss_weight * aux["router_z_loss"]
 
 
+def add_moe_loss(run: RunContext, total: jax.Array, metrics: dict, aux: Mapping[str, jax.Array] | None
+                 ) -> tuple[jax.Array, dict]:
+    """``(total, metrics)`` with an MoE model's weighted auxiliary loss added to the total and reported as
+    ``metrics["moe_aux_loss"]``; unchanged for a dense model (no aux values)."""
+    if not aux:
+        return total, metrics
+    metrics["moe_aux_loss"] = moe_loss(run, aux)
+    return total + metrics["moe_aux_loss"], metrics
+
+
 class Objective:
     """Base class: the defaults describe an objective that trains the model's own parameters."""
 

@@ -33,7 +33,7 @@ from jaxtyping import Array, Float, Int
 from quark_jax import sharding as sh
 from quark_jax.data import intents, preferences
 from quark_jax.inference import classifier, embedding
-from quark_jax.training.objectives.base import Objective, masked_mean, moe_loss, split_heads
+from quark_jax.training.objectives.base import Objective, masked_mean, add_moe_loss, split_heads
 
 KIND = classifier.KIND
 HEAD = classifier.HEAD
@@ -156,11 +156,7 @@ class SequenceClassifier(Objective):
         logits, aux = self.logits(params, batch)
         per_row = cross_entropy(logits, batch["labels"])
         metrics = {k: masked_mean(v, batch["valid"]) for k, v in per_row.items()}
-        total = metrics["loss"]
-        if aux:
-            metrics["moe_aux_loss"] = moe_loss(self.run, aux)
-            total = total + metrics["moe_aux_loss"]
-        return total, metrics
+        return add_moe_loss(self.run, metrics["loss"], metrics, aux)
 
     def evaluate(self, params, frozen) -> dict[str, float]:
         cfg, mesh = self.run.config, self.run.mesh

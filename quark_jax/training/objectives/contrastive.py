@@ -36,7 +36,7 @@ from jaxtyping import Array, Float
 from quark_jax import sharding as sh
 from quark_jax.data import preferences, retrieval_pairs
 from quark_jax.inference import embedding
-from quark_jax.training.objectives.base import Objective, masked_mean, moe_loss, split_heads
+from quark_jax.training.objectives.base import Objective, masked_mean, add_moe_loss, split_heads
 
 KIND = "contrastive_embedding"
 SIDES = ("query", "passage")
@@ -148,11 +148,7 @@ class ContrastiveEmbedding(Objective):
         queries, passages, aux = self.embeddings(params, batch)
         per_pair = info_nce(queries, passages, batch["valid"], self.temperature, self.symmetric)
         metrics = {k: masked_mean(v, batch["valid"]) for k, v in per_pair.items()}
-        total = metrics["loss"]
-        if aux:
-            metrics["moe_aux_loss"] = moe_loss(self.run, aux)
-            total = total + metrics["moe_aux_loss"]
-        return total, metrics
+        return add_moe_loss(self.run, metrics["loss"], metrics, aux)
 
     # ---- evaluation ------------------------------------------------------------------------------
     def _eval_rows(self) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
-from quark_jax.training.objectives.base import Objective, RunContext, lm_batches, lm_validation, moe_loss
+from quark_jax.training.objectives.base import Objective, RunContext, lm_batches, lm_validation, add_moe_loss
 
 
 def distill_sums(
@@ -108,10 +108,7 @@ class Distill(Objective):
         total = self.alpha * self.temperature**2 * kl + (1.0 - self.alpha) * ce
         metrics = {"loss": ce, "distill_kl": kl, "objective": total, "accuracy": sums["correct_sum"] / denom,
                    "loss_tokens": sums["weight_sum"]}
-        if aux:  # an MoE student keeps its load-balancing and router z-losses
-            metrics["moe_aux_loss"] = moe_loss(self.run, aux)
-            total = total + metrics["moe_aux_loss"]
-        return total, metrics
+        return add_moe_loss(self.run, total, metrics, aux)  # an MoE student keeps its balancing losses
 
     def evaluate(self, params, frozen):
         return lm_validation(self.run, params)

@@ -18,7 +18,7 @@ from jaxtyping import Array, Float, Int
 
 from quark_jax import sharding as sh
 from quark_jax.data import preferences
-from quark_jax.training.objectives.base import Objective, masked_mean, moe_loss, token_logprobs
+from quark_jax.training.objectives.base import Objective, masked_mean, add_moe_loss, token_logprobs
 
 
 def flatten_pairs(batch: dict[str, Any]) -> dict[str, Any]:
@@ -81,11 +81,7 @@ class PairwiseObjective(Objective):
         """``(objective, metrics)`` from per-pair values ``[B]`` (``per_pair["loss"]`` is the loss): means over
         the valid pairs, plus an MoE policy's auxiliary loss."""
         metrics = {k: masked_mean(v, valid) for k, v in per_pair.items()}
-        total = metrics["loss"]
-        if aux:
-            metrics["moe_aux_loss"] = moe_loss(self.run, aux)
-            total = total + metrics["moe_aux_loss"]
-        return total, metrics
+        return add_moe_loss(self.run, metrics["loss"], metrics, aux)
 
     def evaluate_pairs(self, name: str, sums_fn: Callable[[Any, Any, dict], dict[str, jax.Array]],
                        params: Any, frozen: Any) -> dict[str, float]:
