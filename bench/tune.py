@@ -2,9 +2,11 @@
 trainer steps in total (trials x steps per trial = members x rounds x steps per round); prints one JSON line
 with each method's best final validation loss.
 
-    PYTHONPATH=. python bench/tune.py [--trials 4] [--steps 40] [--out /tmp/tune_bench]
+    PYTHONPATH=. python bench/tune.py [--trials 12] [--steps 40] [--members 4] [--seeds 0,1,2] [--out /tmp/tune_bench]
 
-A pruned trial stops early, so random search and TPE may use fewer steps than the budget (reported).
+A pruned trial stops early, so random search and TPE may use fewer steps than the budget (reported). One
+search's best is a noisy statistic, so every method runs once per seed (the sampler's, and PBT's exploration)
+and the line reports each seed's best and their mean.
 """
 
 from __future__ import annotations
@@ -33,37 +35,52 @@ def overrides(steps_eval: int) -> list[str]:
             "quark_jax.TrainConfig.peak_flops_per_s=1e11"]
 
 
+def _summary(runs: list[dict]) -> dict:
+    """Each seed's result and the mean best validation loss over the seeds."""
+    best = [r["best_val_loss"] for r in runs]
+    return {"mean_best_val_loss": round(sum(best) / len(best), 4), "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--members", type=int, default=2)
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="/tmp/tune_bench")
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     space = space_lib.parse_space(SPACE)
-    result = {"model": "tiny (pretrain_tiny.gin, 64-token sequences, batch 8)", "trial_steps": args.steps,
-              "trials": args.trials}
-    for sampler in ("random", "tpe"):
-        start = time.perf_counter()
-        spec = search.StudySpec(
-            study_dir=os.path.join(args.out, sampler), space=space, gin_files=(RUN_CONFIG,),
-            overrides=(*overrides(args.steps // 4), f"TRAIN_STEPS={args.steps}"), trials=args.trials,
-            sampler=sampler, pruner="median", seed=0, startup_trials=2)
-        search.run_worker(spec)
-        study = search.open_study(spec)
-        steps = sum(t.user_attrs.get("final_step", 0) for t in study.get_trials())
-        best = min(t.value for t in study.get_trials() if t.value is not None)
-        result[sampler] = {"best_val_loss": round(best, 4), "steps": steps,
-                           "pruned": sum(t.state.name == "PRUNED" for t in study.get_trials()),
-                           "wall_s": round(time.perf_counter() - start, 1)}
+    seeds = [int(s) for s in args.seeds.split(",")]
     rounds = args.trials // args.members
-    start = time.perf_counter()
-    pbt_result = pbt.run_pbt(pbt.PBTSpec(
-        pbt_dir=os.path.join(args.out, "pbt"), space=space, gin_files=(RUN_CONFIG,),
-        overrides=tuple(overrides(0)), members=args.members, rounds=rounds, steps_per_round=args.steps, seed=0))
-    result["pbt"] = {"best_val_loss": round(pbt_result["best_val_loss"], 4), "steps": args.members * rounds * args.steps,
-                     "members": args.members, "rounds": rounds, "wall_s": round(time.perf_counter() - start, 1)}
+    result = {"bench": "tune", "model": "tiny (pretrain_tiny.gin, 64-token sequences, batch 8)",
+              "trial_steps": args.steps, "trials": args.trials, "seeds": seeds,
+              "pbt": {"members": args.members, "rounds": rounds, "steps_per_round": args.steps}}
+    for sampler in ("random", "tpe"):
+        runs = []
+        for seed in seeds:
+            start = time.perf_counter()
+            spec = search.StudySpec(
+                study_dir=os.path.join(args.out, f"{sampler}_{seed}"), space=space, gin_files=(RUN_CONFIG,),
+                overrides=(*overrides(args.steps // 4), f"TRAIN_STEPS={args.steps}"), trials=args.trials,
+                sampler=sampler, pruner="median", seed=seed, startup_trials=2)
+            search.run_worker(spec)
+            study = search.open_study(spec)
+            runs.append({"best_val_loss": round(min(t.value for t in study.get_trials() if t.value is not None), 4),
+                         "steps": sum(t.user_attrs.get("final_step", 0) for t in study.get_trials()),
+                         "pruned": sum(t.state.name == "PRUNED" for t in study.get_trials()),
+                         "wall_s": round(time.perf_counter() - start, 1)})
+        result[sampler] = _summary(runs)
+    runs = []
+    for seed in seeds:
+        start = time.perf_counter()
+        out = pbt.run_pbt(pbt.PBTSpec(
+            pbt_dir=os.path.join(args.out, f"pbt_{seed}"), space=space, gin_files=(RUN_CONFIG,),
+            overrides=tuple(overrides(0)), members=args.members, rounds=rounds, steps_per_round=args.steps,
+            seed=seed))
+        runs.append({"best_val_loss": round(out["best_val_loss"], 4), "steps": args.members * rounds * args.steps,
+                     "wall_s": round(time.perf_counter() - start, 1)})
+    result["pbt"].update(_summary(runs))
     print(json.dumps(result))
 
 
