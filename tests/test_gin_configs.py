@@ -104,7 +104,8 @@ def _samples_dir(tmp_path) -> str:
     from quark_jax.data import teacher_samples
 
     record = {"prompt": "def", "prompt_ids": [300, 301], "completion_ids": [302], "finish_reason": "eos"}
-    teacher_samples.write_samples(tmp_path / "samples", {"train": [record], "validation": [record]}, {"mixture": "stdlib"})
+    teacher_samples.write_samples(tmp_path / "samples", {"train": [record], "validation": [record]},
+                                  {"mixture": "stdlib"})
     return str(tmp_path / "samples")
 
 
@@ -121,8 +122,8 @@ def test_every_run_config_builds(run_gin, tmp_path):
     config = gin_utils.build_train_config()
     assert config.steps == 10 and config.model_dir == "/tmp/unused"
     kind = getattr(config.objective, "kind", "lm")
-    expected = {"distill.gin": "distill", "distill_spec.gin": "distill", "lora.gin": "lora", "reward.gin": "reward_model",
-                "dpo.gin": "dpo", "ppo.gin": "ppo", "embed.gin": "contrastive_embedding",
+    expected = {"distill.gin": "distill", "distill_spec.gin": "distill", "lora.gin": "lora",
+                "reward.gin": "reward_model", "dpo.gin": "dpo", "ppo.gin": "ppo", "embed.gin": "contrastive_embedding",
                 "intent.gin": "sequence_classifier"}
     assert kind == expected.get(name, "lm")
     if samples:  # the data is the samples directory's task

@@ -57,7 +57,8 @@ def test_samples_are_the_teachers_generations_for_corpus_prompts(samples, traine
                  for split in ("train", "validation")}
     for split, rows in records.items():
         for r in rows:
-            assert len(r["prompt_ids"]) == PROMPT_TOKENS and list(model.tokenizer.encode(r["prompt"])) == r["prompt_ids"]
+            assert len(r["prompt_ids"]) == PROMPT_TOKENS
+            assert list(model.tokenizer.encode(r["prompt"])) == r["prompt_ids"]
             assert r["prompt"] in documents[split]
             assert len(r["completion_ids"]) == NEW_TOKENS or r["finish_reason"] == "eos"
 
