@@ -18,7 +18,7 @@ import json
 import time
 
 import quark_jax as qj
-from quark_jax.inference.generate import Request
+from quark_jax.inference.generate import Completion, Request
 from quark_jax.inference.speculative import acceptance_rate, expected_tokens_per_call
 
 PROMPTS = [
@@ -26,6 +26,19 @@ PROMPTS = [
     "def read_file(path):\n    with open(", "    if not isinstance(", "def __repr__(self):\n    return ",
     "    raise ValueError(",
 ]
+
+
+def speculation_figures(completions: list[Completion], gamma: int) -> dict:
+    """α (accepted drafts / drafts judged) and tokens per target call, measured over speculative completions and
+    predicted from α by (1 − α^(γ+1)) / (1 − α); the end-of-sequence token counts as emitted."""
+    accepted = sum(c.speculation["accepted"] for c in completions)
+    examined = sum(c.speculation["examined"] for c in completions)
+    calls = sum(c.speculation["target_calls"] for c in completions)
+    tokens = sum(len(c.tokens) + (c.finish_reason == "eos") for c in completions)
+    alpha = acceptance_rate(accepted, examined)
+    return {"alpha": round(alpha, 3), "tokens_per_target_call": round(tokens / calls, 3),
+            "predicted_tokens_per_call": round(expected_tokens_per_call(alpha, gamma), 3),
+            "accepted": accepted, "examined": examined, "target_calls": calls, "tokens": tokens}
 
 
 def _timed(fn) -> tuple[float, object]:
@@ -69,15 +82,11 @@ def main() -> None:
                 plain_times.append(_timed(plain_fn)[0])
                 spec_times.append(_timed(spec_fn)[0])
             reference = plain_fn()
-            accepted = sum(c.speculation["accepted"] for c in out)
-            examined = sum(c.speculation["examined"] for c in out)
-            calls = sum(c.speculation["target_calls"] for c in out)
-            tokens = sum(len(c.tokens) + (c.finish_reason == "eos") for c in out)
-            alpha = acceptance_rate(accepted, examined)
+            figures = speculation_figures(out, gamma)
+            tokens, calls = figures["tokens"], figures["target_calls"]
             line = {
-                "batch": batch, "gamma": gamma, "alpha": round(alpha, 3),
-                "tokens_per_target_call": round(tokens / calls, 3),
-                "predicted_tokens_per_call": round(expected_tokens_per_call(alpha, gamma), 3),
+                "batch": batch, "gamma": gamma,
+                **{k: figures[k] for k in ("alpha", "tokens_per_target_call", "predicted_tokens_per_call")},
                 "plain_s": round(min(plain_times), 4),
                 "speculative_s": round(min(spec_times), 4),
                 "speedup": round(min(plain_times) / min(spec_times), 3),

@@ -22,6 +22,7 @@
     quark data list
     quark data build --mixture quark_demo --output /tmp/quark_demo_data [--gin_file=cleaning.gin]
     quark data refresh --mixture quark_demo --root /data/quark_demo   (the next version: only unseen documents)
+    quark data distill --teacher_dir /tmp/run --out /tmp/run_samples --samples 4096   (a draft's data: distill_spec.gin)
     quark index build --index /tmp/idx --passages passages.jsonl --model_dir=/tmp/run --hnsw   (then add/delete/search/info)
     quark tokenizer train --mixture quark_demo --output tokenizers/quark_demo_4k --vocab_size 4096
     quark runs list|show|diff|register|verify|promote RUN --stage production --baseline evals/baselines/B.json
@@ -676,6 +677,8 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
         except ValueError as e:
             raise UsageError(str(e)) from None
     _start_tensorflow(args.verbose)
+    if args.data_command == "distill":
+        return _data_distill(args, bindings)
     if args.data_command == "list":
         from quark_jax.data import catalogue
 
@@ -721,6 +724,20 @@ def _data(args: argparse.Namespace, bindings: list[str]) -> int:
           f"--gin.MIXTURE_OR_TASK_NAME=\"'{report['name']}'\" and QUARK_DATA_DIRS={report['output']}, "
           f"or --gin_file={report['output']}/data.gin")
     return 0
+
+
+def _data_distill(args: argparse.Namespace, bindings: list[str]) -> int:
+    """``quark data distill``: a teacher run's own samples as training data (quark_jax/distill_samples.py)."""
+    from quark_jax import distill_samples
+
+    if bindings:
+        raise UsageError("--gin.* flags do not apply to `quark data distill`; drop them")
+    try:
+        return distill_samples.distill_data_main(args)
+    except (ValueError, FileNotFoundError) as e:  # a missing run, bad values, too few prompts: one line
+        if args.verbose:
+            raise
+        raise UsageError(str(e)) from None
 
 
 def _server_guard(args: argparse.Namespace, model_version: str):
@@ -1073,6 +1090,23 @@ def _build_parser() -> argparse.ArgumentParser:
     refresh.add_argument("--num_shards", type=int, default=4)
     refresh.add_argument("--gin_file", action="append", default=[], help="gin file with quark_jax.data.* thresholds")
     refresh.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+    dd = data_sub.add_parser("distill", parents=[common],
+                             help="a teacher run's own samples on prompts of its corpus: the data of a speculative "
+                                  "draft (configs/runs/distill_spec.gin, DistillSpec)")
+    dd.add_argument("--teacher_dir", required=True, help="the teacher run (the target the draft will serve)")
+    dd.add_argument("--out", required=True, help="the samples directory to write (new or empty)")
+    dd.add_argument("--samples", type=int, default=1024, help="training samples (prompts of the train split)")
+    dd.add_argument("--validation_samples", type=int, default=64, help="samples on validation-split prompts")
+    dd.add_argument("--max_new_tokens", type=int, default=112, help="tokens generated per sample")
+    dd.add_argument("--prompt_tokens", type=int, default=16, help="corpus tokens per prompt (the prefix k)")
+    dd.add_argument("--temperature", type=float, default=1.0,
+                    help="1: the teacher's own distribution (default); 0: greedy")
+    dd.add_argument("--seed", type=int, default=0, help="prompt order and sampling; row i samples with seed+i")
+    dd.add_argument("--batch_size", type=int, default=32, help="prompts per compiled generate call")
+    dd.add_argument("--mixture", default=None, help="prompts from this mixture (default: the teacher's own)")
+    dd.add_argument("--step", type=int, default=None, help="teacher checkpoint step (default: newest)")
+    dd.add_argument("--no_progress", action="store_true", help="no progress bar")
 
     fb = data_sub.add_parser("feedback", parents=[common],
                              help="turn `quark serve` feedback into preference pairs for configs/runs/dpo.gin")

@@ -99,18 +99,32 @@ SWITCHES = {"lora.gin": "sft.gin"}  # a switch file goes after the run it modifi
 RUN_DIRS = ["INIT_FROM='/tmp/unused_init'", "TEACHER_DIR='/tmp/unused_teacher'"]
 
 
+def _samples_dir(tmp_path) -> str:
+    """A teacher-samples directory of two made-up token sequences (configs/runs/distill_spec.gin needs one)."""
+    from quark_jax.data import teacher_samples
+
+    record = {"prompt": "def", "prompt_ids": [300, 301], "completion_ids": [302], "finish_reason": "eos"}
+    teacher_samples.write_samples(tmp_path / "samples", {"train": [record], "validation": [record]},
+                                  {"mixture": "stdlib"})
+    return str(tmp_path / "samples")
+
+
 @pytest.mark.parametrize("run_gin", RUN_CONFIGS, ids=os.path.basename)
-def test_every_run_config_builds(run_gin):
+def test_every_run_config_builds(run_gin, tmp_path):
     """Every configs/runs/*.gin (post-training objectives included) builds its TrainConfig from the macros its
     header documents; objectives load nothing until the run starts."""
     name = os.path.basename(run_gin)
     files = [os.path.join(REPO, "configs", "runs", SWITCHES[name]), run_gin] if name in SWITCHES else [run_gin]
+    samples = [f"SAMPLES_DIR={_samples_dir(tmp_path)!r}"] if name == "distill_spec.gin" else []
     # The run directories go in as defaults: each run file uses at most one of them, and a bound macro that no
     # file uses is an error (gin_utils.check_macro_bindings).
-    gin_utils.parse(files, REQUIRED, defaults=RUN_DIRS)
+    gin_utils.parse(files, REQUIRED + samples, defaults=RUN_DIRS)
     config = gin_utils.build_train_config()
     assert config.steps == 10 and config.model_dir == "/tmp/unused"
     kind = getattr(config.objective, "kind", "lm")
-    expected = {"distill.gin": "distill", "lora.gin": "lora", "reward.gin": "reward_model", "dpo.gin": "dpo", "ppo.gin": "ppo",
-                "embed.gin": "contrastive_embedding", "intent.gin": "sequence_classifier"}
+    expected = {"distill.gin": "distill", "distill_spec.gin": "distill", "lora.gin": "lora",
+                "reward.gin": "reward_model", "dpo.gin": "dpo", "ppo.gin": "ppo", "embed.gin": "contrastive_embedding",
+                "intent.gin": "sequence_classifier"}
     assert kind == expected.get(name, "lm")
+    if samples:  # the data is the samples directory's task
+        assert config.data.mixture_or_task_name.startswith("teacher_samples_")
