@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import logging
 import queue
 import secrets
@@ -471,9 +472,12 @@ class Engine:
             # waiting request could take a slot that frees sooner).
             self.rounds = -(-decode_block // (draft.gamma + 1))
             self._draft_prefill = make_draft_prefill_fn(draft.graphdef, self.trace_count)
-            self._decode = {(flag, n): make_speculative_decode_fn(
-                graphdef, draft.graphdef, draft.gamma, flag, n, TOP_K, max_seq_len, self.eos_id, self.trace_count)
-                for flag in (False, True) for n in sorted({1, self.rounds})}
+            # The round count is an argument: one compiled function per filtering flag serves 1..rounds.
+            speculative = {flag: make_speculative_decode_fn(graphdef, draft.graphdef, draft.gamma, flag, self.rounds,
+                                                            TOP_K, max_seq_len, self.eos_id, self.trace_count)
+                           for flag in (False, True)}
+            self._decode = {(flag, n): functools.partial(speculative[flag], run=np.int32(n))
+                            for flag in (False, True) for n in sorted({1, self.rounds})}
         # The grammar table: rows of int32 over the vocabulary, a power of two of them, sized by bytes.
         rows = lambda nbytes: max(16, 1 << max(nbytes // (4 * config.vocab_size), 1).bit_length() - 1)  # noqa: E731
         self.max_grammar_states = max_grammar_states or rows(MAX_GRAMMAR_TABLE_BYTES)

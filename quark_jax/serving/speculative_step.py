@@ -17,7 +17,10 @@ what ``accept_drafts`` samples, and no forbidden token is ever emitted.
 Caches: the target's rows write the pending token and the drafts at the slot's own cache index (no rollback:
 slots of rejected drafts lie at later positions, hidden by the causal mask, and are overwritten next round).
 The draft's cache row holds the token at position t in slot t (the draft is prefilled over prefix + prompt
-from slot 0), and each round's first draft call feeds [previous, token], re-writing the last accepted token.
+from slot 0). Each of a round's γ draft calls feeds a pair of tokens, [previous, token] first, then
+[d_{j-1}, d_j]: re-writing the slot before the new token (same token, same position) costs nothing on a
+latency-bound accelerator, keeps one model body in the compiled loop, and covers a round whose last draft was
+accepted without ever being fed to the draft.
 Both caches are γ slots longer than the engine's ``max_seq_len``: a live slot's pending token sits at index
 ≤ max_seq_len − 2, so a round never writes past the end, and a finished slot (still computed: fixed shapes) is
 held at index max_seq_len − 1.
@@ -66,10 +69,10 @@ def make_draft_prefill_fn(draft_graphdef: nnx.GraphDef, trace_counter: list[int]
 def make_speculative_decode_fn(target_graphdef: nnx.GraphDef, draft_graphdef: nnx.GraphDef, gamma: int,
                                filtering: bool, rounds: int, top_logprobs: int, max_seq_len: int, eos_id: int,
                                trace_counter: list[int]) -> Callable:
-    """``decode(params, draft_params, slots, grammar [S, V])`` -> (slots, (tokens [B, R, G+1], counts [B, R],
-    logprobs [B, R, G+1], top-K ids [B, R, G+1, K], top-K logprobs [B, R, G+1, K])): ``rounds`` speculative
-    rounds for every slot in one call. Round ``r`` of slot ``b`` emits ``tokens[b, r, :counts[b, r]]`` (1..γ+1
-    tokens); the log-probabilities are the target's, under the slot's grammar mask (as plain decoding reports
+    """``decode(params, draft_params, slots, grammar [S, V], run)`` -> (slots, (tokens [B, R, G+1], counts [B, R],
+    logprobs [B, R, G+1], top-K ids [B, R, G+1, K], top-K logprobs [B, R, G+1, K])): ``run`` (at most ``rounds``,
+    R; an argument, so one compiled function serves every count) speculative rounds for every slot in one call.
+    Round ``r < run`` of slot ``b`` emits ``tokens[b, r, :counts[b, r]]`` (1..γ+1 tokens); the log-probabilities are the target's, under the slot's grammar mask (as plain decoding reports
     them). ``filtering`` compiles top-k/top-p in. ``slots`` is the engine's ``Slots`` with a ``draft_cache``."""
     G, K = gamma, top_logprobs
     last_index = max_seq_len - 1  # where a finished slot is held (a live one never gets past max_seq_len - 2)
@@ -92,29 +95,24 @@ def make_speculative_decode_fn(target_graphdef: nnx.GraphDef, draft_graphdef: nn
             sampled = jax.vmap(jax.random.categorical)(keys, jnp.log(dist)).astype(jnp.int32)
             return jnp.where(slots.temperature > 0, sampled, jnp.argmax(dist, axis=-1).astype(jnp.int32))
 
-        # The draft: [previous, token] at positions p-1, p, then d_1..d_{γ-1} one at a time.
-        pair = jnp.stack([previous, token], axis=1)
-        logits, draft_cache = draft(pair, jnp.stack([position - 1, position], axis=1), jnp.ones_like(pair),
-                                    slots.draft_cache.replace(index=position - 1))
-
+        # The draft: γ calls of a token pair, [previous, token] then [d_{j-1}, d_j], at positions [t-1, t] (the
+        # first of each pair re-writes a slot with the same token at the same position): one compiled model body
+        # in the scan, and a round whose γ drafts were all accepted (d_γ never fed) needs no special case.
         def draft_step(carry, j):
-            draft_cache, logits, at, state = carry
-            _, q = constrained(logits, state)
+            draft_cache, pair, at, state = carry
+            logits, draft_cache = draft(pair, jnp.stack([at - 1, at], axis=1), jnp.ones_like(pair),
+                                        draft_cache.replace(index=at - 1))
+            _, q = constrained(logits[:, -1], state)
             drafted = pick(q, keys_at(j))
-            logits, draft_cache = draft(drafted[:, None], at[:, None], jnp.ones_like(at)[:, None], draft_cache)
-            return (draft_cache, logits[:, 0], at + 1, grammar_lib.advance(grammar, state, drafted)), (
-                drafted, q, state)
+            carry = (draft_cache, jnp.stack([pair[:, 1], drafted], axis=1), at + 1,
+                     grammar_lib.advance(grammar, state, drafted))
+            return carry, (drafted, q, state)
 
-        carry = (draft_cache, logits[:, -1], position + 1, slots.grammar)
-        (draft_cache, logits, _, state), (drafted, q_steps, states) = jax.lax.scan(draft_step, carry,
-                                                                                     jnp.arange(G - 1))
-        _, q_last = constrained(logits, state)
-        last_drafted = pick(q_last, keys_at(G - 1))
-        drafts = jnp.concatenate([drafted.T, last_drafted[:, None]], axis=1)  # [B G]
-        q = jnp.concatenate([jnp.moveaxis(q_steps, 0, 1), q_last[:, None]], axis=1)  # [B G V]
+        carry = (slots.draft_cache, jnp.stack([previous, token], axis=1), position, slots.grammar)
+        (draft_cache, _, _, state), (drafted, q, states) = jax.lax.scan(draft_step, carry, jnp.arange(G))
+        drafts, q = drafted.T, jnp.moveaxis(q, 0, 1)  # [B G], [B G V]
         # The grammar state before each of the target's γ+1 predictions: s_0 .. s_γ along the drafts.
-        path = jnp.concatenate([states.T, state[:, None],
-                                grammar_lib.advance(grammar, state, last_drafted)[:, None]], axis=1)  # [B G+1]
+        path = jnp.concatenate([states.T, state[:, None]], axis=1)  # [B G+1]
 
         # The target: [token, d_1..d_γ] in one call, at the slot's own cache index.
         chunk = jnp.concatenate([token[:, None], drafts], axis=1)  # [B G+1]
@@ -137,7 +135,7 @@ def make_speculative_decode_fn(target_graphdef: nnx.GraphDef, draft_graphdef: nn
             grammar=grammar_lib.advance(grammar, path[rows, accepted], next_token))
         return slots, (emitted, count, chosen, top_ids.astype(jnp.int32), top_values)
 
-    def decode(params: Any, draft_params: Any, slots: Any, grammar: Int[Array, "S V"]):
+    def decode(params: Any, draft_params: Any, slots: Any, grammar: Int[Array, "S V"], run: Int[Array, ""]):
         trace_counter[0] += 1
         target = nnx.merge(target_graphdef, params)
         draft = nnx.merge(draft_graphdef, draft_params)
@@ -151,7 +149,7 @@ def make_speculative_decode_fn(target_graphdef: nnx.GraphDef, draft_graphdef: nn
             slots, produced = one_round(target, draft, slots, grammar)
             return slots, tuple(o.at[:, r].set(x) for o, x in zip(outputs, produced))
 
-        return jax.lax.fori_loop(0, rounds, body, (slots, outputs))
+        return jax.lax.fori_loop(0, jnp.minimum(run, rounds), body, (slots, outputs))
 
     return jax.jit(decode, donate_argnums=(2,))
 

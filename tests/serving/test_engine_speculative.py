@@ -40,18 +40,24 @@ def vocab():
     return SentencePieceTokenizer(str(tokenizer.DEFAULT_SPM_PATH), eos_id=tokenizer.EOS_ID, add_bos=False)
 
 
+def _model(config: ModelConfig, abstract: bool = False):
+    """(graphdef, params) of a random model; ``abstract``: only the parameters' shapes (nothing computed)."""
+    from flax import nnx
+
+    build = lambda: Transformer(config, rngs=nnx.Rngs(params=0))  # noqa: E731
+    graphdef, params = nnx.split(nnx.eval_shape(build) if abstract else build(), nnx.Param)
+    return graphdef, nnx.to_pure_dict(params)
+
+
 @pytest.fixture(scope="module")
 def engines(vocab):
     """(plain, speculative) engines over one random target; both started, compiled on first use."""
-    from flax import nnx
-
-    graphdef, params = nnx.split(Transformer(_config(), rngs=nnx.Rngs(params=0)), nnx.Param)
-    params = nnx.to_pure_dict(params)
-    draft_graphdef, _ = nnx.split(Transformer(_config(num_layers=1), rngs=nnx.Rngs(params=0)), nnx.Param)
+    graphdef, params = _model(_config())
+    draft_graphdef, _ = _model(_config(num_layers=1), abstract=True)
     draft_params = dict(params, blocks=jax.tree.map(lambda x: x[:1], params["blocks"]))
-    common = dict(eos_id=tokenizer.EOS_ID, max_slots=SLOTS, max_seq_len=CONTEXT, decode_block=8)
-    plain = Engine(graphdef, params, vocab, _config(), **common)
-    speculative = Engine(graphdef, params, vocab, _config(), **common,
+    common = dict(eos_id=tokenizer.EOS_ID, max_slots=SLOTS, max_seq_len=CONTEXT)
+    plain = Engine(graphdef, params, vocab, _config(), **common, decode_block=1)  # one decode function to compile
+    speculative = Engine(graphdef, params, vocab, _config(), **common, decode_block=8,
                          draft=Draft(draft_graphdef, draft_params, gamma=GAMMA))
     assert speculative.rounds == 2  # ceil(8 / (γ + 1)): the two-round and one-round calls are both exercised
     for engine in (plain, speculative):
@@ -151,14 +157,10 @@ def test_grammar_rows_speculate_within_their_grammar(engines, vocab):
 
 
 def test_a_draft_with_another_vocabulary_is_refused(vocab):
-    from flax import nnx
-
-    graphdef, params = nnx.split(Transformer(_config(), rngs=nnx.Rngs(params=0)), nnx.Param)
-    other_graphdef, other = nnx.split(Transformer(_config(vocab_size=512, num_layers=1), rngs=nnx.Rngs(params=1)),
-                                      nnx.Param)
+    graphdef, params = _model(_config(), abstract=True)
+    other_graphdef, other = _model(_config(vocab_size=512, num_layers=1), abstract=True)
     with pytest.raises(ValueError, match="draft: 512 token ids, the target has 4096; a draft must share the target's"):
-        Engine(graphdef, nnx.to_pure_dict(params), vocab, _config(), eos_id=tokenizer.EOS_ID,
-               draft=Draft(other_graphdef, nnx.to_pure_dict(other), gamma=2))
+        Engine(graphdef, params, vocab, _config(), eos_id=tokenizer.EOS_ID, draft=Draft(other_graphdef, other, gamma=2))
 
 
 def test_openai_chat_with_a_draft_equals_one_without_and_metrics_count_it(engines, vocab):
