@@ -31,6 +31,12 @@ token ``i`` of a row is drawn with ``fold_in(key(seed), i)``, so the same reques
 the same text whatever else shares the batch. A shared prefix (a chat's system prompt) is prefilled once,
 kept in a small LRU, and copied into a slot's row before the rest of the prompt is prefilled on top of it.
 
+With a draft model (``Engine(..., draft=Draft)``, ``quark serve --draft_dir``) the decode call runs exact
+speculative rounds instead of one-token steps: every slot also has a row in the draft's KV cache (filled at
+prefill over the whole prompt), the draft proposes γ tokens, the target verifies them in one call, and each slot
+emits 1..γ+1 tokens with its own sampling parameters and seed, grammar rows included
+(:mod:`quark_jax.serving.speculative_step`). The answers are those of the engine without the draft.
+
 Requests come in from any thread (:meth:`Engine.submit`); results go out as :class:`Output` events on the
 request's own queue (an ``asyncio`` queue when the caller gives its event loop, so a web server awaits them).
 """
@@ -464,6 +470,8 @@ class Engine:
             self._decode = {(flag, n): make_decode_fn(graphdef, flag, n, self.trace_count, self.eos_id)
                             for flag in (False, True) for n in sorted({1, decode_block})}
         else:
+            if draft.gamma < 1:
+                raise ValueError(f"draft: gamma={draft.gamma}, must be >= 1 (draft tokens per target call)")
             self._draft_config = nnx.merge(draft.graphdef, draft.params).config
             if self._draft_config.vocab_size != config.vocab_size:
                 raise ValueError(f"draft: {self._draft_config.vocab_size} token ids, the target has "
