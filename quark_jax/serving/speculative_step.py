@@ -72,7 +72,8 @@ def make_speculative_decode_fn(target_graphdef: nnx.GraphDef, draft_graphdef: nn
     """``decode(params, draft_params, slots, grammar [S, V], run)`` -> (slots, (tokens [B, R, G+1], counts [B, R],
     logprobs [B, R, G+1], top-K ids [B, R, G+1, K], top-K logprobs [B, R, G+1, K])): ``run`` (at most ``rounds``,
     R; an argument, so one compiled function serves every count) speculative rounds for every slot in one call.
-    Round ``r < run`` of slot ``b`` emits ``tokens[b, r, :counts[b, r]]`` (1..γ+1 tokens); the log-probabilities are the target's, under the slot's grammar mask (as plain decoding reports
+    Round ``r < run`` of slot ``b`` emits ``tokens[b, r, :counts[b, r]]`` (1..γ+1 tokens); later rounds have
+    count 0. The log-probabilities are the target's, under the slot's grammar mask (as plain decoding reports
     them). ``filtering`` compiles top-k/top-p in. ``slots`` is the engine's ``Slots`` with a ``draft_cache``."""
     G, K = gamma, top_logprobs
     last_index = max_seq_len - 1  # where a finished slot is held (a live one never gets past max_seq_len - 2)
