@@ -784,9 +784,9 @@ class Engine:
                 counters.accepted += count - 1
                 counters.examined += min(count, gamma)
                 for j in range(count):
-                    counters.emitted += 1
                     finished = self._record(a, int(tokens[slot, r, j]), float(logprobs[slot, r, j]),
                                             top_ids[slot, r, j], top_values[slot, r, j], out)
+                    counters.emitted += out.finish_reason != "cancelled"  # a cancelled request takes no token
                     if finished:
                         break
                 if finished:
