@@ -776,10 +776,7 @@ def _data_refresh(args: argparse.Namespace, config) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    if args.draft_dir:
-        raise UsageError("--draft_dir: speculative decoding is not supported by quark serve yet; serve without it "
-                         "(quark generate --draft_dir and model.generate(draft=...) support it)")
-    _check_at_least(args, 1, "max_slots", "max_queue", "max_n", "decode_block")
+    _check_at_least(args, 1, "max_slots", "max_queue", "max_n", "decode_block", "gamma")
     _check_at_least(args, 2, "max_seq_len")
     if not 0 < args.port < 65536:
         raise UsageError(f"--port {args.port}: must be in 1..65535")
@@ -788,6 +785,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.guardrails_config and not os.path.isfile(args.guardrails_config):
         raise UsageError(f"--guardrails_config {args.guardrails_config}: no such file")
     _check_run_dir(args.model_dir)
+    if args.draft_dir:
+        _check_run_dir(args.draft_dir)
     from quark_jax.serving import server
 
     try:
@@ -803,11 +802,16 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"quark serve: --max_seq_len {max_seq_len} is beyond the {model.trained_context}-token context "
               "the model was trained on; answers past it may degrade", file=sys.stderr)
     name = args.served_model_name or server.default_model_name(args.model_dir)
-    engine = server.build_engine(model, args.max_slots, max_seq_len, args.max_queue, args.decode_block)
+    try:
+        draft = model.draft(args.draft_dir, args.gamma) if args.draft_dir else None
+    except ValueError as e:  # another tokenizer
+        raise UsageError(str(e)) from None
+    engine = server.build_engine(model, args.max_slots, max_seq_len, args.max_queue, args.decode_block, draft)
     config = ServerConfig(model_name=name, log_dir=args.log_dir, log_prompts=args.log_prompts, max_n=args.max_n,
                           guard=_server_guard(args, f"{name}@step{model.step}"))
     url = f"http://{args.host}:{args.port}"
-    print(f"quark serve: {name} on {url} ({args.max_slots} slots of {max_seq_len} tokens); compiling, "
+    drafting = f", draft {args.draft_dir} proposing {args.gamma} tokens per target call" if draft else ""
+    print(f"quark serve: {name} on {url} ({args.max_slots} slots of {max_seq_len} tokens{drafting}); compiling, "
           f"{url}/ready answers 200 when done", flush=True)
     server.serve(engine, model.tokenizer, config, args.host, args.port,
                  on_ready=lambda s: print(f"quark serve: ready in {s:.0f} s — chat at {url}/, OpenAI API at "
@@ -1119,7 +1123,9 @@ def _build_parser() -> argparse.ArgumentParser:
                 description="Serve a run directory over HTTP: /v1/completions, /v1/chat/completions, /tokenize, "
                             "/metrics, /health, /ready, and a chat page at /.")
     serve.add_argument("--model_dir", required=True, help="run directory (quark train, quantize, import_hf ...)")
-    serve.add_argument("--draft_dir", help="speculative decoding draft: not supported by the server yet")
+    serve.add_argument("--draft_dir", help="a small run sharing the tokenizer: every decode call runs exact "
+                       "speculative rounds (same greedy output, same sampling distribution; /metrics counts them)")
+    serve.add_argument("--gamma", type=int, default=4, help="with --draft_dir: draft tokens per target call")
     serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")

@@ -31,6 +31,12 @@ token ``i`` of a row is drawn with ``fold_in(key(seed), i)``, so the same reques
 the same text whatever else shares the batch. A shared prefix (a chat's system prompt) is prefilled once,
 kept in a small LRU, and copied into a slot's row before the rest of the prompt is prefilled on top of it.
 
+With a draft model (``Engine(..., draft=Draft)``, ``quark serve --draft_dir``) the decode call runs exact
+speculative rounds instead of one-token steps: every slot also has a row in the draft's KV cache (filled at
+prefill over the whole prompt), the draft proposes γ tokens, the target verifies them in one call, and each slot
+emits 1..γ+1 tokens with its own sampling parameters and seed, grammar rows included
+(:mod:`quark_jax.serving.speculative_step`). The answers are those of the engine without the draft.
+
 Requests come in from any thread (:meth:`Engine.submit`); results go out as :class:`Output` events on the
 request's own queue (an ``asyncio`` queue when the caller gives its event loop, so a web server awaits them).
 """
@@ -40,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import logging
 import queue
 import secrets
@@ -56,7 +63,9 @@ from jaxtyping import Array, Float, Int
 
 from quark_jax.inference import constrained as grammar_lib
 from quark_jax.inference.decode import NEG_INF, sample_rows
+from quark_jax.inference.speculative import Draft
 from quark_jax.models.transformer import KVCache
+from quark_jax.serving.speculative_step import make_draft_prefill_fn, make_speculative_decode_fn
 from quark_jax.serving.text import TextStream
 
 log = logging.getLogger(__name__)
@@ -176,6 +185,8 @@ class Slots:
     keys: jax.Array  # [B] typed PRNG keys
     steps: Int[Array, "B"]
     grammar: Int[Array, "B"]  # each row's state in the grammar table (0: free)
+    previous: Int[Array, "B"]  # the token before ``tokens`` (a speculative round's draft re-feeds it)
+    draft_cache: KVCache | None = None  # a speculative engine's draft cache: the token at position t in slot t
 
 
 def _top(logprobs: Float[Array, "... V"], k: int):
@@ -225,9 +236,10 @@ def make_prefill_fn(graphdef: nnx.GraphDef, prompt_top: bool, trace_counter: lis
             logprobs = jax.nn.log_softmax(logits[0, :-1], axis=-1)  # [P-1 V]: predicts tokens 1..P-1
             prompt_logprobs = jnp.take_along_axis(logprobs, tokens[0, 1:, None], axis=-1)[:, 0]
             prompt_top_out = _top(logprobs, TOP_K)
-        slots = Slots(
+        slots = slots.replace(
             cache=cache,
             tokens=slots.tokens.at[slot].set(token),
+            previous=slots.previous.at[slot].set(tokens[0, length - 1]),
             positions=slots.positions.at[slot].set(position + length),
             temperature=slots.temperature.at[slot].set(temperature),
             top_k=slots.top_k.at[slot].set(top_k),
@@ -403,16 +415,41 @@ class GrammarTable:
             self.placed[key].users -= 1
 
 
+@dataclasses.dataclass
+class SpeculationCounters:
+    """What a speculative engine's rounds did, summed over every live slot: ``target_calls`` (rounds: one target
+    forward pass each), ``drafted`` (γ per round), ``accepted`` (drafts kept), ``examined`` (drafts judged: the
+    accepted ones plus the first rejected one of a round) and ``emitted`` (tokens the rounds delivered to
+    requests; a round's tokens past a request's end are not counted)."""
+
+    target_calls: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    examined: int = 0
+    emitted: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.examined if self.examined else 0.0
+
+    @property
+    def tokens_per_target_call(self) -> float:
+        return self.emitted / self.target_calls if self.target_calls else 0.0
+
+
 class Engine:
     """Continuous batching over ``max_slots`` decode slots of ``max_seq_len`` tokens (see the module docstring).
 
     ``graphdef``/``params`` are the model (quantized parameters work as they are), ``vocabulary`` decodes
     text. ``max_queue`` bounds the requests waiting for a slot (beyond it :meth:`submit` raises
-    :class:`QueueFull`); ``prefix_cache_size`` shared prefixes are kept."""
+    :class:`QueueFull`); ``prefix_cache_size`` shared prefixes are kept. With a ``draft`` (a small model sharing
+    the vocabulary) every decode call runs exact speculative rounds instead of one-token steps
+    (:mod:`quark_jax.serving.speculative_step`); :attr:`speculation` counts what they did."""
 
     def __init__(self, graphdef: nnx.GraphDef, params: Any, vocabulary: Any, config: Any, *, eos_id: int,
                  max_slots: int = 8, max_seq_len: int = 512, max_queue: int = 256, prefix_cache_size: int = 8,
-                 decode_block: int = 8, grammar_states: int | None = None, max_grammar_states: int | None = None):
+                 decode_block: int = 8, grammar_states: int | None = None, max_grammar_states: int | None = None,
+                 draft: Draft | None = None):
         if max_slots < 1:
             raise ValueError(f"max_slots={max_slots}: must be >= 1")
         if max_seq_len < 2:
@@ -426,8 +463,29 @@ class Engine:
         self.trace_count = [0]
         self._prefill = {flag: make_prefill_fn(graphdef, flag, self.trace_count) for flag in (False, True)}
         self.decode_block = decode_block
-        self._decode = {(flag, n): make_decode_fn(graphdef, flag, n, self.trace_count, self.eos_id)
-                        for flag in (False, True) for n in sorted({1, decode_block})}
+        self.draft = draft
+        self.speculation = SpeculationCounters()
+        if draft is None:
+            self.rounds = 0
+            self._decode = {(flag, n): make_decode_fn(graphdef, flag, n, self.trace_count, self.eos_id)
+                            for flag in (False, True) for n in sorted({1, decode_block})}
+        else:
+            if draft.gamma < 1:
+                raise ValueError(f"draft: gamma={draft.gamma}, must be >= 1 (draft tokens per target call)")
+            self._draft_config = nnx.merge(draft.graphdef, draft.params).config
+            if self._draft_config.vocab_size != config.vocab_size:
+                raise ValueError(f"draft: {self._draft_config.vocab_size} token ids, the target has "
+                                 f"{config.vocab_size}; a draft must share the target's tokenizer")
+            # Rounds per call: about decode_block tokens when most drafts are accepted (one round while a
+            # waiting request could take a slot that frees sooner).
+            self.rounds = -(-decode_block // (draft.gamma + 1))
+            self._draft_prefill = make_draft_prefill_fn(draft.graphdef, self.trace_count)
+            # The round count is an argument: one compiled function per filtering flag serves 1..rounds.
+            speculative = {flag: make_speculative_decode_fn(graphdef, draft.graphdef, draft.gamma, flag, self.rounds,
+                                                            TOP_K, max_seq_len, self.eos_id, self.trace_count)
+                           for flag in (False, True)}
+            self._decode = {(flag, n): functools.partial(speculative[flag], run=np.int32(n))
+                            for flag in (False, True) for n in sorted({1, self.rounds})}
         # The grammar table: rows of int32 over the vocabulary, a power of two of them, sized by bytes.
         rows = lambda nbytes: max(16, 1 << max(nbytes // (4 * config.vocab_size), 1).bit_length() - 1)  # noqa: E731
         self.max_grammar_states = max_grammar_states or rows(MAX_GRAMMAR_TABLE_BYTES)
@@ -529,8 +587,11 @@ class Engine:
             if bucket < self.max_seq_len:
                 k, v, segments = self._prefix_rows(tuple([1] * bucket))
                 self._slots = self._insert_fn(self._slots, np.int32(0), k, v, segments)
+            if self.draft is not None:
+                self._slots = self._draft_prefill(self.draft.params, self._slots, np.int32(0),
+                                                  np.ones((1, bucket), np.int32), np.int32(1))
         for key in self._decode:
-            self._slots, _ = self._decode[key](self.params, self._slots, self.grammars.device)
+            self._slots, _ = self._run_decode(key)
         self._prefixes.clear()
         self._slots = self._empty_slots()
         jax.block_until_ready(self._slots)
@@ -540,12 +601,23 @@ class Engine:
     # ---- the scheduling loop ---------------------------------------------------------------------------
     def _empty_slots(self) -> Slots:
         B = self.max_slots
-        cache = KVCache.init(self.config, B, self.max_seq_len)
+        # A speculative round writes up to γ slots past a live row's last one (speculative_step's docstring).
+        length = self.max_seq_len + (self.draft.gamma if self.draft is not None else 0)
+        cache = KVCache.init(self.config, B, length)
         cache = cache.replace(index=jnp.zeros((B,), jnp.int32))
+        draft_cache = None
+        if self.draft is not None:
+            draft_cache = KVCache.init(self._draft_config, B, length).replace(index=jnp.zeros((B,), jnp.int32))
         return Slots(cache=cache, tokens=jnp.zeros((B,), jnp.int32), positions=jnp.zeros((B,), jnp.int32),
                      temperature=jnp.zeros((B,), jnp.float32), top_k=jnp.zeros((B,), jnp.int32),
                      top_p=jnp.ones((B,), jnp.float32), keys=jax.vmap(jax.random.key)(jnp.zeros((B,), jnp.uint32)),
-                     steps=jnp.zeros((B,), jnp.int32), grammar=jnp.zeros((B,), jnp.int32))
+                     steps=jnp.zeros((B,), jnp.int32), grammar=jnp.zeros((B,), jnp.int32),
+                     previous=jnp.zeros((B,), jnp.int32), draft_cache=draft_cache)
+
+    def _run_decode(self, key: tuple[bool, int]):
+        if self.draft is None:
+            return self._decode[key](self.params, self._slots, self.grammars.device)
+        return self._decode[key](self.params, self.draft.params, self._slots, self.grammars.device)
 
     def _loop(self) -> None:
         try:
@@ -646,6 +718,13 @@ class Engine:
         wants_prompt = request.prompt_logprobs
         token, logprob, top_ids, top_values, prompt_lps, prompt_top = jax.device_get(self._run_prefill(
             slot, tokens, len(prompt), start, position, request, wants_prompt, grammar_state))
+        if self.draft is not None:
+            # The draft's row: the whole prompt, prefix included, from slot 0 (no prefix cache of its own).
+            whole = list(request.prefix) + list(request.prompt)
+            draft_tokens = np.zeros((1, next(b for b in self.buckets if b >= len(whole))), np.int32)
+            draft_tokens[0, : len(whole)] = whole
+            self._slots = self._draft_prefill(self.draft.params, self._slots, np.int32(slot), draft_tokens,
+                                              np.int32(len(whole)))
         active = _Active(handle, TextStream(self.vocabulary, request.stop),
                          grammar=None if request.constraint is None else request.constraint.key)
         first = Output(prompt_tokens=len(request.prefix) + len(request.prompt))
@@ -670,8 +749,12 @@ class Engine:
                         for _, a in active)
         # A block of tokens per call, unless a waiting request could take a slot that frees sooner.
         soonest = min(a.handle.request.max_tokens - a.generated for _, a in active)
+        if self.draft is not None:
+            block = self.rounds * (self.draft.gamma + 1)
+            self._speculative_step(active, filtering, self.rounds if not self._waiting or soonest >= block else 1)
+            return
         steps = self.decode_block if not self._waiting or soonest >= self.decode_block else 1
-        self._slots, out = self._decode[(filtering, steps)](self.params, self._slots, self.grammars.device)
+        self._slots, out = self._run_decode((filtering, steps))
         tokens, logprobs, top_ids, top_values = jax.device_get(out)
         self.steps += steps
         for slot, a in active:
@@ -679,6 +762,34 @@ class Engine:
             for j in range(steps):
                 if self._record(a, int(tokens[slot, j]), float(logprobs[slot, j]), top_ids[slot, j],
                                 top_values[slot, j], out):
+                    self._retire(slot)
+                    break
+            a.handle._emit(out)
+        if self.on_step is not None:
+            self.on_step(self)
+
+    def _speculative_step(self, active: list[tuple[int, _Active]], filtering: bool, rounds: int) -> None:
+        """``rounds`` speculative rounds for every slot; each live slot takes each round's 1..γ+1 tokens in order
+        until its request ends."""
+        self._slots, out = self._run_decode((filtering, rounds))
+        tokens, counts, logprobs, top_ids, top_values = jax.device_get(out)
+        self.steps += rounds
+        gamma, counters = self.draft.gamma, self.speculation
+        for slot, a in active:
+            out, finished = Output(), False
+            for r in range(rounds):
+                count = int(counts[slot, r])
+                counters.target_calls += 1
+                counters.drafted += gamma
+                counters.accepted += count - 1
+                counters.examined += min(count, gamma)
+                for j in range(count):
+                    finished = self._record(a, int(tokens[slot, r, j]), float(logprobs[slot, r, j]),
+                                            top_ids[slot, r, j], top_values[slot, r, j], out)
+                    counters.emitted += out.finish_reason != "cancelled"  # a cancelled request takes no token
+                    if finished:
+                        break
+                if finished:
                     self._retire(slot)
                     break
             a.handle._emit(out)
@@ -719,4 +830,5 @@ def _top_dict(ids, values, n: int) -> dict[int, float]:
     return {int(i): float(v) for i, v in zip(ids[:n], values[:n])}
 
 
-__all__ = ["Engine", "EngineRequest", "GrammarTable", "Output", "QueueFull", "RequestHandle", "buckets"]
+__all__ = ["Engine", "EngineRequest", "GrammarTable", "Output", "QueueFull", "RequestHandle", "SpeculationCounters",
+           "buckets"]

@@ -2,12 +2,15 @@
 
 ``quark_queue_depth`` and ``quark_busy_slots`` are what the Kubernetes autoscaler scales on
 (``deployment/k8s/hpa.yaml`` through the Prometheus adapter); the histograms are the latency figures of
-``quark telemetry`` as a live view.
+``quark telemetry`` as a live view. A speculative server (``quark serve --draft_dir``) adds its rounds' counters
+(``quark_speculative_*``: target calls, drafted, accepted and examined draft tokens, tokens emitted) and the
+acceptance rate and tokens per target call they give.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from quark_jax.serving.engine import Engine
 
@@ -39,6 +42,33 @@ class Metrics:
                              buckets=LATENCY_BUCKETS)
         self.e2e = Histogram("quark_e2e_request_latency_seconds", "arrival to last token", registry=r,
                              buckets=LATENCY_BUCKETS)
+        if engine.draft is not None:
+            r.register(SpeculationCollector(engine))
+
+
+class SpeculationCollector:
+    """The speculative engine's counters (:class:`~quark_jax.serving.engine.SpeculationCounters`), read at
+    scrape time."""
+
+    COUNTERS = (("target_calls", "speculative rounds: target forward passes over a slot's drafts"),
+                ("drafted", "draft tokens proposed"),
+                ("accepted", "draft tokens the target accepted"),
+                ("examined", "draft tokens judged: the accepted ones and each round's first rejected one"),
+                ("emitted", "tokens the speculative rounds delivered"))
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def collect(self):
+        counters = self.engine.speculation
+        for name, documentation in self.COUNTERS:
+            yield CounterMetricFamily(f"quark_speculative_{name}", documentation, value=getattr(counters, name))
+        yield GaugeMetricFamily("quark_speculative_acceptance_rate", "accepted / examined draft tokens",
+                                value=counters.acceptance_rate)
+        yield GaugeMetricFamily("quark_speculative_tokens_per_target_call", "emitted tokens / target calls",
+                                value=counters.tokens_per_target_call)
+        yield GaugeMetricFamily("quark_speculative_gamma", "draft tokens proposed per round",
+                                value=self.engine.draft.gamma)
 
 
 class CountRequests:

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from quark_jax.inference.speculative import Draft
 from quark_jax.serving.app import ServerConfig, create_app
 from quark_jax.serving.engine import Engine
 
@@ -31,10 +32,13 @@ def check_port(host: str, port: int) -> None:
                              "pick another port") from None
 
 
-def build_engine(model: Any, max_slots: int, max_seq_len: int, max_queue: int, decode_block: int = 8) -> Engine:
-    """An :class:`Engine` over a loaded model (``quark_jax.load``; quantized or not)."""
+def build_engine(model: Any, max_slots: int, max_seq_len: int, max_queue: int, decode_block: int = 8,
+                 draft: Draft | None = None) -> Engine:
+    """An :class:`Engine` over a loaded model (``quark_jax.load``; quantized or not); with ``draft``
+    (``model.draft(run_dir, gamma)``) it decodes speculatively."""
     return Engine(model.graphdef, model.params, model.tokenizer, model.config, eos_id=model.tokenizer.eos_id,
-                  max_slots=max_slots, max_seq_len=max_seq_len, max_queue=max_queue, decode_block=decode_block)
+                  max_slots=max_slots, max_seq_len=max_seq_len, max_queue=max_queue, decode_block=decode_block,
+                  draft=draft)
 
 
 def serve(engine: Engine, vocabulary: Any, config: ServerConfig, host: str, port: int,

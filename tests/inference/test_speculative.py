@@ -193,8 +193,8 @@ def test_cli_refuses_bad_draft_options_before_loading(tmp_path, capsys):
     from quark_jax.cli import main
 
     run = str(tmp_path)
-    assert main(["serve", "--model_dir", run, "--draft_dir", run]) == 2
-    assert "--draft_dir: speculative decoding is not supported by quark serve yet" in capsys.readouterr().err
+    assert main(["serve", "--model_dir", run, "--draft_dir", run, "--gamma", "0"]) == 2
+    assert "--gamma=0: must be >= 1" in capsys.readouterr().err
     assert main(["generate", "--model_dir", run, "--draft_dir", run, "--gamma", "0"]) == 2
     assert "--gamma=0: must be >= 1" in capsys.readouterr().err
     assert main(["generate", "--model_dir", run, "--draft_dir", run, "--num_beams", "2"]) == 2
