@@ -160,3 +160,28 @@ def test_probe_measures_the_trials_run_and_its_plan_ends_the_schedule_at_the_der
     assert float(schedule(config.optimizer.warmup_steps)) == pytest.approx(LR)
     assert float(schedule(plan.steps)) == pytest.approx(0.1 * LR)
     assert float(schedule(plan.steps // 2)) > 0.5 * LR
+
+
+def test_the_demo_shape_space_gives_valid_models_for_every_width():
+    """configs/tune/demo_shape.yaml: every width, depth and MLP ratio at its range's ends builds a valid
+    ModelConfig (heads x 64 = d_model, key/value heads dividing the heads, MLP width a multiple of 32), and
+    warm-up is the sampled fraction of the trial's steps."""
+    from conftest import REPO
+    from quark_jax.models.config import ModelConfig
+
+    space = space_lib.load_space(os.path.join(REPO, "configs", "tune", "demo_shape.yaml"))
+    model = "quark_jax.ModelConfig."
+    for d_model in space[model + "d_model"].choices:
+        for layers in (2, 6):
+            for ratio in (2.0, 4.0):
+                params = {model + "d_model": d_model, model + "num_layers": layers, "mlp_ratio": ratio,
+                          "TASK_FEATURE_LENGTHS": "{'targets': 64}", "BATCH_SIZE": 4,
+                          "quark_jax.OptimizerConfig.learning_rate": 1e-3, "warmup_fraction": 0.1}
+                values = space.values(params, {"TRAIN_STEPS": 250})
+                config = ModelConfig(**{k[len(model):]: v for k, v in values.items() if k.startswith(model)},
+                                     head_dim=64)
+                assert config.num_heads * config.head_dim == d_model
+                assert config.num_heads % config.num_kv_heads == 0 and config.mlp_dim % 32 == 0
+                assert abs(config.mlp_dim - ratio * d_model) <= 16
+                assert values["quark_jax.OptimizerConfig.warmup_steps"] == 25
+    assert "mlp_ratio" not in " ".join(space.bindings(params, {"TRAIN_STEPS": 250}))  # a variable, not a binding
