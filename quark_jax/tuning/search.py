@@ -98,6 +98,8 @@ def _budget_plan(spec: StudySpec, trial: Any, run_dir: str, params: dict[str, An
         if config.eval_batches <= 0:
             raise ValueError("a time-budgeted trial needs evaluations: bind quark_jax.TrainConfig.eval_batches > 0")
         timings = budget.measure(config, os.path.join(run_dir, ".budget_probe"))
+        for name, value in dataclasses.asdict(timings).items():  # kept also when the budget is too small
+            trial.set_user_attr(f"probe_{name}", value)
         plan = budget.plan(spec.time_budget_s, timings, time.monotonic() - started, spec.evaluations)
         budget.save_plan(run_dir, plan)
     t = plan.timings
