@@ -78,14 +78,6 @@ def _train_config(spec: StudySpec, run_dir: str, extra: Sequence[str]):
     return gin_utils.build_train_config()
 
 
-def _trainer_for(spec: StudySpec, run_dir: str, extra: Sequence[str]):
-    from quark_jax import gin_utils
-    from quark_jax.training.trainer import Trainer
-
-    config = _train_config(spec, run_dir, extra)
-    return Trainer(config, gin_utils.config_text())
-
-
 def _budget_plan(spec: StudySpec, trial: Any, run_dir: str, params: dict[str, Any], started: float) -> Any:
     """The trial's plan under the time budget: measured on its exact run (or, for a retry of a killed trial, the
     plan the killed one saved), recorded in the trial's user attributes."""
@@ -129,11 +121,12 @@ def train_objective(spec: StudySpec, trial: Any, run_dir: str) -> float:
     extra: list[str] = []
     plan = None
     if spec.time_budget_s is not None:
-        plan = _budget_plan(spec, trial, run_dir, params, started)
         configured = _train_config(spec, run_dir, [])
-        extra = plan.bindings(gin_utils.referenced_macros())
-        if configured.peak_flops_per_s is None:  # measured once per worker, not per trial
+        macros = gin_utils.referenced_macros()
+        if configured.peak_flops_per_s is None:  # measured once per worker (before the plan: it takes time)
             extra.append(f"quark_jax.TrainConfig.peak_flops_per_s={budget.peak_flops_per_s()!r}")
+        plan = _budget_plan(spec, trial, run_dir, params, started)
+        extra = [*plan.bindings(macros), *extra]
         steps = plan.steps
     else:
         steps = _train_config(spec, run_dir, []).steps if spec.space.uses_train_steps() else None
