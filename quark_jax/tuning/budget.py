@@ -3,7 +3,7 @@
 its final evaluation done -- fits the budget.
 
 :func:`measure` builds the trial's exact run (model, optimizer, data pipeline, mesh) in this process, times its
-set-up and compile, a few steps after a warm-up step (the batch fetch included, as the trainer does it), one
+set-up and compile, steps for a few seconds after a warm-up step (the batch fetch included, as the trainer does it), one
 evaluation (and the first, compiling one) and one checkpoint save, and releases it all. :func:`plan` is
 arithmetic on those timings::
 
@@ -81,7 +81,7 @@ class BudgetPlan:
 
 
 def plan(budget_s: float, timings: StepTimings, spent_s: float = 0.0, evaluations: int = 4,
-         reserve_fraction: float = 0.05) -> BudgetPlan:
+         reserve_fraction: float = 0.1) -> BudgetPlan:
     """The longest run that fits ``budget_s`` after ``spent_s`` (the probe) and ``reserve_fraction`` of the budget
     kept for what the probe cannot see (run files, summary, the loss-curve plot). Raises
     :class:`BudgetTooSmallError` when not even ``evaluations`` steps fit."""
@@ -135,9 +135,11 @@ def peak_flops_per_s() -> float:
     return _PEAK_FLOPS[0]
 
 
-def measure(config: Any, scratch_dir: str, probe_steps: int = 4) -> StepTimings:
+def measure(config: Any, scratch_dir: str, probe_steps: int = 4, min_probe_s: float = 5.0,
+            max_probe_steps: int = 200) -> StepTimings:
     """Times the run ``config`` (a :class:`~quark_jax.training.config.TrainConfig`) describes, in this process:
-    set-up, compile, ``probe_steps`` steps after one warm-up step, an evaluation, a checkpoint save (to
+    set-up, compile, ``probe_steps`` steps or more (for ``min_probe_s``, at most ``max_probe_steps``) after one
+    warm-up step, an evaluation, a checkpoint save (to
     ``scratch_dir``, removed afterwards). Nothing is written to the run directory."""
     import jax
 
@@ -175,12 +177,16 @@ def measure(config: Any, scratch_dir: str, probe_steps: int = 4) -> StepTimings:
     state, metrics = train_step(state, frozen, batch)  # warm-up: first-run allocations
     batch = next_batch(2)
     jax.device_get(metrics)
-    start = time.perf_counter()
-    for i in range(probe_steps):
+    # At least probe_steps steps and min_probe_s seconds (at most max_probe_steps): the data pipeline prefetched
+    # a few batches while the step compiled, and only steps past those pay for making their batches, as every
+    # step of the run does.
+    start, steps = time.perf_counter(), 0
+    while steps < probe_steps or (time.perf_counter() - start < min_probe_s and steps < max_probe_steps):
         state, metrics = train_step(state, frozen, batch)
-        batch = next_batch(i + 3)
+        batch = next_batch(steps + 3)
         jax.device_get(metrics)
-    step_s = (time.perf_counter() - start) / probe_steps
+        steps += 1
+    step_s = (time.perf_counter() - start) / steps
 
     eval_s = eval_compile_s = 0.0
     if config.eval_batches > 0:

@@ -45,9 +45,9 @@ def test_plan_fits_the_budget_and_ends_on_an_evaluation():
     assert plan.bindings() == ["TRAIN_STEPS=808", "quark_jax.TrainConfig.eval_every=202", "CHECKPOINT_PERIOD=202"]
     assert plan.bindings(macros=()) == ["quark_jax.TrainConfig.steps=808", "quark_jax.TrainConfig.eval_every=202",
                                         "quark_jax.CheckpointConfig.period=202"]
-    slower = budget.plan(60.0, budget.StepTimings(2.0, 3.0, 0.2, 0.5, 1.0, 0.25), spent_s=7.0)
+    slower = budget.plan(60.0, budget.StepTimings(2.0, 3.0, 0.2, 0.5, 1.0, 0.25), spent_s=7.0, reserve_fraction=0.05)
     assert slower.steps == 200 < plan.steps
-    with pytest.raises(budget.BudgetTooSmallError, match="a time budget of 10 s leaves -7.0 s for training"):
+    with pytest.raises(budget.BudgetTooSmallError, match="a time budget of 10 s leaves -7.5 s for training"):
         budget.plan(10.0, timings, spent_s=7.0)
 
 
@@ -143,12 +143,13 @@ def test_probe_measures_the_trials_run_and_its_plan_ends_the_schedule_at_the_der
                                                              "quark_jax.TrainConfig.eval_batches": 1,
                                                              "quark_jax.OptimizerConfig.learning_rate": LR})
     gin_utils.parse([RUN_CONFIG], [*overrides, *space.bindings(params, {"TRAIN_STEPS": 10})])
-    timings = budget.measure(gin_utils.build_train_config(), str(tmp_path / "probe"), probe_steps=3)
+    timings = budget.measure(gin_utils.build_train_config(), str(tmp_path / "probe"), probe_steps=3,
+                             min_probe_s=1.0)
     assert min(timings.setup_s, timings.compile_s, timings.step_s, timings.eval_s, timings.checkpoint_s) > 0
     assert not (tmp_path / "probe").exists() and not (tmp_path / "run").exists()  # nothing left, nothing written
     fixed = (timings.setup_s + timings.compile_s + timings.eval_compile_s + 5 * timings.eval_s
              + 4 * timings.checkpoint_s)
-    budget_s = (fixed + 100.5 * timings.step_s) / 0.95  # room for 100 steps, not 101
+    budget_s = (fixed + 100.5 * timings.step_s) / 0.9  # room for 100 steps, not 101 (10% kept in reserve)
     plan = budget.plan(budget_s, timings, spent_s=0.0, evaluations=4)
     assert plan.steps == 100 and plan.eval_every == 25
     slower = budget.plan(budget_s, dataclasses.replace(timings, step_s=2 * timings.step_s), evaluations=4)
