@@ -17,6 +17,7 @@ trainer's evaluations then fall at 1/E, 2/E, ... of the run, which is what a pru
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import os
@@ -150,7 +151,7 @@ def measure(config: Any, scratch_dir: str, probe_steps: int = 4, min_probe_s: fl
 
     # Once per process, not per run, so not timed: the data pipeline's imports (TensorFlow, seqio), the tokenizer
     # and JAX's backend. The run that follows the probe in this process finds them loaded.
-    import quark_jax.data.pipeline  # noqa: F401
+    importlib.import_module("quark_jax.data.pipeline")
 
     vocabulary = get_vocabulary()
     mesh = sh.make_mesh(config.mesh_shape)
