@@ -51,6 +51,24 @@ def test_plan_fits_the_budget_and_ends_on_an_evaluation():
         budget.plan(10.0, timings, spent_s=7.0)
 
 
+def test_a_saved_plan_is_what_a_retried_trial_reads_back(tmp_path):
+    plan = budget.plan(60.0, budget.StepTimings(2.0, 3.0, 0.05, 0.5, 1.0, 0.25), spent_s=7.0)
+    assert budget.load_plan(str(tmp_path)) is None
+    budget.save_plan(str(tmp_path), plan)
+    assert budget.load_plan(str(tmp_path)) == plan
+    assert os.listdir(tmp_path) == ["budget.json"]  # written through a temporary file, nothing left beside it
+
+
+def test_quark_tune_refuses_a_budget_that_is_not_positive(tmp_path, capsys):
+    from quark_jax import cli
+
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text("quark_jax.OptimizerConfig.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2}\n")
+    assert cli.main(["tune", f"--study_dir={tmp_path / 'study'}", f"--space={space_file}", f"--gin_file={RUN_CONFIG}",
+                     "--time_budget_s=0"]) == 2
+    assert capsys.readouterr().err == "quark tune: --time_budget_s=0: must be > 0 (seconds per trial)\n"
+
+
 def test_derived_entries_compute_from_the_sampled_values_and_the_steps():
     space = space_lib.parse_space(SPACE)
     assert [d.binding for d in space.sampled] == ["quark_jax.ModelConfig.d_model", "quark_jax.ModelConfig.num_layers",
