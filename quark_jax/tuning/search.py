@@ -78,15 +78,35 @@ def _train_config(spec: StudySpec, run_dir: str, extra: Sequence[str]):
     return gin_utils.build_train_config()
 
 
-def _budget_plan(spec: StudySpec, trial: Any, run_dir: str, params: dict[str, Any], started: float) -> Any:
+PLACEHOLDER_STEPS = 1000  # the probe's TRAIN_STEPS when the run's files leave it unset (the budget sets it)
+
+
+def _configured(spec: StudySpec, run_dir: str) -> tuple[Any, set[str]]:
+    """The run's own TrainConfig (without the space's bindings) and the macros its files reference; under a time
+    budget, TRAIN_STEPS may be left unset (``%gin.REQUIRED``): the probe then gets a placeholder."""
+    from quark_jax import gin_utils
+
+    try:
+        return _train_config(spec, run_dir, []), gin_utils.referenced_macros()
+    except gin_utils.GinConfigError as e:
+        macros = gin_utils.referenced_macros()
+        if spec.time_budget_s is None or "TRAIN_STEPS" not in macros or "TRAIN_STEPS" not in str(e):
+            raise
+    return _train_config(spec, run_dir, [f"TRAIN_STEPS={PLACEHOLDER_STEPS}"]), macros
+
+
+def _budget_plan(spec: StudySpec, trial: Any, run_dir: str, params: dict[str, Any], started: float,
+                 configured: Any, macros: set[str]) -> Any:
     """The trial's plan under the time budget: measured on its exact run (or, for a retry of a killed trial, the
-    plan the killed one saved), recorded in the trial's user attributes."""
+    plan the killed one saved), recorded in the trial's user attributes. ``configured``: the run's own config,
+    whose TRAIN_STEPS stands in for the probe's."""
     from quark_jax.tuning import budget
 
     plan = budget.load_plan(run_dir)
     if plan is None:
-        configured = _train_config(spec, run_dir, [])  # the run's own TRAIN_STEPS: a placeholder for the probe
-        config = _train_config(spec, run_dir, spec.space.bindings(params, {"TRAIN_STEPS": configured.steps}))
+        placeholder = [f"TRAIN_STEPS={configured.steps}"] if "TRAIN_STEPS" in macros else []
+        config = _train_config(spec, run_dir, [*placeholder,
+                                               *spec.space.bindings(params, {"TRAIN_STEPS": configured.steps})])
         if config.eval_batches <= 0:
             raise ValueError("a time-budgeted trial needs evaluations: bind quark_jax.TrainConfig.eval_batches > 0")
         timings = budget.measure(config, os.path.join(run_dir, ".budget_probe"))
@@ -121,11 +141,10 @@ def train_objective(spec: StudySpec, trial: Any, run_dir: str) -> float:
     extra: list[str] = []
     plan = None
     if spec.time_budget_s is not None:
-        configured = _train_config(spec, run_dir, [])
-        macros = gin_utils.referenced_macros()
+        configured, macros = _configured(spec, run_dir)
         if configured.peak_flops_per_s is None:  # measured once per worker (before the plan: it takes time)
             extra.append(f"quark_jax.TrainConfig.peak_flops_per_s={budget.peak_flops_per_s()!r}")
-        plan = _budget_plan(spec, trial, run_dir, params, started)
+        plan = _budget_plan(spec, trial, run_dir, params, started, configured, macros)
         extra = [*plan.bindings(macros), *extra]
         steps = plan.steps
     else:

@@ -13,7 +13,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from conftest import RUN_CONFIG, tiny_overrides  # noqa: E402
+from conftest import REPO, RUN_CONFIG, tiny_overrides  # noqa: E402
 from quark_jax.tuning import budget, search, space as space_lib  # noqa: E402
 
 LR = 3e-3
@@ -57,6 +57,20 @@ def test_a_saved_plan_is_what_a_retried_trial_reads_back(tmp_path):
     budget.save_plan(str(tmp_path), plan)
     assert budget.load_plan(str(tmp_path)) == plan
     assert os.listdir(tmp_path) == ["budget.json"]  # written through a temporary file, nothing left beside it
+
+
+def test_a_budgeted_study_needs_no_train_steps_from_the_runs_files(tmp_path):
+    """configs/runs/pretrain.gin leaves TRAIN_STEPS required: under a time budget the probe gets a placeholder
+    (the plan sets the real count); without one the missing TRAIN_STEPS is the usual one-line error."""
+    from quark_jax import gin_utils
+
+    files = (os.path.join(REPO, "configs", "runs", "pretrain.gin"), os.path.join(REPO, "configs", "models", "tiny.gin"))
+    spec = search.StudySpec(study_dir=str(tmp_path), space=space_lib.parse_space(SPACE), gin_files=files,
+                            time_budget_s=100.0)
+    config, macros = search._configured(spec, str(tmp_path / "trials" / "0"))
+    assert config.steps == search.PLACEHOLDER_STEPS and "TRAIN_STEPS" in macros
+    with pytest.raises(gin_utils.GinConfigError, match="TRAIN_STEPS is not set"):
+        search._configured(dataclasses.replace(spec, time_budget_s=None), str(tmp_path / "trials" / "0"))
 
 
 def test_quark_tune_refuses_a_budget_that_is_not_positive(tmp_path, capsys):
@@ -187,7 +201,6 @@ def test_the_demo_shape_space_gives_valid_models_for_every_width():
     """configs/tune/demo_shape.yaml: every width, depth and MLP ratio at its range's ends builds a valid
     ModelConfig (heads x 64 = d_model, key/value heads dividing the heads, MLP width a multiple of 32), and
     warm-up is the sampled fraction of the trial's steps."""
-    from conftest import REPO
     from quark_jax.models.config import ModelConfig
 
     space = space_lib.load_space(os.path.join(REPO, "configs", "tune", "demo_shape.yaml"))
