@@ -28,24 +28,30 @@ feedback file and its hash (the ``source.json`` that ``quark data feedback`` wri
 **Code** is the git commit of the checkout the package runs from (null when it is not a git checkout, e.g. an
 installed wheel). A resumed run keeps its ``run_id``, ``created`` and evaluations and adds an entry to
 ``starts``. Evaluation results are appended as they are produced (the trainer's periodic task suites and final
-validation, ``quark eval --tasks``, the promotion gate). Every write replaces the file atomically.
+validation, ``quark eval --tasks``, the promotion gate). Every write replaces the file atomically, and every
+read-modify-write (a start, an appended evaluation) holds an exclusive ``flock`` on ``lineage.json.lock`` beside
+it, so two processes appending at once (the trainer's final validation and a ``quark eval``) never lose one.
+On an object store (``gs://``) there is no such lock: there the trainer's process 0 is the only writer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from quark_jax import run_paths
 from quark_jax.data import fingerprint
 
 LINEAGE_FILE = "lineage.json"
+LOCK_FILE = "lineage.json.lock"
 FORMAT = 1
 # objective.json field -> parent role
 PARENT_FIELDS = {"teacher_dir": "teacher", "reference_dir": "reference", "base_dir": "base",
@@ -66,6 +72,22 @@ def read_lineage(run_dir: str) -> dict:
         return json.loads(run_paths.read_text(path))
     except ValueError as e:
         raise ValueError(f"{path} is not readable JSON ({e}); restore it from a copy") from None
+
+
+@contextlib.contextmanager
+def _locked(run_dir: str) -> Iterator[None]:
+    """Holds an exclusive ``flock`` on ``run_dir/lineage.json.lock`` (created if missing, never through a
+    symlink) while the lineage is read, changed and replaced; nothing on an object store (no locks there)."""
+    if not run_paths.is_local(run_dir):
+        yield
+        return
+    run_paths.makedirs(run_dir)
+    fd = os.open(run_paths.safe_path(run_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _write(run_dir: str, lineage: Mapping[str, Any]) -> None:
@@ -157,26 +179,33 @@ def data_versions(mixture: str, objective_info: Mapping[str, Any]) -> list[dict]
 def record_training(run_dir: str, init_from: str | None, mixture: str, objective_info: Mapping[str, Any],
                     gin_config_text: str, extra_parents: Mapping[str, str] = ()) -> dict:
     """Writes (or, on a resumed run, updates) ``lineage.json`` at the start of training; returns it."""
-    previous = read_lineage(run_dir)
     # the package's version, read without importing the package here (it imports the trainer, which imports this)
     code = {**git_state(), "version": getattr(sys.modules.get("quark_jax"), "__version__", None)}
     config = {"file": "config.gin", "sha256": fingerprint.text_sha256(gin_config_text) if gin_config_text else None}
     start = {"time": time.time(), "git_commit": code["git_commit"], "config_sha256": config["sha256"]}
-    lineage = {
+    parents, data = parents_of(init_from, objective_info, extra_parents), data_versions(mixture, objective_info)
+    with _locked(run_dir):
+        previous = read_lineage(run_dir)
+        lineage = _training_record(previous, run_dir, objective_info, parents, data, config, code, start)
+        _write(run_dir, lineage)
+    return lineage
+
+
+def _training_record(previous: Mapping[str, Any], run_dir: str, objective_info: Mapping[str, Any], parents: list,
+                     data: list, config: dict, code: dict, start: dict) -> dict:
+    return {
         "format": FORMAT,
         "run_id": previous.get("run_id") or uuid.uuid4().hex,
         "created": previous.get("created") or start["time"],
         "run_dir": run_paths.absolute(run_dir),
         "kind": objective_info.get("kind", "lm"),
-        "parents": parents_of(init_from, objective_info, extra_parents),
-        "data": data_versions(mixture, objective_info),
+        "parents": parents,
+        "data": data,
         "config": config,
         "code": code,
         "starts": [*previous.get("starts", []), start],
         "evaluations": previous.get("evaluations", []),
     }
-    _write(run_dir, lineage)
-    return lineage
 
 
 def task_figures(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
@@ -187,11 +216,13 @@ def task_figures(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
 
 def append_evaluation(run_dir: str, record: Mapping[str, Any]) -> dict:
     """Appends one evaluation record (``step``, ``source``, and ``tasks`` or ``figures``) to the run's lineage,
-    stamped with the time; returns the record as written. A run without a lineage gets one holding only this."""
-    lineage = read_lineage(run_dir)
+    stamped with the time; returns the record as written. A run without a lineage gets one holding only this.
+    Concurrent appends (other processes, other threads) are serialised by the lineage's lock: none is lost."""
     record = {"time": time.time(), **record}
-    lineage.setdefault("evaluations", []).append(record)
-    _write(run_dir, lineage)
+    with _locked(run_dir):
+        lineage = read_lineage(run_dir)
+        lineage.setdefault("evaluations", []).append(record)
+        _write(run_dir, lineage)
     return record
 
 
@@ -211,10 +242,14 @@ def ensure_lineage(run_dir: str) -> dict:
     record = read_lineage(run_dir)
     if record.get("run_id"):
         return record
-    objective = run_paths.safe_path(run_dir, "objective.json")
-    kind = json.loads(run_paths.read_text(objective)).get("kind", "lm") if run_paths.exists(objective) else "lm"
-    record = {"format": FORMAT, "created": time.time(), "run_dir": run_paths.absolute(run_dir), "kind": kind,
-              "parents": [], "data": [], "config": None, "code": None, "starts": [], "evaluations": [], **record,
-              "run_id": uuid.uuid4().hex}
-    _write(run_dir, record)
+    with _locked(run_dir):
+        record = read_lineage(run_dir)  # another process may have written it meanwhile
+        if record.get("run_id"):
+            return record
+        objective = run_paths.safe_path(run_dir, "objective.json")
+        kind = json.loads(run_paths.read_text(objective)).get("kind", "lm") if run_paths.exists(objective) else "lm"
+        record = {"format": FORMAT, "created": time.time(), "run_dir": run_paths.absolute(run_dir), "kind": kind,
+                  "parents": [], "data": [], "config": None, "code": None, "starts": [], "evaluations": [], **record,
+                  "run_id": uuid.uuid4().hex}
+        _write(run_dir, record)
     return record

@@ -21,10 +21,12 @@ case "$WHAT" in
   *) echo "usage: bash scripts/setup.sh [runtime|test]  (got '$WHAT')" >&2; exit 2 ;;
 esac
 
-# The browser tests (tests/serving/test_chat_page.py) drive Debian's Chromium through chromedriver. Checked on
+# The browser tests (tests/serving/test_chat_page.py) drive Debian's Chromium through chromedriver; the shared
+# tuning study test (tests/tuning/test_postgres_storage.py) starts a throw-away PostgreSQL server. Checked on
 # every test setup, before the stamp, so that a machine whose venv is ready still gets them; silent when present.
 install_browser() {
-  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+  if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 \
+      && compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     return 0
   fi
   local sudo=()
@@ -39,8 +41,8 @@ install_browser() {
   echo "[setup] installing chromium and chromium-driver (apt) for the browser tests"
   # `env` after sudo: sudo drops the caller's environment; ${sudo[@]+...}: an empty array under `set -u`.
   if ! { ${sudo[@]+"${sudo[@]}"} apt-get update -qq && ${sudo[@]+"${sudo[@]}"} env DEBIAN_FRONTEND=noninteractive \
-           apt-get install -y -qq chromium chromium-driver >/dev/null; }; then
-    echo "[setup] could not install chromium and chromium-driver with apt-get (needed for the browser tests)" >&2
+           apt-get install -y -qq chromium chromium-driver postgresql >/dev/null; }; then
+    echo "[setup] could not install chromium, chromium-driver and postgresql with apt-get (browser and tuning tests)" >&2
     return 1
   fi
   if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then

@@ -1,14 +1,17 @@
-"""``quark index build|add|delete|search|info``: index directories from the command line.
+"""``quark index build|add|delete|sync|search|info``: index directories from the command line.
 
     quark index build  --index DIR --passages FILE.jsonl [--model_dir RUN] [--hnsw] [--no_dense] [--no_lexical]
     quark index add    --index DIR --passages FILE.jsonl [--model_dir RUN]
     quark index delete --index DIR --ids ID [ID ...]
+    quark index sync   --index DIR --source DOCS_DIR [--model_dir RUN] [--suffixes .md,.txt,.rst] [--max_chars 1500]
     quark index search --index DIR --query TEXT [--k 10] [--mode hybrid|lexical|dense] [--model_dir RUN]
     quark index info   --index DIR
 
 A passages file holds one JSON object per line: ``{"id": "...", "text": "...", "metadata": {...}}`` (metadata
 optional). ``search`` prints one JSON line per hit (rank, id, score, text, metadata); ``info`` prints the
-manifest summary as one JSON line. The embedder of a dense index is the run's
+manifest summary as one JSON line. ``sync`` makes the index hold exactly the documents of a directory
+(:mod:`quark_jax.retrieval.sync`: changed and new files re-indexed, deleted ones dropped, unchanged ones not
+touched; a missing index is created with ``build``'s part options) and prints one summary line. The embedder of a dense index is the run's
 (``quark_jax.retrieval.embedder.Embedder.from_run``); BM25-only indexes (``--no_dense``) need no model.
 """
 
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from quark_jax.data.jsonl import iter_jsonl
+from quark_jax.retrieval.doc_dir import DEFAULT_SUFFIXES
 from quark_jax.retrieval.types import Passage
 
 MAX_PASSAGES_FILE_BYTES = 4 << 30
@@ -53,6 +57,15 @@ def add_subparser(sub: Any, common: argparse.ArgumentParser, parser_class: type)
     add.add_argument("--model_dir", default=None)
     delete = command("delete", "delete passages by id")
     delete.add_argument("--ids", nargs="+", required=True)
+    sync = command("sync", "make the index hold a directory's documents: re-index changed files, drop deleted ones")
+    sync.add_argument("--source", required=True, help="directory of documents (one file each; the id is its path)")
+    sync.add_argument("--suffixes", default=",".join(DEFAULT_SUFFIXES),
+                      help="comma-separated file name endings that are documents")
+    sync.add_argument("--max_chars", type=int, default=1500, help="most characters per passage")
+    sync.add_argument("--model_dir", default=None)
+    sync.add_argument("--hnsw", action="store_true", help="a new index: also a faiss HNSW graph")
+    sync.add_argument("--no_dense", action="store_true", help="a new index: BM25 only")
+    sync.add_argument("--no_lexical", action="store_true", help="a new index: dense only")
     search = command("search", "search; one JSON line per hit")
     search.add_argument("--query", required=True)
     search.add_argument("--k", type=int, default=10)
@@ -119,6 +132,8 @@ def run(args: argparse.Namespace, make_embedder: Callable[[str], Any] = embedder
                 raise
             out(json.dumps(index.info()))
             return 0
+        if args.index_command == "sync":
+            return _sync(args, embedder, out)
         index = Index.open(args.index, embedder=embedder)
         needs_model = index.manifest["parts"]["dense"] and embedder is None
         if args.index_command == "add":
@@ -145,3 +160,43 @@ def run(args: argparse.Namespace, make_embedder: Callable[[str], Any] = embedder
     except (ValueError, KeyError, FileExistsError, IndexFormatError, EmbedderMismatchError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise IndexCommandError(message) from None
+
+
+def _sync(args: argparse.Namespace, embedder: Any, out: Callable[[str], None]) -> int:
+    """``quark index sync``: the index made to hold exactly the documents of ``--source``."""
+    from quark_jax.retrieval import doc_dir, sync
+    from quark_jax.retrieval.index import Index
+
+    if args.max_chars < 1:
+        raise IndexCommandError(f"--max_chars={args.max_chars}: must be >= 1")
+    suffixes = tuple(s.strip() for s in args.suffixes.split(",") if s.strip())
+    if not suffixes:
+        raise IndexCommandError(f"--suffixes {args.suffixes!r}: name at least one file ending, e.g. .md,.txt")
+    try:
+        documents = doc_dir.read_documents(args.source, suffixes)
+    except doc_dir.DocumentDirError as e:
+        raise IndexCommandError(str(e)) from None
+    created = not os.path.lexists(args.index)
+    if created:
+        if not args.no_dense and embedder is None:
+            raise IndexCommandError(f"no index at {args.index}: a new dense index needs --model_dir RUN (the model "
+                                    "that embeds); pass --no_dense for a BM25-only index")
+        index = Index.create(args.index, embedder=embedder, lexical=not args.no_lexical, dense=not args.no_dense,
+                             hnsw=args.hnsw)
+    else:
+        index = Index.open(args.index, embedder=embedder)
+        if index.manifest["parts"]["dense"] and embedder is None:
+            raise IndexCommandError(f"index {args.index} is dense (embedder {index.manifest['embedder']!r}): pass "
+                                    "--model_dir RUN of that model")
+    try:
+        report = sync.sync_documents(index, documents, max_chars=args.max_chars)
+    except BaseException:
+        if created:  # a failed first sync leaves nothing behind
+            shutil.rmtree(args.index, ignore_errors=True)
+        raise
+    index.close()
+    out(json.dumps({"index": args.index, "source": args.source, "created": created, "added": len(report.added),
+                    "changed": len(report.changed), "removed": len(report.removed),
+                    "unchanged": len(report.unchanged), "passages_added": report.passages_added,
+                    "passages_deleted": report.passages_deleted}))
+    return 0

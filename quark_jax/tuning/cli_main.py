@@ -25,7 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=None, help="an RDB URL (postgresql://...) instead of the journal file")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--time_budget_s", type=float, default=None,
-                        help="per trial: stop at the first evaluation after this many seconds")
+                        help="per trial: wall-clock seconds; each trial measures its step time and trains the steps "
+                             "that fit (schedule and final evaluation included), overriding TRAIN_STEPS")
+    parser.add_argument("--evaluations", type=int, default=4,
+                        help="--time_budget_s: evaluations per trial (every TRAIN_STEPS / N steps), for the pruner")
     parser.add_argument("--objective", default="train", choices=("train", "quadratic"),
                         help="quadratic: a known function of the parameters, to check a study's set-up")
     parser.add_argument("--pbt", action="store_true", help="population-based training instead of a search")
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace, bindings: Sequence[str]) -> int:
     """Runs the search (or PBT) and prints its summary as one JSON line."""
     from quark_jax.tuning import pbt, search
 
-    for name in ("trials", "workers", "members", "rounds", "steps_per_round"):
+    for name in ("trials", "workers", "members", "rounds", "steps_per_round", "evaluations"):
         if getattr(args, name) < 1:
             raise TuneUsageError(f"--{name}={getattr(args, name)}: must be >= 1")
     if args.objective == "train" and not args.gin_file:
@@ -47,6 +50,8 @@ def run(args: argparse.Namespace, bindings: Sequence[str]) -> int:
         space = space_lib.load_space(args.space)
     except space_lib.SearchSpaceError as e:
         raise TuneUsageError(str(e)) from None
+    if args.time_budget_s is not None and args.time_budget_s <= 0:
+        raise TuneUsageError(f"--time_budget_s={args.time_budget_s:g}: must be > 0 (seconds per trial)")
     if any(b.split("=", 1)[0].strip() == "MODEL_DIR" for b in bindings):
         raise TuneUsageError("--gin.MODEL_DIR is set per trial (study_dir/trials/<n>); leave it out")
     study_dir = os.path.abspath(args.study_dir)
@@ -58,7 +63,8 @@ def run(args: argparse.Namespace, bindings: Sequence[str]) -> int:
         return 0
     spec = search.StudySpec(study_dir=study_dir, space=space, gin_files=tuple(args.gin_file), overrides=tuple(bindings),
                             trials=args.trials, sampler=args.sampler, pruner=args.pruner, seed=args.seed,
-                            storage=args.storage, objective=args.objective, time_budget_s=args.time_budget_s)
+                            storage=args.storage, objective=args.objective, time_budget_s=args.time_budget_s,
+                            evaluations=args.evaluations)
     search.save_spec(spec)
     search.run_workers(spec, args.workers)
     print(json.dumps(search.finalize(spec), default=str))

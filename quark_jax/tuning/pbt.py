@@ -41,6 +41,10 @@ class PBTSpec:
     exploit_fraction: float = 0.25
     metric: str = "val_loss"
 
+    def bindings(self, params: dict[str, Any]) -> list[str]:
+        """The space's bindings of ``params``; derived entries see TRAIN_STEPS = the whole run (all rounds)."""
+        return self.space.bindings(params, {"TRAIN_STEPS": self.rounds * self.steps_per_round})
+
 
 def member_dir(spec: PBTSpec, member: int) -> str:
     return os.path.join(spec.pbt_dir, "members", str(member))
@@ -78,7 +82,7 @@ def copy_checkpoint(donor_dir: str, recipient_dir: str) -> int:
 def perturb(space: space_lib.SearchSpace, params: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     """Each float dimension of ``space`` multiplied by 0.8 or 1.2 (clipped to its range); others kept."""
     out = dict(params)
-    for d in space.dimensions:
+    for d in space.sampled:
         if d.kind == "float" and d.binding in out:
             out[d.binding] = d.clip(out[d.binding] * rng.choice(PERTURB_FACTORS))
     return out
@@ -89,7 +93,7 @@ def initial_params(space: space_lib.SearchSpace, rng: random.Random) -> dict[str
     import math
 
     params = {}
-    for d in space.dimensions:
+    for d in space.sampled:
         if d.kind == "categorical":
             params[d.binding] = rng.choice(d.choices)
         elif d.log:
@@ -105,7 +109,7 @@ def _train_round(spec: PBTSpec, member: int, params: dict[str, Any], end_step: i
     from quark_jax.tuning.search import TRIAL_DEFAULTS
 
     run_dir = member_dir(spec, member)
-    bindings = [*spec.overrides, *spec.space.bindings(params), f"MODEL_DIR={run_dir!r}", f"TRAIN_STEPS={end_step}",
+    bindings = [*spec.overrides, *spec.bindings(params), f"MODEL_DIR={run_dir!r}", f"TRAIN_STEPS={end_step}",
                 f"quark_jax.OptimizerConfig.decay_steps={spec.rounds * spec.steps_per_round}"]
     gin_utils.parse(list(spec.gin_files), bindings, defaults=TRIAL_DEFAULTS)
     return Trainer(gin_utils.build_train_config(), gin_utils.config_text()).run()
@@ -130,7 +134,7 @@ def run_pbt(spec: PBTSpec) -> dict[str, Any]:
             summary = _train_round(spec, m, params[m], end_step)
             losses[m] = float(summary[spec.metric])
             schedules[m].append({"round": round_index, "start_step": int(summary["start_step"]),
-                                 "end_step": int(summary["final_step"]), "bindings": spec.space.bindings(params[m]),
+                                 "end_step": int(summary["final_step"]), "bindings": spec.bindings(params[m]),
                                  "params": params[m], spec.metric: losses[m], "exploited": copied[m]})
             _write_schedule(spec, m, schedules[m])
             copied[m] = None
@@ -146,9 +150,9 @@ def run_pbt(spec: PBTSpec) -> dict[str, Any]:
             log.info("round %d: member %d (%.4f) takes member %d's step %d (%.4f) and perturbs", round_index,
                      loser, losses[loser], donor, step, losses[donor])
     best = min(range(spec.members), key=lambda m: losses[m])
-    result = {"best_member": best, f"best_{spec.metric}": losses[best], "best_bindings": spec.space.bindings(params[best]),
+    result = {"best_member": best, f"best_{spec.metric}": losses[best], "best_bindings": spec.bindings(params[best]),
               "losses": losses}
     space_lib.write_atomic(os.path.join(spec.pbt_dir, "best.gin"),
-                           space_lib.best_gin_text(spec.space.bindings(params[best]), losses[best], best, "pbt"))
+                           space_lib.best_gin_text(spec.bindings(params[best]), losses[best], best, "pbt"))
     space_lib.write_atomic(os.path.join(spec.pbt_dir, "pbt.json"), json.dumps(result, indent=2) + "\n")
     return result

@@ -46,9 +46,11 @@ class StudySpec:
     storage: str | None = None
     objective: str = "train"  # "quadratic": a known function of the parameters (tests the study plumbing)
     metric: str = "val_loss"
-    time_budget_s: float | None = None  # per trial: stop at the first evaluation past it
+    time_budget_s: float | None = None  # per trial: the wall clock a trial may take; decides its TRAIN_STEPS
+    evaluations: int = 4  # with a time budget: evaluations per trial (at 1/E, 2/E, ... of its steps)
     study_name: str = ""
     sleep_s: float = 0.0  # quadratic objective only: how long each trial "trains"
+    quadratic_reports: int = 1  # quadratic objective: > 1 reports a falling curve ending at the value, and prunes
     startup_trials: int = 4  # TPE: random trials before the model of good and bad points takes over
 
     @property
@@ -64,40 +66,108 @@ class StudySpec:
 def quadratic(space: space_lib.SearchSpace, params: dict[str, Any]) -> float:
     """The known test objective: the squared distance of the parameters' unit positions from 0.3 (minimum 0
     at 30% of every range, on the log scale for log dimensions)."""
-    return float(sum((d.unit(params[d.binding]) - 0.3) ** 2 for d in space.dimensions))
+    return float(sum((d.unit(params[d.binding]) - 0.3) ** 2 for d in space.sampled))
 
 
-def _trainer_for(spec: StudySpec, run_dir: str, extra: Sequence[str]):
+def _train_config(spec: StudySpec, run_dir: str, extra: Sequence[str]):
+    """Parses the study's gin files and bindings, then ``extra`` and the trial's MODEL_DIR; the TrainConfig."""
     from quark_jax import gin_utils
-    from quark_jax.training.trainer import Trainer
 
     gin_utils.parse(list(spec.gin_files), [*spec.overrides, *extra, f"MODEL_DIR={run_dir!r}"],
                     defaults=TRIAL_DEFAULTS)
-    return Trainer(gin_utils.build_train_config(), gin_utils.config_text())
+    return gin_utils.build_train_config()
+
+
+PLACEHOLDER_STEPS = 1000  # the probe's TRAIN_STEPS when the run's files leave it unset (the budget sets it)
+
+
+def _configured(spec: StudySpec, run_dir: str) -> tuple[Any, set[str]]:
+    """The run's own TrainConfig (without the space's bindings) and the macros its files reference; under a time
+    budget, TRAIN_STEPS may be left unset (``%gin.REQUIRED``): the probe then gets a placeholder."""
+    from quark_jax import gin_utils
+
+    try:
+        return _train_config(spec, run_dir, []), gin_utils.referenced_macros()
+    except gin_utils.GinConfigError as e:
+        macros = gin_utils.referenced_macros()
+        if spec.time_budget_s is None or "TRAIN_STEPS" not in macros or "TRAIN_STEPS" not in str(e):
+            raise
+    return _train_config(spec, run_dir, [f"TRAIN_STEPS={PLACEHOLDER_STEPS}"]), macros
+
+
+def _budget_plan(spec: StudySpec, trial: Any, run_dir: str, params: dict[str, Any], started: float,
+                 configured: Any, macros: set[str]) -> Any:
+    """The trial's plan under the time budget: measured on its exact run (or, for a retry of a killed trial, the
+    plan the killed one saved), recorded in the trial's user attributes. ``configured``: the run's own config,
+    whose TRAIN_STEPS stands in for the probe's."""
+    from quark_jax.tuning import budget
+
+    plan = budget.load_plan(run_dir)
+    if plan is None:
+        placeholder = [f"TRAIN_STEPS={configured.steps}"] if "TRAIN_STEPS" in macros else []
+        config = _train_config(spec, run_dir, [*placeholder,
+                                               *spec.space.bindings(params, {"TRAIN_STEPS": configured.steps})])
+        if config.eval_batches <= 0:
+            raise ValueError("a time-budgeted trial needs evaluations: bind quark_jax.TrainConfig.eval_batches > 0")
+        timings = budget.measure(config, os.path.join(run_dir, ".budget_probe"))
+        for name, value in dataclasses.asdict(timings).items():  # kept also when the budget is too small
+            trial.set_user_attr(f"probe_{name}", value)
+        plan = budget.plan(spec.time_budget_s, timings, time.monotonic() - started, spec.evaluations)
+        budget.save_plan(run_dir, plan)
+    t = plan.timings
+    for name, value in (("budget_s", plan.budget_s), ("step_time_s", t.step_s), ("compile_s", t.compile_s),
+                        ("eval_s", t.eval_s), ("train_steps", plan.steps), ("eval_every", plan.eval_every),
+                        ("planned_s", plan.planned_s)):
+        trial.set_user_attr(name, value)
+    log.info("trial %d: %s", trial.number, plan.note())
+    return plan
 
 
 def train_objective(spec: StudySpec, trial: Any, run_dir: str) -> float:
     """Trains the trial's bindings in ``run_dir``; reports ``spec.metric`` at each evaluation and stops when the
-    pruner says so (``optuna.TrialPruned``) or the time budget is spent. Returns the final validation loss."""
+    pruner says so (``optuna.TrialPruned``). Returns the final validation loss.
+
+    With ``spec.time_budget_s`` the trial first measures its own step time and trains the number of steps that
+    fits the budget (:mod:`quark_jax.tuning.budget`), its schedule and final evaluation included; it then
+    reports at evaluation 1, 2, ... (each at the same fraction of every trial's run) instead of at a step."""
     import optuna
 
-    params = spec.space.suggest(trial)
-    trainer = _trainer_for(spec, run_dir, spec.space.bindings(params))
+    from quark_jax import gin_utils
+    from quark_jax.training.trainer import Trainer
+    from quark_jax.tuning import budget
+
     started = time.monotonic()
+    params = spec.space.suggest(trial)
+    extra: list[str] = []
+    plan = None
+    if spec.time_budget_s is not None:
+        configured, macros = _configured(spec, run_dir)
+        if configured.peak_flops_per_s is None:  # measured once per worker (before the plan: it takes time)
+            extra.append(f"quark_jax.TrainConfig.peak_flops_per_s={budget.peak_flops_per_s()!r}")
+        plan = _budget_plan(spec, trial, run_dir, params, started, configured, macros)
+        extra = [*plan.bindings(macros), *extra]
+        steps = plan.steps
+    else:
+        steps = _train_config(spec, run_dir, []).steps if spec.space.uses_train_steps() else None
+    space_bindings = spec.space.bindings(params, {"TRAIN_STEPS": steps} if steps is not None else {})
+    trial.set_user_attr("bindings", space_bindings + ([f"TRAIN_STEPS={plan.steps}"] if plan else []))
+    config = _train_config(spec, run_dir, [*space_bindings, *extra])
+    trainer = Trainer(config, gin_utils.config_text())
     pruned_at: list[int] = []
 
     def on_eval(step: int, values: dict[str, float]) -> bool:
         value = values.get(spec.metric)
         if value is None or not math.isfinite(value):
             return False
-        trial.report(value, step)
+        trial.report(value, step // plan.eval_every if plan else step)
         if trial.should_prune():
             pruned_at.append(step)
             return True
-        return spec.time_budget_s is not None and time.monotonic() - started > spec.time_budget_s
+        return False
 
     trainer.on_eval = on_eval
     summary = trainer.run()
+    trial.set_user_attr("wall_s", time.monotonic() - started)
     trial.set_user_attr("final_step", int(summary.get("final_step", 0)))
     if pruned_at:
         raise optuna.TrialPruned(f"pruned at step {pruned_at[0]}")
@@ -108,10 +178,18 @@ def train_objective(spec: StudySpec, trial: Any, run_dir: str) -> float:
 
 
 def quadratic_objective(spec: StudySpec, trial: Any, run_dir: str) -> float:
+    """The known objective as a trial: one report of the value, or (``quadratic_reports`` = R > 1) a learning
+    curve ``value + (R - r) / R`` at r = 1..R, asking the pruner after each report, as a training trial does."""
+    import optuna
+
     params = spec.space.suggest(trial)
     time.sleep(spec.sleep_s)
     value = quadratic(spec.space, params)
-    trial.report(value, 1)
+    reports = max(spec.quadratic_reports, 1)
+    for r in range(1, reports + 1):
+        trial.report(value + (reports - r) / reports, r)
+        if reports > 1 and trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at report {r}")
     with open(os.path.join(run_dir, "value.json"), "w", encoding="utf-8") as f:
         json.dump({"params": params, "value": value}, f)
     return value
@@ -239,9 +317,18 @@ def finalize(spec: StudySpec) -> dict[str, Any]:
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         best = min(complete, key=lambda t: t.value)
-        bindings = spec.space.bindings(best.params)
+        bindings = best.user_attrs.get("bindings") or spec.space.bindings(best.params)
+        notes = []
+        if "train_steps" in best.user_attrs:
+            from quark_jax.tuning import budget
+
+            plan = budget.load_plan(study_lib.trial_dir(spec.study_dir, best.number))
+            notes.append(plan.note() if plan else f"time budget: TRAIN_STEPS = {best.user_attrs['train_steps']}")
+            if "wall_s" in best.user_attrs:
+                notes.append(f"the trial took {best.user_attrs['wall_s']:.1f} s (planned "
+                             f"{best.user_attrs['planned_s']:.1f} s)")
         space_lib.write_atomic(os.path.join(spec.study_dir, BEST_GIN),
-                               space_lib.best_gin_text(bindings, best.value, best.number, spec.name))
+                               space_lib.best_gin_text(bindings, best.value, best.number, spec.name, notes))
         summary.update(best_value=best.value, best_trial=best.number, best_bindings=bindings,
                        best_gin=os.path.join(spec.study_dir, BEST_GIN))
     summary["plots"] = write_plots(study, spec.study_dir)

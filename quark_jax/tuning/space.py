@@ -6,6 +6,18 @@
 
 A ``categorical`` choice is a number, a bool or a string; strings are quoted for gin unless ``raw: true``
 says the choices are gin text already (dicts, ``@references``).
+
+Two more kinds of entry make shapes valid by construction and tie settings to the trial's length:
+
+    mlp_ratio: {type: float, low: 2.0, high: 4.0, bind: false}      # sampled, but no gin binding of its own
+    quark_jax.ModelConfig.num_heads: {derive: "d_model // 64"}       # computed, not sampled
+    quark_jax.ModelConfig.mlp_dim: {derive: "round(d_model * mlp_ratio / 32) * 32"}
+    quark_jax.OptimizerConfig.warmup_steps: {derive: "max(1, round(warmup_fraction * TRAIN_STEPS))"}
+
+``bind: false`` samples a variable that only derived entries read. A ``derive`` expression
+(:mod:`quark_jax.tuning.expressions`: arithmetic, comparisons, ``a if c else b``, round/int/float/min/max) reads
+entries above it, by full name or by the part after the last dot when that is unambiguous, and ``TRAIN_STEPS``:
+the trial's step count (set by the time budget, or the run's own).
 """
 
 from __future__ import annotations
@@ -17,7 +29,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from quark_jax.tuning import expressions
+
 KINDS = ("float", "int", "categorical")
+# Values a trial supplies to derived entries besides the space's own.
+CONTEXT_NAMES = ("TRAIN_STEPS",)
 
 
 class SearchSpaceError(ValueError):
@@ -35,6 +51,12 @@ class Dimension:
     log: bool = False
     choices: tuple = ()
     raw: bool = False
+    derive: str | None = None  # an expression over earlier entries: computed, never sampled
+    bind: bool = True  # False: a sampled variable that only derived entries read
+
+    @property
+    def short_name(self) -> str:
+        return self.binding.rsplit(".", 1)[-1]
 
     def suggest(self, trial: Any) -> Any:
         """The value an Optuna trial samples for this dimension."""
@@ -46,6 +68,8 @@ class Dimension:
 
     def gin_value(self, value: Any) -> str:
         """``value`` as a gin literal."""
+        if isinstance(value, bool):
+            return str(value)
         if self.kind == "categorical" and self.raw:
             return str(value)
         if isinstance(value, str):
@@ -83,12 +107,28 @@ def _dimension(path: str, binding: str, spec: Any) -> Dimension:
     where = f"{path}: {binding}"
     if not isinstance(spec, Mapping):
         raise SearchSpaceError(f"{where}: expected a mapping like {{type: float, low: 1e-4, high: 1e-2}}")
+    if "derive" in spec:
+        if set(spec) - {"derive", "type"} or spec.get("type", "derived") != "derived":
+            raise SearchSpaceError(f"{where}: a derived entry has only derive: \"<expression>\", got keys "
+                                   f"{', '.join(sorted(spec))}")
+        try:
+            expressions.parse(spec["derive"])
+        except expressions.ExpressionError as e:
+            raise SearchSpaceError(f"{where}: {e}") from None
+        return Dimension(binding, "derived", derive=spec["derive"].strip())
     kind = spec.get("type")
     if kind not in KINDS:
-        raise SearchSpaceError(f"{where}: type {kind!r} must be one of {', '.join(KINDS)}")
-    unknown = sorted(set(spec) - {"type", "low", "high", "log", "choices", "raw"})
+        raise SearchSpaceError(f"{where}: type {kind!r} must be one of {', '.join(KINDS)} (or derive: \"<expression>\")")
+    unknown = sorted(set(spec) - {"type", "low", "high", "log", "choices", "raw", "bind"})
     if unknown:
-        raise SearchSpaceError(f"{where}: unknown key(s) {', '.join(unknown)}; use type, low, high, log, choices, raw")
+        raise SearchSpaceError(f"{where}: unknown key(s) {', '.join(unknown)}; use type, low, high, log, choices, raw, "
+                               "bind (or derive)")
+    if not isinstance(spec.get("bind", True), bool):
+        raise SearchSpaceError(f"{where}: bind must be true or false, got {spec['bind']!r}")
+    return dataclasses.replace(_sampled_dimension(where, binding, kind, spec), bind=spec.get("bind", True))
+
+
+def _sampled_dimension(where: str, binding: str, kind: str, spec: Mapping) -> Dimension:
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -121,22 +161,68 @@ class SearchSpace:
                 return dimension
         raise KeyError(binding)
 
-    def suggest(self, trial: Any) -> dict[str, Any]:
-        """{binding: value} sampled by an Optuna trial."""
-        return {d.binding: d.suggest(trial) for d in self.dimensions}
+    @property
+    def sampled(self) -> tuple[Dimension, ...]:
+        """The entries a sampler chooses (all but the derived ones)."""
+        return tuple(d for d in self.dimensions if d.derive is None)
 
-    def bindings(self, params: Mapping[str, Any]) -> list[str]:
-        """``NAME=VALUE`` gin bindings of sampled ``params``."""
-        return [f"{d.binding}={d.gin_value(params[d.binding])}" for d in self.dimensions if d.binding in params]
+    def uses_train_steps(self) -> bool:
+        """Whether a derived entry reads ``TRAIN_STEPS``."""
+        return any(d.derive is not None and "TRAIN_STEPS" in expressions.names(expressions.parse(d.derive))
+                   for d in self.dimensions)
+
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """{binding: value} sampled by an Optuna trial (the sampled entries only)."""
+        return {d.binding: d.suggest(trial) for d in self.sampled}
+
+    def values(self, params: Mapping[str, Any], context: Mapping[str, Any] = ()) -> dict[str, Any]:
+        """Every entry's value: the sampled ``params`` and, in file order, the derived entries computed from the
+        entries above them and ``context`` (``{"TRAIN_STEPS": n}``). A sampled entry missing from ``params`` is
+        left out, and so is a derived one that reads a missing value."""
+        context = dict(context)
+        values: dict[str, Any] = {}
+        scope: dict[str, Any] = dict(context)
+        for d in self.dimensions:
+            if d.derive is None:
+                if d.binding not in params:
+                    continue
+                value = params[d.binding]
+            else:
+                tree = expressions.parse(d.derive)
+                if not expressions.names(tree) <= set(scope):
+                    continue
+                try:
+                    value = expressions.evaluate(tree, scope)
+                except expressions.ExpressionError as e:
+                    raise SearchSpaceError(f"{d.binding}: {e}") from None
+            values[d.binding] = value
+            scope[d.binding] = value
+            if self._short_name_unique(d):
+                scope[d.short_name] = value
+        return values
+
+    def _short_name_unique(self, dimension: Dimension) -> bool:
+        return sum(d.short_name == dimension.short_name for d in self.dimensions) == 1
+
+    def bindings(self, params: Mapping[str, Any], context: Mapping[str, Any] = ()) -> list[str]:
+        """``NAME=VALUE`` gin bindings of sampled ``params`` and the derived entries (``context`` gives
+        ``TRAIN_STEPS``); variables (``bind: false``) are not bindings."""
+        values = self.values(params, context)
+        return [f"{d.binding}={d.gin_value(values[d.binding])}" for d in self.dimensions
+                if d.bind and d.binding in values]
 
     def to_json(self) -> dict:
         out = {}
         for d in self.dimensions:
-            spec: dict[str, Any] = {"type": d.kind}
-            if d.kind == "categorical":
-                spec.update(choices=list(d.choices), raw=d.raw)
+            spec: dict[str, Any]
+            if d.derive is not None:
+                spec = {"derive": d.derive}
+            elif d.kind == "categorical":
+                spec = {"type": d.kind, "choices": list(d.choices), "raw": d.raw}
             else:
-                spec.update(low=d.low, high=d.high, log=d.log)
+                spec = {"type": d.kind, "low": d.low, "high": d.high, "log": d.log}
+            if not d.bind:
+                spec["bind"] = False
             out[d.binding] = spec
         return out
 
@@ -151,7 +237,28 @@ def parse_space(data: Any, path: str = "<search space>") -> SearchSpace:
         if not isinstance(binding, str) or not binding or "=" in binding or any(c.isspace() for c in binding):
             raise SearchSpaceError(f"{path}: {binding!r} is not a gin binding name (e.g. quark_jax.ModelConfig.d_model)")
         dims.append(_dimension(path, binding, spec))
+    _check_derived_names(path, dims)
     return SearchSpace(tuple(dims))
+
+
+def _check_derived_names(path: str, dims: Sequence[Dimension]) -> None:
+    """Each derived entry reads only entries above it (by full or unambiguous short name) and TRAIN_STEPS."""
+    short_counts: dict[str, int] = {}
+    for d in dims:
+        short_counts[d.short_name] = short_counts.get(d.short_name, 0) + 1
+    known: set[str] = set(CONTEXT_NAMES)
+    for d in dims:
+        if d.derive is not None:
+            for name in sorted(expressions.names(expressions.parse(d.derive))):
+                if name in known:
+                    continue
+                if short_counts.get(name, 0) > 1:
+                    raise SearchSpaceError(f"{path}: {d.binding}: {name} names more than one entry; use the full name")
+                raise SearchSpaceError(f"{path}: {d.binding}: {name} is not an entry above it (nor "
+                                       f"{', '.join(CONTEXT_NAMES)}); derived entries read entries defined earlier")
+        known.add(d.binding)
+        if short_counts[d.short_name] == 1:
+            known.add(d.short_name)
 
 
 def load_space(path: str) -> SearchSpace:
@@ -170,9 +277,12 @@ def load_space(path: str) -> SearchSpace:
     return parse_space(data, path)
 
 
-def best_gin_text(bindings: Sequence[str], value: float, trial_number: int, study_name: str) -> str:
-    """The text of ``best.gin``: the winning trial's bindings, one per line, after a comment naming it."""
+def best_gin_text(bindings: Sequence[str], value: float, trial_number: int, study_name: str,
+                  notes: Sequence[str] = ()) -> str:
+    """The text of ``best.gin``: the winning trial's bindings, one per line, after comments naming it (and
+    ``notes``, e.g. the time budget's measured step time and derived step count)."""
     lines = [f"# {study_name}: best trial {trial_number}, validation loss {value:.4f}",
+             *(f"# {note}" for note in notes),
              "# Use it after the run's own files: quark train --gin_file=<run.gin> --gin_file=best.gin ..."]
     lines += [b.replace("=", " = ", 1) for b in bindings]
     return "\n".join(lines) + "\n"

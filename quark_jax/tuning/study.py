@@ -41,11 +41,22 @@ def open_storage(study_dir: str, storage_url: str | None = None) -> Any:
         if "://" not in storage_url:
             raise ValueError(f"--storage {storage_url!r} is not a database URL; use e.g. "
                              "postgresql://user:password@host/db (or leave it out for the journal file)")
-        return optuna.storages.RDBStorage(storage_url)
+        return optuna.storages.RDBStorage(sqlalchemy_url(storage_url))
     from optuna.storages.journal import JournalFileBackend
 
     os.makedirs(study_dir, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(os.path.join(study_dir, JOURNAL_FILE)))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``url`` with a driver SQLAlchemy can load: a plain ``postgresql://`` URL means psycopg2 to SQLAlchemy;
+    where only psycopg 3 (the driver quark pins) is installed it becomes ``postgresql+psycopg://``."""
+    import importlib.util
+
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg2") is None \
+            and importlib.util.find_spec("psycopg") is not None:
+        return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
 
 
 def make_sampler(name: str, seed: int | None, n_startup_trials: int = 4) -> Any:

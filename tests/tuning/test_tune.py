@@ -221,3 +221,28 @@ def test_quark_tune_cli_runs_a_study_and_names_a_bad_space(tmp_path, capsys):
     assert cli.main(args[:2] + [f"--space={tmp_path / 'missing.yaml'}", *args[3:]]) == 2
     assert capsys.readouterr().err == (f"quark tune: search space {tmp_path / 'missing.yaml'}: no such file; "
                                        "write one like docs/tuning.md shows\n")
+
+
+def test_hyperband_prunes_a_clearly_bad_trial(tmp_path):
+    """The quadratic objective reporting a learning curve (value + (4 - r) / 4 at r = 1..4) under
+    ``--pruner hyperband``: after four trials near the optimum, two trials in the far corner of the space are
+    worse than them at a rung (Hyperband's brackets promote at reports 1 and 3) and are pruned there, before
+    their last report."""
+    spec = quadratic_spec(tmp_path / "study", trials=6, pruner="hyperband", quadratic_reports=4)
+    study = search.open_study(spec)
+    lr, layers = "quark_jax.OptimizerConfig.learning_rate", "quark_jax.ModelConfig.num_layers"
+    good = [{lr: rate, layers: 4, "SCHEDULE": "cosine"} for rate in (9e-4, 8.5e-4, 8e-4, 7.9e-4)]
+    bad = [{lr: 1e-1, layers: 11, "SCHEDULE": "linear"}, {lr: 9e-2, layers: 11, "SCHEDULE": "linear"}]
+    for params in good + bad:
+        study.enqueue_trial(params)
+    assert search.run_worker(spec) == 6
+    trials = search.open_study(spec).get_trials()
+    assert trials[0].state.name == "COMPLETE" and sorted(trials[0].intermediate_values) == [1, 2, 3, 4]
+    for trial in trials[4:]:
+        assert trial.state.name == "PRUNED"
+        assert max(trial.intermediate_values) < 4  # stopped before its last report
+        value = search.quadratic(spec.space, trial.params)
+        assert value > 1.4  # every unit position near 1.0, 0.7 from the optimum
+        step = max(trial.intermediate_values)
+        assert trial.intermediate_values[step] == pytest.approx(value + (4 - step) / 4)
+    assert all(t.state.name == "COMPLETE" for t in trials[:4] if t.params[lr] == 7.9e-4)  # the best survives
