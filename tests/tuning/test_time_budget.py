@@ -209,7 +209,7 @@ def test_the_demo_shape_space_gives_valid_models_for_every_width():
         for layers in (2, 6):
             for ratio in (2.0, 4.0):
                 params = {model + "d_model": d_model, model + "num_layers": layers, "mlp_ratio": ratio,
-                          "TASK_FEATURE_LENGTHS": "{'targets': 64}", "BATCH_SIZE": 4,
+                          "BATCH_SIZE": 4,
                           "quark_jax.OptimizerConfig.learning_rate": 1e-3, "warmup_fraction": 0.1}
                 values = space.values(params, {"TRAIN_STEPS": 250})
                 config = ModelConfig(**{k[len(model):]: v for k, v in values.items() if k.startswith(model)},
