@@ -36,6 +36,8 @@ SLOW_FIRST = (
     "tests/serving/test_serving.py", "tests/tuning/test_tune.py", "tests/inference/test_speculative.py",
     "tests/training/test_init_transforms.py", "tests/agents/test_agent_backends.py",
     "tests/inference/test_constrained.py", "tests/registry/test_improve_loop.py",
+    "tests/serving/test_engine_speculative.py", "tests/training/test_distill_samples.py",
+    "tests/tuning/test_time_budget.py", "tests/tuning/test_postgres_storage.py",
 )
 
 

@@ -15,7 +15,7 @@ from tests.conftest import REPO, run_quark
 
 DATA_DIR = pathlib.Path(REPO) / "quark_jax" / "data"
 # The modules that resolve names through the catalogue; every other module of quark_jax/data is a toolkit.
-CATALOGUE_USERS = {"catalogue", "pipeline", "build", "tokenizer_training"}
+CATALOGUE_USERS = {"catalogue", "pipeline", "build", "tokenizer_training", "teacher_samples"}
 
 _PROBE = """
 import json, seqio
