@@ -3,7 +3,7 @@
     python bench/agent_arithmetic.py [--init_from RUN | --pretrain_steps 900] [--sft_steps 500] [--questions 200]
 
 1. A base model: ``--init_from`` a run directory, else the tiny model pre-trained here for ``--pretrain_steps``
-   (configs/runs/pretrain_tiny.gin).
+   (configs/runs/tiny_base.gin).
 2. The traces (:mod:`quark_jax.agents.traces`): every train-split problem of the arithmetic set (sums and
    differences of 0..99, products of 0..12) and of the harder set (three-digit sums and differences, two-digit
    products) as a calculator trace (the system turn lists the real ``calculator`` tool of
@@ -110,7 +110,7 @@ def main() -> None:
         backend.close()
     print(json.dumps({
         "benchmark": "agent_arithmetic",
-        "base": None if args.sft_dir else args.init_from or f"pretrain_tiny {args.pretrain_steps} steps",
+        "base": None if args.sft_dir else args.init_from or f"tiny_base {args.pretrain_steps} steps",
         "sft_steps": args.sft_steps if args.sft_dir is None else None,
         "sft_dir": sft_dir,
         "held_out_questions": len(held_out),

@@ -27,7 +27,7 @@ def pretrain_then_sft(work: str, init_from: str | None, pretrain_steps: int, sft
     base = init_from
     if base is None:
         base = os.path.join(work, "pretrain")
-        train("configs/runs/pretrain_tiny.gin", base, pretrain_steps, [], sequence)
+        train("configs/runs/tiny_base.gin", base, pretrain_steps, [], sequence)
     timings["pretrain_s"] = round(time.perf_counter() - t, 1)
     t = time.perf_counter()
     sft_dir = os.path.join(work, "sft")

@@ -23,7 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_CONFIG = os.path.join(REPO, "configs", "runs", "pretrain_tiny.gin")
+RUN_CONFIG = os.path.join(REPO, "configs", "runs", "tiny_base.gin")
 NEW_PACKAGES = ("asyncio", "email", "xml", "json", "http", "urllib", "multiprocessing", "logging", "sqlite3",
                 "concurrent", "importlib", "tomllib", "zoneinfo", "wsgiref", "dbm", "html", "curses")
 SEQ = 128

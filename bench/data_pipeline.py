@@ -7,7 +7,7 @@
   batch. With ``--data_dir`` it reads the shards of ``quark data build`` (registered as in training);
   otherwise the raw ``quark_demo`` mixture (sources read in memory, tokenized on the fly).
 * ``packing_efficiency``: non-pad fraction of those batches.
-* ``train_tokens_per_s``: the tiny model (configs/runs/pretrain_tiny.gin) trained for ``--train_steps`` steps
+* ``train_tokens_per_s``: the tiny model (configs/runs/tiny_base.gin) trained for ``--train_steps`` steps
   in this process through ``qj.Trainer``; the median of its logged ``tokens_per_s`` after the first
   (compiling) step. ``0`` skips it.
 * ``ratio``: pipeline over training; the issue asks for at least 10.
@@ -47,7 +47,7 @@ def train_rate(steps: int) -> float:
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as model_dir:
-        trainer = qj.Trainer.from_gin(os.path.join(repo, "configs/runs/pretrain_tiny.gin"), [
+        trainer = qj.Trainer.from_gin(os.path.join(repo, "configs/runs/tiny_base.gin"), [
             f"MODEL_DIR={model_dir!r}", f"TRAIN_STEPS={steps}", "quark_jax.TrainConfig.log_every=1",
             "quark_jax.TrainConfig.eval_every=0", "quark_jax.TrainConfig.eval_batches=0",
             "quark_jax.TrainConfig.sample_max_new_tokens=0", "quark_jax.TrainConfig.peak_flops_per_s=1e11",

@@ -3,7 +3,7 @@
     python bench/rag.py [--init_from RUN | --pretrain_steps 300] [--sft_steps 300] [--questions 80]
 
 1. A base model: ``--init_from`` a run directory, else the tiny model pre-trained here for ``--pretrain_steps``
-   (configs/runs/pretrain_tiny.gin).
+   (configs/runs/tiny_base.gin).
 2. The retriever: the project's BM25 index (:class:`quark_jax.retrieval.index.Index`, lexical: bm25s with the
    code-aware tokenisation of :mod:`quark_jax.retrieval.lexical`) over every API passage of the standard library
    (:func:`quark_jax.retrieval.rag_data.api_passages`, both splits).
@@ -149,7 +149,7 @@ def main() -> None:
         "retriever": "quark_jax.retrieval.index.Index, lexical (BM25) over the stdlib API passages",
         "passages": len(passages),
         "sft_records": {split: len(r) for split, r in records.items()},
-        "base": args.init_from or f"pretrain_tiny {args.pretrain_steps} steps",
+        "base": args.init_from or f"tiny_base {args.pretrain_steps} steps",
         "sft_steps": args.sft_steps,
         "held_out_questions": len(questions),
         "k": args.k, "budget_tokens": args.budget, "rerank": args.rerank,

@@ -4,7 +4,7 @@ contrastive training, and hybrid, on queries held out by module.
     python bench/retrieval.py [--base_dir RUN | --pretrain_steps 300] [--embed_steps 300] [--max_queries N]
 
 1. A base model: ``--base_dir`` (a pre-trained run), else the tiny model pre-trained here for
-   ``--pretrain_steps`` (configs/runs/pretrain_tiny.gin).
+   ``--pretrain_steps`` (configs/runs/tiny_base.gin).
 2. The trained embedder: ``configs/runs/embed.gin`` (InfoNCE, in-batch negatives) from the base for
    ``--embed_steps`` on the train split's pairs (:mod:`quark_jax.data.retrieval_pairs`).
 3. For each task (``code``: docstring summary → function source with its docstrings removed; ``docs``: API
@@ -103,7 +103,7 @@ def main() -> None:
     if base is None:
         base = os.path.join(work, "pretrain")
         t = time.perf_counter()
-        summary = _train("configs/runs/pretrain_tiny.gin", base, args.pretrain_steps, [])
+        summary = _train("configs/runs/tiny_base.gin", base, args.pretrain_steps, [])
         timings["pretrain_s"] = round(time.perf_counter() - t, 1)
         runs["base_val_loss"] = summary.get("validation", {}).get("loss")
     embed_dir = args.embed_dir
@@ -139,7 +139,7 @@ def main() -> None:
                 args.k),
         }
     print(json.dumps({"benchmark": "stdlib_retrieval", "split": "validation", "table": table, "sizes": sizes,
-                      "base": args.base_dir or f"pretrain_tiny {args.pretrain_steps} steps",
+                      "base": args.base_dir or f"tiny_base {args.pretrain_steps} steps",
                       "embedder": args.embed_dir or f"embed.gin {args.embed_steps} steps", **runs, **timings,
                       "total_s": round(time.perf_counter() - started, 1)}))
 

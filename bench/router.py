@@ -94,7 +94,7 @@ def main() -> None:
         init_from = args.init_from or (DEFAULT_INIT if os.path.isdir(DEFAULT_INIT) else None)
         if init_from is None:
             init_from = os.path.join(work, "pretrain")
-            timings["pretrain_s"] = round(_train("configs/runs/pretrain_tiny.gin", init_from, args.pretrain_steps,
+            timings["pretrain_s"] = round(_train("configs/runs/tiny_base.gin", init_from, args.pretrain_steps,
                                                  ["quark_jax.TrainConfig.eval_every=0"]), 1)
         run_dir = os.path.join(work, "intent")
         timings["train_s"] = round(_train("configs/runs/intent.gin", run_dir, args.steps, [

@@ -1,12 +1,14 @@
 """Random search vs TPE vs population-based training at equal compute on the tiny model: the same number of
-trainer steps in total (trials x steps per trial = members x rounds x steps per round); prints one JSON line
+trainer steps in total (``--trials`` x ``--steps`` = members x rounds x steps per round); prints one JSON line
 with each method's best final validation loss.
 
-    PYTHONPATH=. python bench/tune.py [--trials 12] [--steps 40] [--members 4] [--seeds 0,1,2] [--out /tmp/tune_bench]
+    PYTHONPATH=. python bench/tune.py [--trials 8] [--steps 40] [--members 4] [--seeds 0,1,2] [--out /tmp/tune_bench]
 
-A pruned trial stops early, so random search and TPE may use fewer steps than the budget (reported). One
-search's best is a noisy statistic, so every method runs once per seed (the sampler's, and PBT's exploration)
-and the line reports each seed's best and their mean.
+The searches are given trials until their steps are spent: a trial the pruner stops early leaves its unused steps
+to further trials (that is what pruning buys), so random search and TPE may run more than ``--trials`` trials;
+the last one may overrun the budget by less than one trial (steps used are reported). One search's best is a
+noisy statistic, so every method runs once per seed (the sampler's, and PBT's exploration) and the line reports
+each seed's best, their mean, and each method's wins over the seeds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import dataclasses
 import shutil
 import time
 
@@ -21,7 +24,7 @@ from quark_jax.tuning import pbt, search
 from quark_jax.tuning import space as space_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_CONFIG = os.path.join(REPO, "configs", "runs", "pretrain_tiny.gin")
+RUN_CONFIG = os.path.join(REPO, "configs", "runs", "tiny_base.gin")
 SPACE = {
     "quark_jax.OptimizerConfig.learning_rate": {"type": "float", "low": 3e-4, "high": 1e-2, "log": True},
     "quark_jax.OptimizerConfig.weight_decay": {"type": "float", "low": 0.01, "high": 0.3},
@@ -35,6 +38,18 @@ def overrides(steps_eval: int) -> list[str]:
             "quark_jax.TrainConfig.peak_flops_per_s=1e11"]
 
 
+def search_until_spent(spec: search.StudySpec, step_budget: int, max_trials: int) -> dict:
+    """Runs one trial at a time until the trials' trainer steps reach ``step_budget`` (or ``max_trials``)."""
+    steps = trials = 0
+    while steps < step_budget and trials < max_trials:
+        trials += 1
+        search.run_worker(dataclasses.replace(spec, trials=trials))
+        steps = sum(t.user_attrs.get("final_step", 0) for t in search.open_study(spec).get_trials())
+    study = search.open_study(spec)
+    return {"best_val_loss": round(min(t.value for t in study.get_trials() if t.value is not None), 4),
+            "steps": steps, "trials": trials, "pruned": sum(t.state.name == "PRUNED" for t in study.get_trials())}
+
+
 def _summary(runs: list[dict]) -> dict:
     """Each seed's result and the mean best validation loss over the seeds."""
     best = [r["best_val_loss"] for r in runs]
@@ -43,7 +58,7 @@ def _summary(runs: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--members", type=int, default=4)
     parser.add_argument("--seeds", default="0,1,2")
@@ -53,8 +68,9 @@ def main() -> None:
     space = space_lib.parse_space(SPACE)
     seeds = [int(s) for s in args.seeds.split(",")]
     rounds = args.trials // args.members
-    result = {"bench": "tune", "model": "tiny (pretrain_tiny.gin, 64-token sequences, batch 8)",
-              "trial_steps": args.steps, "trials": args.trials, "seeds": seeds,
+    budget = args.trials * args.steps
+    result = {"bench": "tune", "model": "tiny (tiny_base.gin, 64-token sequences, batch 8)",
+              "trial_steps": args.steps, "step_budget": budget, "seeds": seeds,
               "pbt": {"members": args.members, "rounds": rounds, "steps_per_round": args.steps}}
     for sampler in ("random", "tpe"):
         runs = []
@@ -64,12 +80,8 @@ def main() -> None:
                 study_dir=os.path.join(args.out, f"{sampler}_{seed}"), space=space, gin_files=(RUN_CONFIG,),
                 overrides=(*overrides(args.steps // 4), f"TRAIN_STEPS={args.steps}"), trials=args.trials,
                 sampler=sampler, pruner="median", seed=seed, startup_trials=2)
-            search.run_worker(spec)
-            study = search.open_study(spec)
-            runs.append({"best_val_loss": round(min(t.value for t in study.get_trials() if t.value is not None), 4),
-                         "steps": sum(t.user_attrs.get("final_step", 0) for t in study.get_trials()),
-                         "pruned": sum(t.state.name == "PRUNED" for t in study.get_trials()),
-                         "wall_s": round(time.perf_counter() - start, 1)})
+            run = search_until_spent(spec, budget, max_trials=budget // max(1, args.steps // 4))
+            runs.append({**run, "wall_s": round(time.perf_counter() - start, 1)})
         result[sampler] = _summary(runs)
     runs = []
     for seed in seeds:
@@ -81,6 +93,11 @@ def main() -> None:
         runs.append({"best_val_loss": round(out["best_val_loss"], 4), "steps": args.members * rounds * args.steps,
                      "wall_s": round(time.perf_counter() - start, 1)})
     result["pbt"].update(_summary(runs))
+    methods = ("random", "tpe", "pbt")
+    wins = {m: 0 for m in methods}
+    for i in range(len(seeds)):
+        wins[min(methods, key=lambda m: result[m]["runs"][i]["best_val_loss"])] += 1
+    result["wins"] = wins
     print(json.dumps(result))
 
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_CONFIG = os.path.join(REPO, "configs", "runs", "pretrain_tiny.gin")
+RUN_CONFIG = os.path.join(REPO, "configs", "runs", "tiny_base.gin")
 
 # One persistent XLA compilation cache for the whole session (this process and its subprocesses):
 # the killed, resumed and unbroken runs of the resume test compile the same step once.
