@@ -62,6 +62,22 @@ class KVCache:
     def max_length(self) -> int:
         return self.k.shape[2]
 
+    def row(self, slot: Int[Array, ""], index: Int[Array, ""]) -> KVCache:
+        """Row ``slot`` of this batched cache as a one-row cache that writes at ``index``."""
+        return KVCache(k=jax.lax.dynamic_slice_in_dim(self.k, slot, 1, axis=1),
+                       v=jax.lax.dynamic_slice_in_dim(self.v, slot, 1, axis=1),
+                       positions=jax.lax.dynamic_slice_in_dim(self.positions, slot, 1, axis=0),
+                       segment_ids=jax.lax.dynamic_slice_in_dim(self.segment_ids, slot, 1, axis=0), index=index)
+
+    def with_row(self, slot: Int[Array, ""], row: KVCache) -> KVCache:
+        """This cache with row ``slot``'s keys, values, positions and segment ids replaced by the one-row ``row``'s
+        (this cache's ``index`` is kept)."""
+        return self.replace(k=jax.lax.dynamic_update_slice_in_dim(self.k, row.k, slot, axis=1),
+                            v=jax.lax.dynamic_update_slice_in_dim(self.v, row.v, slot, axis=1),
+                            positions=jax.lax.dynamic_update_slice_in_dim(self.positions, row.positions, slot, axis=0),
+                            segment_ids=jax.lax.dynamic_update_slice_in_dim(self.segment_ids, row.segment_ids, slot,
+                                                                            axis=0))
+
 
 class Block(nnx.Module):
     """One pre-norm decoder layer."""

@@ -63,6 +63,7 @@ from jaxtyping import Array, Float, Int
 
 from quark_jax.inference import constrained as grammar_lib
 from quark_jax.inference.decode import NEG_INF, sample_rows
+from quark_jax.inference import speculative as speculative_lib
 from quark_jax.inference.speculative import Draft
 from quark_jax.models.transformer import KVCache
 from quark_jax.serving.speculative_step import make_draft_prefill_fn, make_speculative_decode_fn
@@ -210,18 +211,13 @@ def make_prefill_fn(graphdef: nnx.GraphDef, prompt_top: bool, trace_counter: lis
         model = nnx.merge(graphdef, params)
         cache = slots.cache
         S, P = cache.max_length, tokens.shape[1]
-        row = lambda a: jax.lax.dynamic_slice_in_dim(a, slot, 1, axis=1 if a.ndim == 5 else 0)  # noqa: E731
         kept = jnp.arange(S)[None, :] < start
-        row_cache = KVCache(k=row(cache.k), v=row(cache.v), positions=row(cache.positions),
-                            segment_ids=jnp.where(kept, row(cache.segment_ids), 0), index=start)
+        row_cache = cache.row(slot, index=start)
+        row_cache = row_cache.replace(segment_ids=jnp.where(kept, row_cache.segment_ids, 0))
         steps = jnp.arange(P, dtype=jnp.int32)[None, :]
         segments = (steps < length).astype(jnp.int32)
         logits, row_cache, hidden = model(tokens, position + steps, segments, row_cache, return_hidden=True)
-        put = lambda a, r: jax.lax.dynamic_update_slice_in_dim(a, r, slot, axis=1 if a.ndim == 5 else 0)  # noqa: E731
-        index = cache.index.at[slot].set(start + length)
-        cache = KVCache(k=put(cache.k, row_cache.k), v=put(cache.v, row_cache.v),
-                        positions=put(cache.positions, row_cache.positions),
-                        segment_ids=put(cache.segment_ids, row_cache.segment_ids), index=index)
+        cache = cache.with_row(slot, row_cache).replace(index=cache.index.at[slot].set(start + length))
 
         # Only the last prompt position's logits are needed to continue; the whole [P, V] log-softmax is
         # computed only for echo (XLA drops the unused full logits otherwise).
@@ -430,7 +426,7 @@ class SpeculationCounters:
 
     @property
     def acceptance_rate(self) -> float:
-        return self.accepted / self.examined if self.examined else 0.0
+        return speculative_lib.acceptance_rate(self.accepted, self.examined)
 
     @property
     def tokens_per_target_call(self) -> float:

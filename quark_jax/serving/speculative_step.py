@@ -39,7 +39,6 @@ from jaxtyping import Array, Float, Int
 from quark_jax.inference import constrained as grammar_lib
 from quark_jax.inference.decode import NEG_INF
 from quark_jax.inference.speculative import accept_drafts, filtered_probs
-from quark_jax.models.transformer import KVCache
 
 
 def make_draft_prefill_fn(draft_graphdef: nnx.GraphDef, trace_counter: list[int]) -> Callable:
@@ -52,16 +51,11 @@ def make_draft_prefill_fn(draft_graphdef: nnx.GraphDef, trace_counter: list[int]
         trace_counter[0] += 1
         model = nnx.merge(draft_graphdef, draft_params)
         cache = slots.draft_cache
-        row = lambda a: jax.lax.dynamic_slice_in_dim(a, slot, 1, axis=1 if a.ndim == 5 else 0)  # noqa: E731
-        row_cache = KVCache(k=row(cache.k), v=row(cache.v), positions=row(cache.positions),
-                            segment_ids=jnp.zeros_like(row(cache.segment_ids)), index=jnp.int32(0))
+        row_cache = cache.row(slot, index=jnp.int32(0))
+        row_cache = row_cache.replace(segment_ids=jnp.zeros_like(row_cache.segment_ids))
         steps = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
         _, row_cache = model(tokens, steps, (steps < length).astype(jnp.int32), row_cache)
-        put = lambda a, r: jax.lax.dynamic_update_slice_in_dim(a, r, slot, axis=1 if a.ndim == 5 else 0)  # noqa: E731
-        cache = cache.replace(k=put(cache.k, row_cache.k), v=put(cache.v, row_cache.v),
-                              positions=put(cache.positions, row_cache.positions),
-                              segment_ids=put(cache.segment_ids, row_cache.segment_ids))
-        return slots.replace(draft_cache=cache)
+        return slots.replace(draft_cache=cache.with_row(slot, row_cache))
 
     return jax.jit(draft_prefill, donate_argnums=(1,))
 
