@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from speculative import speculation_figures
 
@@ -44,6 +45,10 @@ def main() -> None:
     parser.add_argument("--mixture", default=None, help="prompts from this mixture (default: the target's own)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    for flag in ("target", "corpus_draft", "samples_draft"):
+        if not os.path.isfile(os.path.join(getattr(args, flag), "model_config.json")):
+            parser.error(f"--{flag} {getattr(args, flag)}: not a finished run directory (no model_config.json); "
+                         "train it first (see the docstring)")
 
     target = qj.load(args.target)
     mixture = args.mixture or teacher_mixture(args.target)
