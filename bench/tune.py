@@ -4,9 +4,10 @@ with each method's best final validation loss.
 
     PYTHONPATH=. python bench/tune.py [--trials 8] [--steps 40] [--members 4] [--seeds 0,1,2] [--out /tmp/tune_bench]
 
-The searches are given trials until their steps are spent: a trial the pruner stops early leaves its unused steps
-to further trials (that is what pruning buys), so random search and TPE may run more than ``--trials`` trials;
-the last one may overrun the budget by less than one trial (steps used are reported). One search's best is a
+The searches run with ``StudySpec.step_budget`` (``quark tune --step_budget``): trials start until their steps are
+spent, so a trial the pruner stops early leaves its unused steps to further trials (that is what pruning buys) and
+random search and TPE may run more than ``--trials`` trials; the last one may overrun the budget by less than one
+trial (steps used are reported). One search's best is a
 noisy statistic, so every method runs once per seed (the sampler's, and PBT's exploration) and the line reports
 each seed's best, their mean, and each method's wins over the seeds.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import dataclasses
 import shutil
 import time
 
@@ -36,18 +36,6 @@ def overrides(steps_eval: int) -> list[str]:
             "quark_jax.OptimizerConfig.warmup_steps=5", "quark_jax.TrainConfig.log_every=10",
             f"quark_jax.TrainConfig.eval_every={steps_eval}", "quark_jax.TrainConfig.eval_batches=4",
             "quark_jax.TrainConfig.peak_flops_per_s=1e11"]
-
-
-def search_until_spent(spec: search.StudySpec, step_budget: int, max_trials: int) -> dict:
-    """Runs one trial at a time until the trials' trainer steps reach ``step_budget`` (or ``max_trials``)."""
-    steps = trials = 0
-    while steps < step_budget and trials < max_trials:
-        trials += 1
-        search.run_worker(dataclasses.replace(spec, trials=trials))
-        steps = sum(t.user_attrs.get("final_step", 0) for t in search.open_study(spec).get_trials())
-    study = search.open_study(spec)
-    return {"best_val_loss": round(min(t.value for t in study.get_trials() if t.value is not None), 4),
-            "steps": steps, "trials": trials, "pruned": sum(t.state.name == "PRUNED" for t in study.get_trials())}
 
 
 def _summary(runs: list[dict]) -> dict:
@@ -78,9 +66,14 @@ def main() -> None:
             start = time.perf_counter()
             spec = search.StudySpec(
                 study_dir=os.path.join(args.out, f"{sampler}_{seed}"), space=space, gin_files=(RUN_CONFIG,),
-                overrides=(*overrides(args.steps // 4), f"TRAIN_STEPS={args.steps}"), trials=args.trials,
-                sampler=sampler, pruner="median", seed=seed, startup_trials=2)
-            run = search_until_spent(spec, budget, max_trials=budget // max(1, args.steps // 4))
+                overrides=(*overrides(args.steps // 4), f"TRAIN_STEPS={args.steps}"),
+                trials=budget // max(1, args.steps // 4), step_budget=budget, sampler=sampler, pruner="median",
+                seed=seed, startup_trials=2)
+            search.run_worker(spec)
+            trials = search.open_study(spec).get_trials()
+            run = {"best_val_loss": round(min(t.value for t in trials if t.value is not None), 4),
+                   "steps": sum(t.user_attrs.get("final_step", 0) for t in trials), "trials": len(trials),
+                   "pruned": sum(t.state.name == "PRUNED" for t in trials)}
             runs.append({**run, "wall_s": round(time.perf_counter() - start, 1)})
         result[sampler] = _summary(runs)
     runs = []

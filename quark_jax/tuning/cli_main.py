@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", required=True, help="search space, YAML or JSON (docs/tuning.md)")
     parser.add_argument("--gin_file", action="append", default=[], help="the run's gin file; repeatable")
     parser.add_argument("--trials", type=int, default=8, help="trials in the whole study (all workers together)")
+    parser.add_argument("--step_budget", type=int, default=None,
+                        help="trainer steps for the whole study: trials start until the finished ones' steps reach "
+                             "it (a pruned trial leaves its unused steps to others); --trials is then a cap")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     parser.add_argument("--sampler", default="tpe", choices=("tpe", "random"))
     parser.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"))
@@ -44,6 +47,8 @@ def run(args: argparse.Namespace, bindings: Sequence[str]) -> int:
     for name in ("trials", "workers", "members", "rounds", "steps_per_round", "evaluations"):
         if getattr(args, name) < 1:
             raise TuneUsageError(f"--{name}={getattr(args, name)}: must be >= 1")
+    if args.step_budget is not None and args.step_budget < 1:
+        raise TuneUsageError(f"--step_budget={args.step_budget}: must be >= 1 (trainer steps for the whole study)")
     if args.objective == "train" and not args.gin_file:
         raise TuneUsageError("--gin_file is required to train trials, e.g. --gin_file=configs/runs/pretrain_tiny.gin")
     try:
@@ -64,7 +69,7 @@ def run(args: argparse.Namespace, bindings: Sequence[str]) -> int:
     spec = search.StudySpec(study_dir=study_dir, space=space, gin_files=tuple(args.gin_file), overrides=tuple(bindings),
                             trials=args.trials, sampler=args.sampler, pruner=args.pruner, seed=args.seed,
                             storage=args.storage, objective=args.objective, time_budget_s=args.time_budget_s,
-                            evaluations=args.evaluations)
+                            evaluations=args.evaluations, step_budget=args.step_budget)
     search.save_spec(spec)
     search.run_workers(spec, args.workers)
     print(json.dumps(search.finalize(spec), default=str))

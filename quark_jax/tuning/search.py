@@ -52,6 +52,9 @@ class StudySpec:
     sleep_s: float = 0.0  # quadratic objective only: how long each trial "trains"
     quadratic_reports: int = 1  # quadratic objective: > 1 reports a falling curve ending at the value, and prunes
     startup_trials: int = 4  # TPE: random trials before the model of good and bad points takes over
+    # Trainer steps for the whole study: no trial starts once its finished trials' steps reach it, so a trial the
+    # pruner stops early leaves its unused steps to further trials (``trials`` is then a cap). Equal compute.
+    step_budget: int | None = None
 
     @property
     def name(self) -> str:
@@ -188,6 +191,7 @@ def quadratic_objective(spec: StudySpec, trial: Any, run_dir: str) -> float:
     reports = max(spec.quadratic_reports, 1)
     for r in range(1, reports + 1):
         trial.report(value + (reports - r) / reports, r)
+        trial.set_user_attr("final_step", r)  # one report = one "step" of this objective's budget
         if reports > 1 and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at report {r}")
     with open(os.path.join(run_dir, "value.json"), "w", encoding="utf-8") as f:
@@ -235,7 +239,8 @@ def run_worker(spec: StudySpec, worker_index: int = 0) -> int:
     study_lib.recover_orphans(study, spec.study_dir)
     objective = {"train": train_objective, "quadratic": quadratic_objective}[spec.objective]
     ran = 0
-    while study_lib.budget_used(study) < spec.trials:
+    while study_lib.budget_used(study) < spec.trials and not (
+            spec.step_budget is not None and study_lib.steps_spent(study) >= spec.step_budget):
         trial = study.ask()
         run_dir = _claim_dir(spec, trial)
         lease = study_lib.worker_lease(spec.study_dir, trial.number).acquire()

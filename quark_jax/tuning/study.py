@@ -122,6 +122,13 @@ def recover_orphans(study: Any, study_dir: str, stale_after_s: float = 60.0) -> 
     return recovered
 
 
+def steps_spent(study: Any) -> int:
+    """Trainer steps the study's finished trials (complete or pruned) took: their ``final_step`` user attribute."""
+    states = _optuna().trial.TrialState
+    return sum(int(t.user_attrs.get("final_step", 0)) for t in study.get_trials(deepcopy=False)
+               if t.state in (states.COMPLETE, states.PRUNED))
+
+
 def budget_used(study: Any) -> int:
     """Trials that count against the study's trial budget: finished (complete or pruned), running, and failed
     ones that were not queued again."""

@@ -246,3 +246,29 @@ def test_hyperband_prunes_a_clearly_bad_trial(tmp_path):
         step = max(trial.intermediate_values)
         assert trial.intermediate_values[step] == pytest.approx(value + (4 - step) / 4)
     assert all(t.state.name == "COMPLETE" for t in trials[:4] if t.params[lr] == 7.9e-4)  # the best survives
+
+
+def test_a_step_budget_gives_pruned_trials_steps_to_further_trials(tmp_path, capsys):
+    """``step_budget``: trials start until the finished ones' steps reach it. Two good trials take their four
+    reports ("steps") each; every bad one is pruned at its first report and so costs one step, leaving the rest of
+    the budget to the next: 20 steps = 2 x 4 + 12 x 1, so exactly 14 of the 30 queued trials run (the trial cap
+    is far away), where a budget of trials would have run 30."""
+    from quark_jax import cli
+
+    spec = quadratic_spec(tmp_path / "study", trials=100, pruner="median", quadratic_reports=4, step_budget=20)
+    study = search.open_study(spec)
+    lr, layers = "quark_jax.OptimizerConfig.learning_rate", "quark_jax.ModelConfig.num_layers"
+    study.enqueue_trial({lr: 9e-4, layers: 4, "SCHEDULE": "cosine"})
+    study.enqueue_trial({lr: 8e-4, layers: 4, "SCHEDULE": "cosine"})
+    for i in range(28):
+        study.enqueue_trial({lr: 1e-1 - i * 1e-3, layers: 11, "SCHEDULE": "linear"})
+    assert search.run_worker(spec) == 14
+    trials = [t for t in search.open_study(spec).get_trials() if t.state.name != "WAITING"]
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2 + ["PRUNED"] * 12
+    assert [t.user_attrs["final_step"] for t in trials] == [4, 4] + [1] * 12
+    assert search.run_worker(spec) == 0  # spent: a second worker (or a resumed search) starts nothing
+    args = ["tune", f"--study_dir={tmp_path / 'cli'}", f"--space={tmp_path}/unused.yaml", "--objective=quadratic",
+            "--step_budget=0"]
+    assert cli.main(args) == 2
+    assert capsys.readouterr().err == ("quark tune: --step_budget=0: must be >= 1 (trainer steps for the whole "
+                                       "study)\n")
