@@ -1,4 +1,4 @@
-"""The regression gate in CI: the shared tiny run (``trained_run``: pretrain_tiny, 40 steps, seed 0; training is
+"""The regression gate in CI: the shared tiny run (``trained_run``: tiny_base.gin, 40 steps, seed 0; training is
 deterministic) against the committed baseline ``evals/baselines/tiny_test.json``.
 
 After changing the built-in suites or the tiny run, regenerate the baseline from a fresh shared run with::
@@ -15,7 +15,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASELINE = os.path.join(REPO, "evals", "baselines", "tiny_test.json")
 TASKS, LIMIT = "stdlib_mc,perplexity_code,perplexity_chat", 8
-NOTE = ("The shared test run (tests/conftest.py trained_run: pretrain_tiny, 40 steps, seed 0) on the first 8 examples "
+NOTE = ("The shared test run (tests/conftest.py trained_run: tiny_base.gin, 40 steps, seed 0) on the first 8 examples "
         "of each task; checked by tests/evaluation/test_baseline_gate.py, which also regenerates it.")
 
 
