@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step_budget", type=int, default=None,
                         help="trainer steps for the whole study: trials start until the finished ones' steps reach "
                              "it (a pruned trial leaves its unused steps to others); --trials is then a cap")
+    parser.add_argument("--enqueue", default=None,
+                        help="a YAML/JSON list of known points ({entry: value}) to try before the sampler's own, "
+                             "e.g. today's settings as a baseline in the same study")
     parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     parser.add_argument("--sampler", default="tpe", choices=("tpe", "random"))
     parser.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"))
@@ -53,8 +56,11 @@ def run(args: argparse.Namespace, bindings: Sequence[str]) -> int:
         raise TuneUsageError("--gin_file is required to train trials, e.g. --gin_file=configs/runs/pretrain_tiny.gin")
     try:
         space = space_lib.load_space(args.space)
+        points = space_lib.load_points(args.enqueue, space) if args.enqueue else []
     except space_lib.SearchSpaceError as e:
         raise TuneUsageError(str(e)) from None
+    if points and args.pbt:
+        raise TuneUsageError("--enqueue queues trials of a search; PBT members are sampled (leave out --pbt)")
     if args.time_budget_s is not None and args.time_budget_s <= 0:
         raise TuneUsageError(f"--time_budget_s={args.time_budget_s:g}: must be > 0 (seconds per trial)")
     if any(b.split("=", 1)[0].strip() == "MODEL_DIR" for b in bindings):
@@ -71,6 +77,8 @@ def run(args: argparse.Namespace, bindings: Sequence[str]) -> int:
                             storage=args.storage, objective=args.objective, time_budget_s=args.time_budget_s,
                             evaluations=args.evaluations, step_budget=args.step_budget)
     search.save_spec(spec)
+    if points:
+        search.enqueue_points(spec, points)
     search.run_workers(spec, args.workers)
     print(json.dumps(search.finalize(spec), default=str))
     return 0

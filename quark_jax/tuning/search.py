@@ -219,6 +219,16 @@ def open_study(spec: StudySpec, worker_index: int = 0) -> Any:
     raise AssertionError("unreachable")
 
 
+def enqueue_points(spec: StudySpec, points: Sequence[dict[str, Any]]) -> int:
+    """Queues known points (:func:`quark_jax.tuning.space.check_point`) to run before the sampler's own, e.g. the
+    run's current settings as a baseline measured in the same study; a point already in the study (a resumed
+    search) is not queued again. Returns how many the study holds."""
+    study = open_study(spec)
+    for point in points:
+        study.enqueue_trial(dict(point), skip_if_exists=True)
+    return len(points)
+
+
 def _claim_dir(spec: StudySpec, trial: Any) -> str:
     """The trial's run directory; a retry takes over the killed trial's directory (and so its checkpoints)."""
     run_dir = study_lib.trial_dir(spec.study_dir, trial.number)

@@ -277,6 +277,56 @@ def load_space(path: str) -> SearchSpace:
     return parse_space(data, path)
 
 
+def check_point(space: SearchSpace, point: Any, where: str) -> dict[str, Any]:
+    """A known point to try (``quark tune --enqueue``) as ``{binding: value}``: keys are the space's sampled entries
+    (the full binding, or the part after the last dot when that is unambiguous), values inside their ranges or
+    among their choices; entries left out are sampled as usual."""
+    if not isinstance(point, Mapping) or not point:
+        raise SearchSpaceError(f"{where}: expected a mapping of searched entries to values, e.g. "
+                               "{learning_rate: 1.0e-3, num_layers: 2}")
+    by_name = {d.binding: d for d in space.sampled}
+    by_name.update({d.short_name: d for d in space.sampled if space._short_name_unique(d)})
+    out: dict[str, Any] = {}
+    for key, value in point.items():
+        dimension = by_name.get(key)
+        if dimension is None:
+            raise SearchSpaceError(f"{where}: {key!r} is not a sampled entry of the space; use one of "
+                                   f"{', '.join(d.binding for d in space.sampled)}")
+        if dimension.kind == "categorical":
+            if value not in dimension.choices:
+                raise SearchSpaceError(f"{where}: {key}={value!r} is not one of its choices {list(dimension.choices)}")
+        else:
+            number = _number(value)
+            is_int = isinstance(number, int) or (isinstance(number, float) and number.is_integer())
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or (
+                    dimension.kind == "int" and not is_int) or not dimension.low <= number <= dimension.high:
+                raise SearchSpaceError(f"{where}: {key}={value!r} must be a{'n int' if dimension.kind == 'int' else ' number'}"
+                                       f" in [{dimension.low:g}, {dimension.high:g}]")
+            value = int(number) if dimension.kind == "int" else float(number)
+        out[dimension.binding] = value
+    return out
+
+
+def load_points(path: str, space: SearchSpace) -> list[dict[str, Any]]:
+    """Known points to try first, from a YAML or JSON list of mappings (:func:`check_point`)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise SearchSpaceError(f"points to enqueue {path}: no such file; write a list such as "
+                               "[{learning_rate: 1.0e-3}]")
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    try:
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise SearchSpaceError(f"points to enqueue {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
+                               f"({str(e).splitlines()[0]})") from None
+    if not isinstance(data, list) or not data:
+        raise SearchSpaceError(f"points to enqueue {path}: expected a non-empty list of mappings, e.g. "
+                               "[{learning_rate: 1.0e-3}]")
+    return [check_point(space, point, f"{path}: point {i}") for i, point in enumerate(data)]
+
+
 def best_gin_text(bindings: Sequence[str], value: float, trial_number: int, study_name: str,
                   notes: Sequence[str] = ()) -> str:
     """The text of ``best.gin``: the winning trial's bindings, one per line, after comments naming it (and

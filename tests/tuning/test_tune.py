@@ -272,3 +272,40 @@ def test_a_step_budget_gives_pruned_trials_steps_to_further_trials(tmp_path, cap
     assert cli.main(args) == 2
     assert capsys.readouterr().err == ("quark tune: --step_budget=0: must be >= 1 (trainer steps for the whole "
                                        "study)\n")
+
+
+def test_enqueued_points_run_first_once_and_bad_ones_are_named(tmp_path, capsys):
+    """``quark tune --enqueue``: known points (full or short names; one partial, its other entries sampled) are the
+    study's first trials, in order; running the command again to resume does not queue them twice; a point outside
+    its range, or naming an entry the space does not sample, is one line and exit 2."""
+    from quark_jax import cli
+
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps(QUADRATIC_SPACE))
+    points = tmp_path / "points.yaml"
+    points.write_text("- {learning_rate: 1.0e-3, num_layers: 3, SCHEDULE: linear}\n"
+                      "- {quark_jax.ModelConfig.num_layers: 7}\n")
+    study_dir = tmp_path / "study"
+    args = ["tune", f"--study_dir={study_dir}", f"--space={space_file}", "--objective=quadratic", "--seed=0",
+            f"--enqueue={points}"]
+    assert cli.main([*args, "--trials=3"]) == 0
+    assert cli.main([*args, "--trials=4"]) == 0  # resumed: one more trial, the points not queued again
+    capsys.readouterr()
+    spec = search.spec_from_json(json.loads((study_dir / "study.json").read_text()))
+    trials = search.open_study(spec).get_trials()
+    lr, layers = "quark_jax.OptimizerConfig.learning_rate", "quark_jax.ModelConfig.num_layers"
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert trials[0].params == {lr: 1e-3, layers: 3, "SCHEDULE": "linear"}
+    assert trials[1].params[layers] == 7 and trials[1].params[lr] != 1e-3
+    assert trials[0].value == pytest.approx(search.quadratic(spec.space, trials[0].params))
+    assert sum(t.params[layers] == 7 for t in trials) == 1 and sum(t.params[lr] == 1e-3 for t in trials) == 1
+
+    points.write_text("- {learning_rate: 0.5}\n")
+    assert cli.main([*args, "--trials=5"]) == 2
+    assert capsys.readouterr().err == (f"quark tune: {points}: point 0: learning_rate=0.5 must be a number in "
+                                       "[0.0001, 0.1]\n")
+    points.write_text("- {weight_decay: 0.1}\n")
+    assert cli.main([*args, "--trials=5"]) == 2
+    assert capsys.readouterr().err == (f"quark tune: {points}: point 0: 'weight_decay' is not a sampled entry of the "
+                                       "space; use one of quark_jax.OptimizerConfig.learning_rate, "
+                                       "quark_jax.ModelConfig.num_layers, SCHEDULE\n")
