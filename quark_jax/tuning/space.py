@@ -261,20 +261,25 @@ def _check_derived_names(path: str, dims: Sequence[Dimension]) -> None:
             known.add(d.short_name)
 
 
-def load_space(path: str) -> SearchSpace:
-    """Reads a YAML (``.yaml``/``.yml``) or JSON search-space file."""
+def _read_yaml_or_json(path: str, what: str, fix: str) -> Any:
+    """The decoded file (JSON for ``.json``, YAML otherwise); a missing or malformed one is a SearchSpaceError
+    naming ``what`` and the path (``fix``: what to write when the file is missing)."""
     import yaml
 
     if not os.path.isfile(path):
-        raise SearchSpaceError(f"search space {path}: no such file; write one like docs/tuning.md shows")
+        raise SearchSpaceError(f"{what} {path}: no such file; {fix}")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+        return json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise SearchSpaceError(f"search space {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
+        raise SearchSpaceError(f"{what} {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
                                f"({str(e).splitlines()[0]})") from None
-    return parse_space(data, path)
+
+
+def load_space(path: str) -> SearchSpace:
+    """Reads a YAML (``.yaml``/``.yml``) or JSON search-space file."""
+    return parse_space(_read_yaml_or_json(path, "search space", "write one like docs/tuning.md shows"), path)
 
 
 def check_point(space: SearchSpace, point: Any, where: str) -> dict[str, Any]:
@@ -309,18 +314,7 @@ def check_point(space: SearchSpace, point: Any, where: str) -> dict[str, Any]:
 
 def load_points(path: str, space: SearchSpace) -> list[dict[str, Any]]:
     """Known points to try first, from a YAML or JSON list of mappings (:func:`check_point`)."""
-    import yaml
-
-    if not os.path.isfile(path):
-        raise SearchSpaceError(f"points to enqueue {path}: no such file; write a list such as "
-                               "[{learning_rate: 1.0e-3}]")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise SearchSpaceError(f"points to enqueue {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
-                               f"({str(e).splitlines()[0]})") from None
+    data = _read_yaml_or_json(path, "points to enqueue", "write a list such as [{learning_rate: 1.0e-3}]")
     if not isinstance(data, list) or not data:
         raise SearchSpaceError(f"points to enqueue {path}: expected a non-empty list of mappings, e.g. "
                                "[{learning_rate: 1.0e-3}]")
