@@ -2,8 +2,8 @@
 ``configs/runs/tiny_base.gin``, every trial given ``--budget_s`` (what the old demo's ``quark train`` takes on
 the 2-core machine), TPE with the median pruner. The first two trials are queued: the old demo's own shape and
 schedule (so it is measured in the same study, at the same budget) and the winner of the earlier 300-s search;
-the sampler proposes the rest (`quark tune --enqueue` does the same from a file). Writes the study (``best.gin``, plots) to ``--study_dir`` and prints one JSON line
-per finished trial and the summary.
+the sampler proposes the rest (``quark tune --enqueue`` does the same from a file). Writes the study (``best.gin``,
+plots) to ``--study_dir`` and prints one JSON line per finished trial and the summary.
 
     PYTHONPATH=. python bench/demo_search.py [--budget_s 150] [--trials 10] [--study_dir /tmp/demo_search]
 
@@ -43,7 +43,8 @@ def main() -> None:
         gin_files=(os.path.join(REPO, "configs", "runs", "tiny_base.gin"),), trials=args.trials, sampler="tpe",
         pruner="median", seed=args.seed, time_budget_s=args.budget_s, evaluations=4)
     search.save_spec(spec)
-    search.enqueue_points(spec, [space_lib.check_point(spec.space, p, f"queued point {i}") for i, p in enumerate(QUEUED)])
+    search.enqueue_points(spec, [space_lib.check_point(spec.space, point, f"queued point {i}")
+                                 for i, point in enumerate(QUEUED)])
     search.run_worker(spec)
     for t in search.open_study(spec).get_trials():
         print(json.dumps({"trial": t.number, "state": t.state.name, "value": t.value, "params": t.params,

@@ -7,9 +7,9 @@ with each method's best final validation loss.
 The searches run with ``StudySpec.step_budget`` (``quark tune --step_budget``): trials start until their steps are
 spent, so a trial the pruner stops early leaves its unused steps to further trials (that is what pruning buys) and
 random search and TPE may run more than ``--trials`` trials; the last one may overrun the budget by less than one
-trial (steps used are reported). One search's best is a
-noisy statistic, so every method runs once per seed (the sampler's, and PBT's exploration) and the line reports
-each seed's best, their mean, and each method's wins over the seeds.
+trial (steps used are reported). One search's best is a noisy statistic, so every method runs once per seed (the
+sampler's, and PBT's exploration) and the line reports each seed's best, their mean, and each method's wins over
+the seeds.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import shutil
 import time
 
 from quark_jax.tuning import pbt, search
+from quark_jax.tuning import study as study_lib
 from quark_jax.tuning import space as space_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,9 +71,10 @@ def main() -> None:
                 trials=budget // max(1, args.steps // 4), step_budget=budget, sampler=sampler, pruner="median",
                 seed=seed, startup_trials=2)
             search.run_worker(spec)
-            trials = search.open_study(spec).get_trials()
+            study = search.open_study(spec)
+            trials = study.get_trials()
             run = {"best_val_loss": round(min(t.value for t in trials if t.value is not None), 4),
-                   "steps": sum(t.user_attrs.get("final_step", 0) for t in trials), "trials": len(trials),
+                   "steps": study_lib.steps_spent(study), "trials": len(trials),
                    "pruned": sum(t.state.name == "PRUNED" for t in trials)}
             runs.append({**run, "wall_s": round(time.perf_counter() - start, 1)})
         result[sampler] = _summary(runs)

@@ -219,14 +219,13 @@ def open_study(spec: StudySpec, worker_index: int = 0) -> Any:
     raise AssertionError("unreachable")
 
 
-def enqueue_points(spec: StudySpec, points: Sequence[dict[str, Any]]) -> int:
+def enqueue_points(spec: StudySpec, points: Sequence[dict[str, Any]]) -> None:
     """Queues known points (:func:`quark_jax.tuning.space.check_point`) to run before the sampler's own, e.g. the
     run's current settings as a baseline measured in the same study; a point already in the study (a resumed
-    search) is not queued again. Returns how many the study holds."""
+    search) is not queued again."""
     study = open_study(spec)
     for point in points:
         study.enqueue_trial(dict(point), skip_if_exists=True)
-    return len(points)
 
 
 def _claim_dir(spec: StudySpec, trial: Any) -> str:
